@@ -1,0 +1,111 @@
+"""The CDS Hooks request as a typed model (CDS Hooks 2.0 §Calling a CDS Service).
+
+Parsing turns any malformed body into ``BadRequest`` naming the field; nothing else in the service
+sees raw request JSON except prefetch resolution, which reads the ``prefetch`` values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import BadRequest
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True, frozen=True)
+
+
+class FhirAuthorization(_Wire):
+    access_token: str = Field(min_length=1)
+    token_type: str
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    @field_validator("token_type")
+    @classmethod
+    def _bearer_only(cls, value: str) -> str:
+        if value.lower() != "bearer":
+            raise ValueError("must be 'Bearer'")
+        return value
+
+
+class HookContext(_Wire):
+    userId: str = Field(min_length=1)
+    patientId: str = Field(min_length=1)
+    encounterId: str | None = None
+    # order hooks only; validated by hook in ``parse_hook_request``
+    draftOrders: dict[str, Any] | None = None
+    selections: list[str] | None = None
+
+
+class HookRequest(_Wire):
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)
+    context: HookContext
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, dict[str, Any] | None] | None = None
+    extension: dict[str, Any] | None = None
+
+    @property
+    def patient_id(self) -> str:
+        return self.context.patientId
+
+
+def parse_hook_request(body: Any) -> HookRequest:
+    """Validate a decoded JSON body as a CDS Hooks request; raise ``BadRequest`` naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    try:
+        request = HookRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc), expression=_location(exc)) from None
+    if request.fhirAuthorization is not None and not request.fhirServer:
+        raise BadRequest(
+            "fhirAuthorization is present but fhirServer is missing (CDS Hooks cds-r-1).",
+            expression="fhirServer",
+        )
+    _check_order_context(request)
+    return request
+
+
+def _check_order_context(request: HookRequest) -> None:
+    if request.hook not in ORDER_HOOKS:
+        return
+    context = request.context
+    if context.draftOrders is None:
+        raise BadRequest(f"context.draftOrders is required for {request.hook}.", expression="context.draftOrders")
+    if context.draftOrders.get("resourceType") != "Bundle":
+        raise BadRequest("context.draftOrders must be a FHIR Bundle.", expression="context.draftOrders")
+    if request.hook == "order-select" and context.selections is None:
+        raise BadRequest("context.selections is required for order-select.", expression="context.selections")
+
+
+def _location(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"])
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = _location(exc) or "body"
+    kind = first["type"]
+    if kind == "missing":
+        return f"{where} is required."
+    expected = {
+        "string_type": "a string",
+        "dict_type": "a JSON object",
+        "model_type": "a JSON object",
+        "list_type": "an array",
+        "int_type": "an integer",
+        "string_too_short": "a non-empty string",
+    }.get(kind)
+    if expected:
+        return f"{where} must be {expected}."
+    return f"{where}: {first['msg']}."
