@@ -1,0 +1,175 @@
+"""The drug table: RxNorm codes and drug names -> ingredients and drug classes.
+
+Medication records usually carry clinical-drug codes (SCD/SBD), not ingredients. The table holds
+both (``data/drugs/clinical_drugs.csv`` and ``data/drugs/ingredients.csv``, built from the shared
+clinical material by ``tools/build_drug_table.py``), plus brand names (``data/drugs/brand_names.csv``).
+
+Matching is code first; only when no coding's code is in the table does it fall back to a
+case-insensitive whole-word match of ingredient and brand names in the text and the displays, and the
+match says so (``method="text"``). Class vocabulary: loop, thiazide, potassium-sparing, laba, statin,
+anticoagulant, quinine, carbonic-anhydrase-inhibitor; an ingredient of no interest has no class.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+RXNORM_SYSTEMS = frozenset({RXNORM, "urn:oid:2.16.840.1.113883.6.88"})
+
+_DATA_PACKAGE = "cds_service"
+_DATA_DIR = ("data", "drugs")
+
+Row = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DrugMatch:
+    ingredients: frozenset[str]
+    classes: frozenset[str]
+    method: str  # "code" or "text"
+    matched: str  # the RxCUI, or the word/brand that matched ("+"-joined when several did)
+
+
+def _split(cell: str | None) -> frozenset[str]:
+    return frozenset(part.strip() for part in (cell or "").split("+") if part.strip())
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def _compile_names(names: Iterable[str]) -> re.Pattern[str] | None:
+    """One whole-word, case-insensitive regex over all names, longest first."""
+    alternatives = sorted(set(names), key=lambda n: (-len(n), n))
+    if not alternatives:
+        return None
+    body = "|".join(r"\s+".join(map(re.escape, n.split())) for n in alternatives)
+    return re.compile(rf"\b(?:{body})\b", re.IGNORECASE)
+
+
+def _union(matches: Iterable[DrugMatch], method: str) -> DrugMatch | None:
+    matches = list(matches)
+    if not matches:
+        return None
+    return DrugMatch(
+        ingredients=frozenset().union(*(m.ingredients for m in matches)),
+        classes=frozenset().union(*(m.classes for m in matches)),
+        method=method,
+        matched="+".join(sorted({part for m in matches for part in m.matched.split("+")})),
+    )
+
+
+class DrugTable:
+    """Immutable lookup of RxCUIs and names; build with :meth:`load_default` or :meth:`from_rows`."""
+
+    def __init__(
+        self,
+        ingredient_classes: Mapping[str, frozenset[str]],
+        codes: Mapping[str, tuple[frozenset[str], frozenset[str]]],
+        names: Mapping[str, tuple[frozenset[str], frozenset[str]]],
+        spellings: Mapping[str, str] | None = None,
+    ) -> None:
+        self._ingredient_classes = dict(ingredient_classes)
+        self._codes = dict(codes)  # rxcui -> (ingredients, classes)
+        self._names = dict(names)  # lowercase ingredient or brand name -> (ingredients, classes)
+        self._spellings = dict(spellings or {})  # lowercase brand -> brand as written in the table
+        self._pattern = _compile_names(self._names)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load_default(cls) -> DrugTable:
+        """The table shipped in the package (works from an installed wheel too)."""
+        folder = resources.files(_DATA_PACKAGE).joinpath(*_DATA_DIR)
+
+        def read(name: str) -> list[dict[str, str]]:
+            with folder.joinpath(name).open("r", encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+
+        return cls.from_rows(read("ingredients.csv"), read("clinical_drugs.csv"), read("brand_names.csv"))
+
+    @classmethod
+    def from_rows(cls, ingredients: Iterable[Row], clinical_drugs: Iterable[Row], brands: Iterable[Row]) -> DrugTable:
+        """Rows shaped like the CSVs (``ingredient,rxcui,classes``; ``rxcui,ingredients,classes``;
+        ``brand,ingredients,classes``); other columns are ignored."""
+        ingredient_classes: dict[str, frozenset[str]] = {}
+        codes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        names: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        brand_spelling: dict[str, str] = {}
+
+        for row in ingredients:
+            name = _name_key(row["ingredient"])
+            classes = _split(row.get("classes"))
+            ingredient_classes[name] = classes
+            names[name] = (frozenset({name}), classes)
+            rxcui = (row.get("rxcui") or "").strip()
+            if rxcui:
+                codes[rxcui] = (frozenset({name}), classes)
+
+        def classes_for(ingredient_names: frozenset[str], stated: str | None) -> frozenset[str]:
+            derived = frozenset().union(*(ingredient_classes.get(n, frozenset()) for n in ingredient_names))
+            return derived | _split(stated)
+
+        for row in clinical_drugs:
+            members = frozenset(_name_key(n) for n in _split(row["ingredients"]))
+            codes[row["rxcui"].strip()] = (members, classes_for(members, row.get("classes")))
+
+        for row in brands:
+            members = frozenset(_name_key(n) for n in _split(row["ingredients"]))
+            key = _name_key(row["brand"])
+            names[key] = (members, classes_for(members, row.get("classes")))
+            brand_spelling[key] = row["brand"].strip()
+
+        return cls(ingredient_classes, codes, names, brand_spelling)
+
+    # ------------------------------------------------------------------ lookups
+
+    def match_code(self, system: str | None, code: str | None) -> DrugMatch | None:
+        """An RxNorm code (clinical drug or ingredient) in the table, else None."""
+        if system not in RXNORM_SYSTEMS or not code:
+            return None
+        code = code.strip()
+        entry = self._codes.get(code)
+        if entry is None:
+            return None
+        return DrugMatch(ingredients=entry[0], classes=entry[1], method="code", matched=code)
+
+    def match_text(self, text: str | None) -> DrugMatch | None:
+        """Whole-word ingredient and brand names in ``text`` (case-insensitive), else None."""
+        if not text or self._pattern is None:
+            return None
+        found = {_name_key(m.group(0)) for m in self._pattern.finditer(text)}
+        if not found:
+            return None
+        return DrugMatch(
+            ingredients=frozenset().union(*(self._names[n][0] for n in found)),
+            classes=frozenset().union(*(self._names[n][1] for n in found)),
+            method="text",
+            matched="+".join(sorted(self._spellings.get(n, n) for n in found)),
+        )
+
+    def match_medication(
+        self, codings: Iterable[tuple[str | None, str | None, str | None]], text: str | None
+    ) -> DrugMatch | None:
+        """Code first (union over every coding in the table); only when no code is known, the text
+        fallback over ``text`` and every coding display; None when neither matches."""
+        codings = list(codings)
+        by_code = _union(
+            (m for system, code, _display in codings if (m := self.match_code(system, code))), "code"
+        )
+        if by_code is not None:
+            return by_code
+        texts = [text, *(display for _system, _code, display in codings)]
+        return _union((m for t in texts if (m := self.match_text(t))), "text")
+
+    def classes_of(self, ingredient: str) -> frozenset[str]:
+        return self._ingredient_classes.get(_name_key(ingredient), frozenset())
+
+    @property
+    def ingredient_names(self) -> frozenset[str]:
+        return frozenset(self._ingredient_classes)
