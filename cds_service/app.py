@@ -1,0 +1,113 @@
+"""Application factory: wires settings, the engine, routes, CORS, limits and error handling.
+
+Nothing is configured at import time; production calls ``create_app(Settings.from_env())``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Callable
+
+from flask import Flask, Response, jsonify, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from .errors import PayloadTooLarge, ServiceError, operation_outcome
+from .logs import configure_logging
+from .pipeline import Engine
+from .ruleset import load_default_ruleset, load_ruleset
+from .drugs import DrugTable
+from .settings import Settings
+from .views import bp
+
+log = logging.getLogger(__name__)
+
+DEV_MODE_WARNING = (
+    "DEVELOPMENT MODE: CDS client authentication is OFF. Anyone who can reach this port can call the "
+    "service. Never use development mode with real patient data."
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Flask:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep CDS Hooks field order readable
+    app.extensions["leg_cramp_settings"] = settings
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock)
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    _register_request_hooks(app, settings)
+    if settings.development_mode:
+        log.warning(DEV_MODE_WARNING)
+    return app
+
+
+def _build_engine(settings: Settings, clock: Callable[[], datetime] | None) -> Engine:
+    ruleset = load_ruleset(settings.rules_path) if settings.rules_path else load_default_ruleset()
+    kwargs = {"clock": clock} if clock else {}
+    return Engine(ruleset, DrugTable.load_default(), **kwargs)
+
+
+def _error_response(status: int, body: dict) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/fhir+json"
+    return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> Response:
+        log.info("request refused", extra={"status": exc.status, "reason": exc.message, "path": request.path})
+        return _error_response(exc.status, exc.to_operation_outcome())
+
+    @app.errorhandler(413)
+    def too_large(exc: HTTPException) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        error = PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        return _error_response(413, error.to_operation_outcome())
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.code or 500, "processing")
+        return _error_response(exc.code or 500, operation_outcome(exc.description or exc.name, code=code))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error", extra={"path": request.path})
+        return _error_response(500, operation_outcome("Internal error; it has been logged.", code="exception"))
+
+
+def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    @app.before_request
+    def warn_in_development_mode() -> None:
+        if settings.development_mode and request.path.startswith("/cds-services"):
+            log.warning("development mode: request served without client authentication",
+                        extra={"path": request.path})
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response

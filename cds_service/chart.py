@@ -1,0 +1,167 @@
+"""The patient's chart as read from resolved prefetch data: FHIR R4 resources validated with
+``fhir.resources.R4B``, grouped by type, with every record that was skipped and why.
+
+One invalid resource is skipped and reported, never fatal; only an invalid Patient is (400).
+Observations are validated only when their code is one the rules read: nothing else can matter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from .errors import InvalidPatient
+
+log = logging.getLogger(__name__)
+
+READ_TYPES = (
+    "Patient",
+    "Condition",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Medication",
+    "Observation",
+    "Procedure",
+)
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    resource_type: str
+    resource_id: str
+    reason: str
+
+
+@dataclass
+class Chart:
+    patient: Any
+    conditions: list[Any] = field(default_factory=list)
+    medication_requests: list[Any] = field(default_factory=list)
+    medication_statements: list[Any] = field(default_factory=list)
+    medications: dict[str, Any] = field(default_factory=dict)  # "Medication/<id>" -> Medication
+    observations: list[Any] = field(default_factory=list)
+    procedures: list[Any] = field(default_factory=list)
+    procedures_sent: bool = False
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    not_checked: tuple[str, ...] = ()  # optional prefetch keys whose data could not be had
+    incomplete: tuple[str, ...] = ()  # keys whose Bundle had more pages that were not read
+
+
+_LISTS = {
+    "Condition": "conditions",
+    "MedicationRequest": "medication_requests",
+    "MedicationStatement": "medication_statements",
+    "Observation": "observations",
+    "Procedure": "procedures",
+}
+
+
+def build_chart(
+    patient_id: str,
+    resources_by_key: Mapping[str, list[dict[str, Any]]],
+    *,
+    observation_codes: frozenset[tuple[str, str]],
+    not_checked: Iterable[str] = (),
+    incomplete: Iterable[str] = (),
+) -> Chart:
+    """Validate and group raw resources. ``resources_by_key['patient']`` must hold the Patient."""
+    patient = _parse_patient(patient_id, resources_by_key.get("patient", []))
+    chart = Chart(
+        patient=patient,
+        not_checked=tuple(not_checked),
+        incomplete=tuple(incomplete),
+        procedures_sent="procedures" in resources_by_key,
+    )
+    seen: set[tuple[str, str]] = set()
+    for key, raws in resources_by_key.items():
+        if key == "patient":
+            continue
+        for raw in raws:
+            _add_resource(chart, raw, patient_id, observation_codes, seen)
+    return chart
+
+
+def _parse_patient(patient_id: str, raws: list[dict[str, Any]]) -> Any:
+    candidates = [raw for raw in raws if isinstance(raw, dict) and raw.get("resourceType") == "Patient"]
+    if not candidates:
+        raise InvalidPatient("prefetch.patient holds no Patient resource.", expression="prefetch.patient")
+    raw = next((c for c in candidates if c.get("id") == patient_id), candidates[0])
+    if raw.get("id") not in (None, patient_id):
+        raise InvalidPatient(
+            "prefetch.patient is a different patient than context.patientId.", expression="prefetch.patient"
+        )
+    try:
+        return get_fhir_model_class("Patient").model_validate(raw)
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise InvalidPatient(
+            f"prefetch.patient is not a valid FHIR R4 Patient ({_field_of(exc)}).", expression="prefetch.patient"
+        ) from None
+
+
+def _add_resource(
+    chart: Chart,
+    raw: Any,
+    patient_id: str,
+    observation_codes: frozenset[tuple[str, str]],
+    seen: set[tuple[str, str]],
+) -> None:
+    if not isinstance(raw, dict):
+        chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
+        return
+    resource_type = raw.get("resourceType")
+    resource_id = str(raw.get("id", "?"))
+    if resource_type not in READ_TYPES or resource_type == "Patient":
+        return
+    if resource_type == "Observation" and not _has_read_code(raw, observation_codes):
+        return
+    identity = (resource_type, resource_id)
+    if resource_id != "?" and identity in seen:
+        return  # the same record sent under two keys counts once
+    seen.add(identity)
+    if _is_other_patient(raw, patient_id):
+        chart.skipped.append(SkippedRecord(resource_type, resource_id, "refers to another patient"))
+        return
+    try:
+        resource = get_fhir_model_class(resource_type).model_validate(raw)
+    except (ValidationError, ValueError, TypeError) as exc:
+        reason = f"invalid FHIR R4 ({_field_of(exc)})"
+        chart.skipped.append(SkippedRecord(resource_type, resource_id, reason))
+        log.warning("skipped invalid resource %s/%s: %s", resource_type, resource_id, reason)
+        return
+    if resource_type == "Medication":
+        chart.medications[f"Medication/{resource_id}"] = resource
+        return
+    getattr(chart, _LISTS[resource_type]).append(resource)
+
+
+def _has_read_code(raw: dict[str, Any], observation_codes: frozenset[tuple[str, str]]) -> bool:
+    code = raw.get("code")
+    if not isinstance(code, dict) or not isinstance(code.get("coding"), list):
+        return True  # malformed: validate it so that it is reported, not silently dropped
+    return any(
+        isinstance(c, dict) and (c.get("system"), c.get("code")) in observation_codes for c in code["coding"]
+    )
+
+
+def _is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
+    for field_name in ("subject", "patient"):
+        ref = raw.get(field_name)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            reference = ref["reference"]
+            if "Patient/" in reference:
+                return reference.rsplit("Patient/", 1)[1].split("/", 1)[0] != patient_id
+    return False
+
+
+def _field_of(exc: Exception) -> str:
+    """Name the first failing field without echoing its value (which may be PHI)."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors()
+        if errors:
+            loc = ".".join(str(part) for part in errors[0]["loc"])
+            return f"{loc}: {errors[0]['type']}" if loc else errors[0]["type"]
+    return type(exc).__name__

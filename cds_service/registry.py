@@ -1,0 +1,86 @@
+"""The services this CDS service offers (discovery is data, not code), and dispatch by service id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest, UnknownService
+from .prefetch import PrefetchTemplate
+from .ruleset import RuleSet
+
+PATIENT_VIEW_SERVICE = "leg-cramp-patient-view"
+
+
+@dataclass(frozen=True)
+class CdsService:
+    id: str
+    hook: str
+    title: str
+    description: str
+    templates: tuple[PrefetchTemplate, ...]
+    usage_requirements: str | None = None
+
+    def discovery_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": {t.key: t.query for t in self.templates},
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        return entry
+
+    def check_hook(self, hook: str) -> None:
+        if hook != self.hook:
+            raise BadRequest(
+                f"hook {hook!r} does not match service {self.id!r}, which answers {self.hook!r}.",
+                expression="hook",
+            )
+
+
+def chart_templates(ruleset: RuleSet) -> tuple[PrefetchTemplate, ...]:
+    """RULES.md, Inputs: the prefetch templates, within the CDS Hooks 2.0 query subset."""
+    loinc = ",".join(code for _, code in ruleset.observation_codes)
+    return (
+        PrefetchTemplate("patient", "Patient/{{context.patientId}}", required=True),
+        PrefetchTemplate("conditions", "Condition?patient={{context.patientId}}", required=True),
+        PrefetchTemplate(
+            "medicationRequests", "MedicationRequest?patient={{context.patientId}}&status=active", required=False
+        ),
+        PrefetchTemplate("medicationStatements", "MedicationStatement?patient={{context.patientId}}", required=False),
+        PrefetchTemplate("observations", f"Observation?patient={{{{context.patientId}}}}&code={loinc}", required=False),
+    )
+
+
+class ServiceRegistry:
+    def __init__(self, services: list[CdsService]) -> None:
+        self._services = {service.id: service for service in services}
+
+    @classmethod
+    def for_ruleset(cls, ruleset: RuleSet) -> "ServiceRegistry":
+        return cls([
+            CdsService(
+                id=PATIENT_VIEW_SERVICE,
+                hook="patient-view",
+                title="Leg cramps: venous workup, conservative care and DVT red flags",
+                description=(
+                    "Reads conditions, medications and a few observations to judge leg-cramp risk; suggests "
+                    "venous duplex ultrasound when cramps come with signs of venous disease, conservative care "
+                    "otherwise, and flags a possible DVT. Every card cites the records behind it."
+                ),
+                templates=chart_templates(ruleset),
+                usage_requirements="Patient and Condition data are required; medications and observations refine the advice.",
+            )
+        ])
+
+    def get(self, service_id: str) -> CdsService:
+        try:
+            return self._services[service_id]
+        except KeyError:
+            raise UnknownService(f"No CDS service with id {service_id!r}.") from None
+
+    def discovery(self) -> dict[str, Any]:
+        return {"services": [service.discovery_entry() for service in self._services.values()]}
