@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from .auth import WWW_AUTHENTICATE, AuthenticationError, ClientAuthenticator, endpoint_url
 from .errors import PayloadTooLarge, ServiceError, operation_outcome
 from .logs import configure_logging
 from .pipeline import Engine
@@ -60,7 +61,42 @@ def create_app(
     _register_request_hooks(app, settings)
     if settings.development_mode:
         log.warning(DEV_MODE_WARNING)
+    else:
+        _register_authentication(app, settings)
     return app
+
+
+def _build_authenticator(settings: Settings) -> ClientAuthenticator:
+    if settings.trusted_clients_path is None:
+        log.warning("no trusted CDS clients configured (CRAMP_TRUSTED_CLIENTS_FILE): every CDS call will be refused")
+        return ClientAuthenticator([])
+    return ClientAuthenticator.from_settings(settings)
+
+
+def _needs_authentication(settings: Settings) -> bool:
+    if request.method == "OPTIONS" or not request.path.startswith("/cds-services"):
+        return False  # CORS preflights carry no credentials; health checks are open
+    if request.path.rstrip("/") == "/cds-services":
+        return settings.auth_discovery
+    return True
+
+
+def _register_authentication(app: Flask, settings: Settings) -> None:
+    authenticator = _build_authenticator(settings)
+    app.extensions["leg_cramp_authenticator"] = authenticator
+
+    @app.before_request
+    def authenticate_client() -> Response | None:
+        if not _needs_authentication(settings):
+            return None
+        audience = endpoint_url(request.base_url, request.path, settings.public_base_url)
+        try:
+            client = authenticator.authenticate(request.headers.get("Authorization"), audience)
+        except AuthenticationError as exc:
+            log.warning("CDS client rejected", extra={"reason": exc.reason, "path": request.path})
+            return Response(status=401, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+        request.environ["leg_cramp.client"] = client.issuer
+        return None
 
 
 def _build_engine(settings: Settings, clock: Callable[[], datetime] | None) -> Engine:

@@ -62,6 +62,8 @@ class Settings:
     trusted_clients_path: Path | None = None
     # The service's externally visible base URL (for the JWT `aud` check behind a proxy).
     public_base_url: str | None = None
+    # Require the client JWT on discovery too (the spec says clients send it; some, like the Sandbox, don't).
+    auth_discovery: bool = False
     # FHIR servers the service may call (URL prefixes); see docs/configuration.md.
     fhir_server_allowlist: tuple[str, ...] = ()
     fhir_allow_http_loopback: bool = False
@@ -89,6 +91,7 @@ class Settings:
             max_body_bytes=_int(env, "CRAMP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             trusted_clients_path=Path(clients) if clients else None,
             public_base_url=env.get("CRAMP_PUBLIC_BASE_URL") or None,
+            auth_discovery=_flag(env, "CRAMP_AUTH_DISCOVERY"),
             fhir_server_allowlist=_list(env, "CRAMP_FHIR_ALLOWLIST"),
             fhir_allow_http_loopback=_flag(env, "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK"),
             fhir_deadline_seconds=deadline,
