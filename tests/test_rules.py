@@ -1,0 +1,229 @@
+"""Facts and rules as tables: each row a small chart and what RULES.md says about it."""
+
+from __future__ import annotations
+
+import pytest
+
+from chart_builder import LOINC, NOW, SNOMED, condition, hook_request, med_request, med_statement, observation
+from cds_service.clock import fixed_clock
+from cds_service.hook_request import parse_hook_request
+from cds_service.pipeline import Engine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.default(clock=fixed_clock(NOW))
+
+
+def run(engine, resources, **patient):
+    service = engine.registry.get("leg-cramp-patient-view")
+    return engine.run(service, parse_hook_request(hook_request(resources, **patient)))
+
+
+def items(outcome):
+    return {i.item: i.points for i in outcome.items}
+
+
+CRAMPS = condition("G47.62", age=400)
+
+# ---------------------------------------------------------------- facts: which records count
+FACT_TABLE = [
+    ("active condition counts", [condition("E11.9")], "diabetes", True),
+    ("resolved condition does not", [condition("E11.9", status="resolved")], "diabetes", False),
+    ("refuted does not", [condition("E11.9", verification="refuted")], "diabetes", False),
+    ("entered-in-error does not", [condition("E11.9", status=None, verification="entered-in-error")], "diabetes", False),
+    ("no clinicalStatus and not abated counts", [condition("E11.9", status=None)], "diabetes", True),
+    ("no clinicalStatus but abated does not", [condition("E11.9", status=None, abated=True)], "diabetes", False),
+    ("recurrence counts", [condition("E03.9", status="recurrence")], "hypothyroidism", True),
+    ("M62.831 alone is not documented cramps", [condition("M62.831")], "documented_leg_cramps", False),
+    ("SNOMED 449917004 accepted on input", [condition("449917004")], "documented_leg_cramps", True),
+    ("resolved cramps are not documented cramps", [condition("R25.2", status="resolved")], "documented_leg_cramps", False),
+    ("unspecified CKD scores nothing", [condition("N18.9")], "ckd_stage_3_5", False),
+    ("CKD 3b counts", [condition("N18.32")], "ckd_stage_3_5", True),
+    ("dialysis replaces CKD", [condition("N18.4"), condition("Z99.2")], "ckd_stage_3_5", False),
+    ("E78.1 is not high cholesterol", [condition("E78.1")], "high_cholesterol", False),
+    ("E78.41 is high cholesterol", [condition("E78.41")], "high_cholesterol", True),
+    ("neurogenic claudication is not PAD", [condition("303081002")], "peripheral_artery_disease", False),
+    ("C44 skin cancer is not active cancer", [condition("C44.91")], "active_cancer", False),
+    ("C50 breast cancer is", [condition("C50.911")], "active_cancer", True),
+    ("O03 abortive outcome is not pregnancy", [condition("O03.9")], "pregnancy", False),
+    ("O26 is pregnancy", [condition("O26.891")], "pregnancy", True),
+    ("pregnancy obs says pregnant", [observation("82810-3", answer=(LOINC, "LA15173-0"))], "pregnancy", True),
+    ("later not-pregnant obs wins over condition",
+     [condition("Z34.90", age=100), observation("82810-3", answer=(LOINC, "LA26683-5"), age=10)], "pregnancy", False),
+    ("pregnancy obs older than 280 days is outside", [observation("82810-3", answer=(LOINC, "LA15173-0"), age=281)],
+     "pregnancy", False),
+    ("dehydration 30 days ago counts", [condition("E86.0", age=30)], "recent_dehydration", True),
+    ("dehydration 31 days ago does not", [condition("E86.0", age=31)], "recent_dehydration", False),
+    ("undated dehydration is never recent", [condition("E86.0", age=None)], "recent_dehydration", False),
+    ("current smoker obs", [observation("72166-2", answer=(SNOMED, "449868002"))], "current_smoker", True),
+    ("later former-smoker obs wins",
+     [condition("F17.210", age=200), observation("72166-2", answer=(SNOMED, "8517006"), age=10)], "current_smoker", False),
+    ("later current obs wins over earlier never",
+     [observation("72166-2", answer=(SNOMED, "266919005"), age=300), observation("72166-2", answer=(LOINC, "LA18976-3"), age=5)],
+     "current_smoker", True),
+    ("K 3.4 mmol/L is low", [observation("2823-3", value=3.4, unit="mmol/L")], "low_potassium", True),
+    ("K 3.5 mmol/L is not", [observation("2823-3", value=3.5, unit="mmol/L")], "low_potassium", False),
+    ("K <3.0 comparator is low", [observation("2823-3", value=3.0, unit="mmol/L", comparator="<")], "low_potassium", True),
+    ("K flagged L without value is low", [observation("6298-4", interpretation="L")], "low_potassium", True),
+    ("later normal K wins over earlier low",
+     [observation("2823-3", value=3.0, unit="mmol/L", age=100), observation("2823-3", value=4.1, unit="mmol/L", age=5)],
+     "low_potassium", False),
+    ("K in unknown unit passed over; earlier low used",
+     [observation("2823-3", value=3.1, unit="mmol/L", age=100), observation("2823-3", value=31, unit="g/L", age=5)],
+     "low_potassium", True),
+    ("K older than 365 days ignored", [observation("2823-3", value=3.0, unit="mmol/L", age=366)], "low_potassium", False),
+    ("preliminary K ignored", [observation("2823-3", value=3.0, unit="mmol/L", status="preliminary")], "low_potassium", False),
+    ("Mg 1.6 mg/dL is low", [observation("19123-9", value=1.6, unit="mg/dL")], "low_magnesium", True),
+    ("Mg 1.7 mg/dL is not", [observation("19123-9", value=1.7, unit="mg/dL")], "low_magnesium", False),
+    ("Mg 0.69 mmol/L is low", [observation("2601-3", value=0.69, unit="mmol/L")], "low_magnesium", True),
+    ("Mg 1.3 mEq/L is low (0.65 mmol/L)", [observation("2601-3", value=1.3, unit="mEq/L")], "low_magnesium", True),
+    ("hypokalaemia diagnosis is low potassium", [condition("E87.6")], "low_potassium", True),
+    ("Z86.718 resolved still previous DVT", [condition("Z86.718", status="resolved")], "previous_dvt", True),
+    ("refuted DVT history is not", [condition("Z86.718", verification="refuted")], "previous_dvt", False),
+    ("acute DVT 15 days ago is previous DVT", [condition("I82.401", age=15)], "previous_dvt", True),
+    ("acute DVT 14 days ago is recent, not previous", [condition("I82.401", age=14)], "previous_dvt", False),
+    ("superficial thrombophlebitis is not DVT", [condition("I80.01", age=3)], "recent_acute_dvt", False),
+]
+
+
+@pytest.mark.parametrize("name, resources, fact, expected", FACT_TABLE, ids=[row[0] for row in FACT_TABLE])
+def test_facts_table(engine, name, resources, fact, expected):
+    assert run(engine, resources).facts.has(fact) is expected
+
+
+MEDICATION_TABLE = [
+    ("clinical-drug code maps by code", med_request(rxcui="316049"), {"thiazide"}, "code", True),
+    ("brand text maps by text", med_statement(text="Lasix 40mg"), {"loop"}, "text", True),
+    ("combination counts each class", med_statement(text="Maxzide 37.5/25"), {"thiazide", "potassium-sparing"}, "text", True),
+    ("proposal intent does not count", med_request(rxcui="316049", intent="proposal"), {"thiazide"}, "code", False),
+    ("stopped request does not count", med_request(rxcui="316049", status="stopped"), {"thiazide"}, "code", False),
+    ("ended statement does not count", med_statement(text="furosemide 20 mg", ended_days_ago=1), {"loop"}, "text", False),
+    ("intended statement counts", med_statement(text="simvastatin 20 mg", status="intended"), {"statin"}, "text", True),
+    ("acetazolamide is not a diuretic", med_statement(text="acetazolamide 250 mg"), {"carbonic-anhydrase-inhibitor"}, "text", True),
+    ("clopidogrel is no anticoagulant", med_request(rxcui="309362"), set(), "code", True),
+    ("unknown drug is not mapped", med_statement(text="vitamin D 1000 IU"), set(), None, True),
+]
+
+
+@pytest.mark.parametrize("name, resource, classes, method, counted", MEDICATION_TABLE, ids=[r[0] for r in MEDICATION_TABLE])
+def test_medication_mapping_table(engine, name, resource, classes, method, counted):
+    (med,) = run(engine, [resource]).facts.medications
+    assert set(med.classes) == classes
+    assert med.method == method
+    assert med.counted is counted
+
+
+def test_one_ingredient_counts_once_however_many_records(engine):
+    result = run(engine, [med_request(rxcui="316049"), med_statement(text="hydrochlorothiazide 25 mg"), CRAMPS])
+    assert items(result.evaluation.contributors) == {"thiazide_diuretic": 1.5}
+
+
+# ---------------------------------------------------------------- A: possible DVT
+RED_FLAG_TABLE = [
+    ("acute DVT recent, no anticoagulant", [condition("I82.401", age=5)], ["acute_dvt"], "right"),
+    ("acute DVT recent on apixaban text", [condition("I82.402", age=5), med_statement(text="Eliquis 5 mg")], [], None),
+    ("acute DVT 15 days ago", [condition("I82.401", age=15)], [], None),
+    ("two signs, right", [condition("R22.41", age=3), condition("M79.661", age=2)], ["two_signs"], "right"),
+    ("two pain records are one sign", [condition("M79.661", age=3), condition("300954003", age=2)], [], None),
+    ("sign outside 14 days", [condition("R22.41", age=15), condition("M79.661", age=2)], [], None),
+    ("one sign plus cancer", [condition("L03.116", age=1), condition("C50.911")], ["sign_plus_wells"], "left"),
+    ("one sign plus previous DVT", [condition("300954003", age=1), condition("Z86.718")], ["sign_plus_wells"], None),
+    ("one sign plus paralysis", [condition("R22.42", age=1), condition("G81.90")], ["sign_plus_wells"], "left"),
+    ("one sign alone", [condition("R22.41", age=1)], [], None),
+    ("bilateral swelling is not one-sided", [condition("R22.43", age=1), condition("M79.661", age=1)], [], None),
+    ("SNOMED oedema with a right body site is one-sided",
+     [condition("102572006", age=1, body_site="Right lower leg"), condition("M79.661", age=1)], ["two_signs"], "right"),
+    ("anticoagulant does not silence two signs",
+     [condition("R22.41", age=3), condition("M79.661", age=2), med_statement(text="warfarin 5 mg")], ["two_signs"], "right"),
+    ("signs on both sides: bilateral duplex", [condition("R22.41", age=3), condition("L03.116", age=2)], ["two_signs"], None),
+]
+
+
+@pytest.mark.parametrize("name, resources, pathways, side", RED_FLAG_TABLE, ids=[r[0] for r in RED_FLAG_TABLE])
+def test_red_flag_table(engine, name, resources, pathways, side):
+    outcome = run(engine, resources).evaluation.red_flag
+    assert list(outcome.pathways) == pathways
+    assert outcome.fired is bool(pathways)
+    if pathways:
+        assert outcome.side == side
+
+
+def test_red_flag_hides_venous_and_conservative_cards(engine):
+    result = run(engine, [CRAMPS, condition("I83.90"), condition("R22.41", age=1), condition("M79.661", age=1)],
+                 birth_date="1950-01-01")
+    assert result.evaluation.venous.fired and result.evaluation.red_flag.fired
+    assert [o.card_id for o in result.evaluation.shown] == ["possible-dvt"]
+
+
+# ---------------------------------------------------------------- B: venous index
+VENOUS_TABLE = [
+    ("varicose veins 3", [CRAMPS, condition("I83.90")], {"varicose_veins": 3}, True),
+    ("I83.2 scores only skin changes 4", [CRAMPS, condition("I83.222")], {"venous_skin_changes": 4}, True),
+    ("L97 alone is no venous ulcer", [CRAMPS, condition("L97.919")], {}, False),
+    ("L97 with varicose record is", [CRAMPS, condition("L97.919"), condition("I83.90")],
+     {"venous_skin_changes": 4, "varicose_veins": 3}, True),
+    ("oedema 31 days is chronic 2", [CRAMPS, condition("R60.0", age=31), condition("I83.90")],
+     {"chronic_leg_edema": 2, "varicose_veins": 3}, True),
+    ("oedema 30 days is not chronic", [CRAMPS, condition("R60.0", age=30)], {}, False),
+    ("chronic oedema with heart failure 1", [CRAMPS, condition("R60.0", age=100), condition("I50.9")],
+     {"chronic_leg_edema": 1}, False),
+    ("previous DVT 2 + age 1 = 3 fires", [CRAMPS, condition("Z86.718")], {"previous_dvt": 2, "age_50_or_over": 1}, True),
+    ("risk factors alone never fire", [CRAMPS, observation("39156-5", value=35, unit="kg/m2"),
+                                       observation("82810-3", answer=(LOINC, "LA15173-0"))],
+     {"bmi_30_or_over": 1, "pregnancy": 1, "age_50_or_over": 1}, False),
+    ("no documented cramps never fires", [condition("I83.90"), condition("I87.2")],
+     {"varicose_veins": 3, "venous_insufficiency": 3, "age_50_or_over": 1}, False),
+]
+
+
+@pytest.mark.parametrize("name, resources, expected_items, fires", VENOUS_TABLE, ids=[r[0] for r in VENOUS_TABLE])
+def test_venous_index_table(engine, name, resources, expected_items, fires):
+    older = any(i in expected_items for i in ("age_50_or_over",))
+    outcome = run(engine, resources, birth_date="1960-01-01" if older else "1990-01-01").evaluation.venous
+    assert items(outcome) == expected_items
+    assert outcome.fired is fires
+
+
+# ---------------------------------------------------------------- C: contributors
+CONTRIBUTOR_TABLE = [
+    ("below threshold: no card", [med_request(rxcui="312961"), condition("E11.9"), condition("E78.5")], 2.0, None),
+    ("threshold reached", [med_statement(text="spironolactone 25 mg"), condition("E03.9")], 3.0, "elevated-cramp-risk"),
+    ("LABA by brand", [med_statement(text="Advair Diskus 250/50"), condition("K74.60")], 4.0, "elevated-cramp-risk"),
+    ("cramps always show conservative care", [CRAMPS], 0.0, "conservative-care"),
+    ("dialysis 2 not 3 with CKD", [condition("N18.4"), condition("Z99.2"), condition("E11.9")], 3.0, "elevated-cramp-risk"),
+]
+
+
+@pytest.mark.parametrize("name, resources, score, card", CONTRIBUTOR_TABLE, ids=[r[0] for r in CONTRIBUTOR_TABLE])
+def test_contributor_table(engine, name, resources, score, card):
+    result = run(engine, resources)
+    assert result.evaluation.contributors.score == pytest.approx(score)
+    assert [o.card_id for o in result.evaluation.shown] == ([card] if card else [])
+
+
+LAB_TABLE = [
+    ("diuretic, no labs: both", [CRAMPS, med_statement(text="furosemide 40 mg")], ("potassium", "magnesium")),
+    ("diuretic, K present: magnesium only",
+     [CRAMPS, med_statement(text="furosemide 40 mg"), observation("2823-3", value=4.0, unit="mmol/L", age=200)], ("magnesium",)),
+    ("unspecified CKD counts", [CRAMPS, condition("N18.9")], ("potassium", "magnesium")),
+    ("CKD stage 1 counts (CKD of any stage)", [CRAMPS, condition("431855005")], ("potassium", "magnesium")),
+    ("no diuretic, no kidney or liver disease: none", [CRAMPS, condition("E11.9")], ()),
+    ("K older than 12 months is missing",
+     [CRAMPS, condition("K70.30"), observation("2823-3", value=4.0, unit="mmol/L", age=366),
+      observation("2601-3", value=0.8, unit="mmol/L", age=20)], ("potassium",)),
+]
+
+
+@pytest.mark.parametrize("name, resources, missing", LAB_TABLE, ids=[r[0] for r in LAB_TABLE])
+def test_lab_suggestion_table(engine, name, resources, missing):
+    assert run(engine, resources).evaluation.contributors.missing_labs == missing
+
+
+def test_card_detail_is_tailored_advice(engine):
+    edema = run(engine, [CRAMPS, condition("R60.0", age=5)]).response["cards"][0]["detail"]
+    plain = run(engine, [CRAMPS]).response["cards"][0]["detail"]
+    assert "Compression hose" in edema and "Compression hose" not in plain
+    low_mg = run(engine, [CRAMPS, observation("2601-3", value=0.5, unit="mmol/L")]).response["cards"][0]["detail"]
+    assert "Correct the documented low potassium or magnesium" in low_mg
+    assert "routine magnesium does not help" in plain and "routine magnesium does not help" not in low_mg
