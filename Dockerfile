@@ -1,0 +1,40 @@
+# leg-cramp-cds: production image. gunicorn, non-root, health check; client authentication required.
+#
+#   docker build -t leg-cramp-cds .
+#   docker run -p 8080:8080 -v cramp-data:/data \
+#     -v "$PWD/trusted-clients.yaml:/config/trusted-clients.yaml:ro" \
+#     -e CRAMP_TRUSTED_CLIENTS_FILE=/config/trusted-clients.yaml leg-cramp-cds
+#
+# tools/check-docker-commands runs the commands below (wheel build, install, CMD, HEALTHCHECK) without a
+# Docker engine; keep the two in step.
+
+# --- build: a wheel from the source (card and rule data go inside it) -------------------------------
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md ./
+COPY cds_service ./cds_service
+COPY cards ./cards
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# --- runtime ----------------------------------------------------------------------------------------
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CRAMP_BIND=0.0.0.0:8080 \
+    CRAMP_DATABASE_URL=sqlite:////data/leg-cramp-cds.sqlite3
+RUN groupadd --system --gid 10001 cramp \
+    && useradd --system --uid 10001 --gid cramp --home-dir /home/cramp --create-home \
+       --shell /usr/sbin/nologin cramp \
+    && mkdir -p /data \
+    && chown cramp:cramp /data
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl \
+    && rm -rf /wheels
+USER cramp
+WORKDIR /home/cramp
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"]
+CMD ["gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
