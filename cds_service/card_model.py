@@ -122,6 +122,34 @@ class CdsResponse(_Wire):
     cards: list[Card]
     systemActions: list[Action] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_json_null(cls, data: Any) -> Any:
+        """CDS Hooks 2.0 §JSON: absent optional fields are omitted, never null."""
+        path = _first_null(data, "")
+        if path is not None:
+            raise ValueError(f"{path or 'body'} is null; CDS Hooks omits absent fields instead")
+        return data
+
+
+def _first_null(node: Any, path: str) -> str | None:
+    """The path of the first JSON null in raw data (models built in code are not walked)."""
+    if node is None:
+        return path
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return None
+    for key, value in items:
+        if key == "resource":
+            continue  # FHIR resources inside actions follow FHIR's own rules
+        found = _first_null(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
 
 def wire_json(model: BaseModel) -> dict[str, Any]:
     """The model as CDS Hooks JSON: absent optional fields omitted, never null (spec §JSON)."""

@@ -96,7 +96,7 @@ def _parse_patient(patient_id: str, raws: list[dict[str, Any]]) -> Any:
         )
     try:
         return get_fhir_model_class("Patient").model_validate(raw)
-    except (ValidationError, ValueError, TypeError) as exc:
+    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidPatient(
             f"prefetch.patient is not a valid FHIR R4 Patient ({_field_of(exc)}).", expression="prefetch.patient"
         ) from None
@@ -124,10 +124,11 @@ def _add_resource(
     seen.add(identity)
     if _is_other_patient(raw, patient_id):
         chart.skipped.append(SkippedRecord(resource_type, resource_id, "refers to another patient"))
+        log.warning("skipped resource %s/%s: refers to another patient", resource_type, resource_id)
         return
     try:
         resource = get_fhir_model_class(resource_type).model_validate(raw)
-    except (ValidationError, ValueError, TypeError) as exc:
+    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
         reason = f"invalid FHIR R4 ({_field_of(exc)})"
         chart.skipped.append(SkippedRecord(resource_type, resource_id, reason))
         log.warning("skipped invalid resource %s/%s: %s", resource_type, resource_id, reason)

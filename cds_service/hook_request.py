@@ -58,8 +58,12 @@ class HookRequest(_Wire):
         return self.context.patientId
 
 
-def parse_hook_request(body: Any) -> HookRequest:
-    """Validate a decoded JSON body as a CDS Hooks request; raise ``BadRequest`` naming the field."""
+def parse_hook_request(body: Any, expected_hook: str | None = None) -> HookRequest:
+    """Validate a decoded JSON body as a CDS Hooks request; raise ``BadRequest`` naming the field.
+
+    With ``expected_hook`` (the service's hook), a request for another hook is refused before its
+    hook-specific context is checked, so the message says what is really wrong.
+    """
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     try:
@@ -70,6 +74,11 @@ def parse_hook_request(body: Any) -> HookRequest:
         raise BadRequest(
             "fhirAuthorization is present but fhirServer is missing (CDS Hooks cds-r-1).",
             expression="fhirServer",
+        )
+    if expected_hook is not None and request.hook != expected_hook:
+        raise BadRequest(
+            f"hook {request.hook!r} does not match this service, which answers {expected_hook!r}.",
+            expression="hook",
         )
     _check_order_context(request)
     return request

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, UnknownService
+from .errors import UnknownService
 from .prefetch import PrefetchTemplate
 from .ruleset import RuleSet
 
@@ -33,12 +33,6 @@ class CdsService:
             entry["usageRequirements"] = self.usage_requirements
         return entry
 
-    def check_hook(self, hook: str) -> None:
-        if hook != self.hook:
-            raise BadRequest(
-                f"hook {hook!r} does not match service {self.id!r}, which answers {self.hook!r}.",
-                expression="hook",
-            )
 
 
 def chart_templates(ruleset: RuleSet) -> tuple[PrefetchTemplate, ...]:
