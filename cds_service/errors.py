@@ -5,8 +5,10 @@
     │   └── InvalidPatient (400)  the Patient resource itself failed validation
     ├── UnsupportedMediaType (415)
     ├── UnknownService (404)
+    ├── UnknownCard (404)         feedback names a card uuid this service never issued
     ├── PayloadTooLarge (413)
     └── PreconditionFailed (412)  required data could not be had (names the prefetch keys)
+        └── FhirServerRefused     fhirServer may not be called (allowlist, https); no request was made
 
 Messages name the field or key that is wrong and never carry PHI, tokens or stack traces.
 """
@@ -48,6 +50,11 @@ class UnknownService(ServiceError):
     code = "not-found"
 
 
+class UnknownCard(ServiceError):
+    status = 404
+    code = "not-found"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "too-costly"
@@ -60,6 +67,14 @@ class PreconditionFailed(ServiceError):
     def __init__(self, message: str, *, keys: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.keys = keys
+
+
+class FhirServerRefused(PreconditionFailed):
+    """The request's fhirServer may not be called: ``reason`` says why (not on the allowlist, not https)."""
+
+    def __init__(self, reason: str, *, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{reason}; no request was made.", keys=keys)
+        self.reason = reason
 
 
 def operation_outcome(

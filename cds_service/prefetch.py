@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
+from urllib.parse import quote
 
-from .errors import PreconditionFailed
+from .errors import FhirServerRefused, PreconditionFailed
 from .hook_request import HookRequest
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -32,6 +33,7 @@ class ResolvedPrefetch:
     not_checked: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # why a fetch failed or stopped, by key (no PHI)
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,19 @@ class Fetcher(Protocol):
 
 
 def render_template(template: str, request: HookRequest) -> str:
-    """Replace ``{{context.x}}`` tokens (root-level primitive context fields, CDS Hooks 2.0)."""
+    """Replace ``{{context.x}}`` tokens (root-level primitive context fields, CDS Hooks 2.0).
+
+    Values are percent-encoded: an id holding ``/``, ``?``, ``&`` or ``#`` cannot change the query's shape.
+    """
     context = request.context.model_dump()
 
     def value(match: re.Match[str]) -> str:
         token = match.group(1)
         if token.startswith("context."):
             found = context.get(token.removeprefix("context."))
-            return str(found) if isinstance(found, (str, int)) else ""
+            return quote(str(found), safe="") if isinstance(found, (str, int)) else ""
         if token == "userPractitionerId" and request.context.userId.startswith("Practitioner/"):
-            return request.context.userId.split("/", 1)[1]
+            return quote(request.context.userId.split("/", 1)[1], safe="")
         return ""
 
     return _TOKEN.sub(value, template)
@@ -101,13 +106,16 @@ def resolve_prefetch(
         if value.get("resourceType") == "Bundle" and has_next_page(value):
             partial[template.key] = value
     if (missing or partial) and fetcher is not None and request.fhirServer:
-        _fetch_into(resolved, fetcher, request, missing, partial)
+        try:
+            _fetch_into(resolved, fetcher, request, missing, partial)
+        except FhirServerRefused as refused:  # no request was made
+            _refuse(resolved, refused, templates, missing, partial, service_id)
     else:
         resolved.incomplete.extend(partial)
     unavailable = [t for t in templates if t.key in missing and t.key not in resolved.resources]
     required = [t.key for t in unavailable if t.required]
     if required:
-        raise PreconditionFailed(_missing_message(required, service_id, request), keys=tuple(required))
+        raise PreconditionFailed(_missing_message(required, service_id, request, resolved.reasons), keys=tuple(required))
     resolved.not_checked.extend(t.key for t in unavailable)
     return resolved
 
@@ -116,6 +124,8 @@ def _fetch_into(resolved: ResolvedPrefetch, fetcher: Fetcher, request: HookReque
                 missing: dict[str, str], partial: dict[str, dict[str, Any]]) -> None:
     outcomes = fetcher.fetch(request, missing, partial)
     for key, outcome in outcomes.items():
+        if outcome.reason:
+            resolved.reasons[key] = outcome.reason
         if outcome.resources is None:
             if key in partial:
                 resolved.incomplete.append(key)
@@ -129,8 +139,28 @@ def _fetch_into(resolved: ResolvedPrefetch, fetcher: Fetcher, request: HookReque
             resolved.incomplete.append(key)
 
 
-def _missing_message(keys: list[str], service_id: str, request: HookRequest) -> str:
+def _refuse(resolved: ResolvedPrefetch, refused: FhirServerRefused, templates: tuple[PrefetchTemplate, ...],
+            missing: dict[str, str], partial: dict[str, dict[str, Any]], service_id: str) -> None:
+    """fhirServer may not be called: 412 naming the reason and the keys when required data is missing;
+    otherwise optional keys go "not checked" and partial Bundles "incomplete", as without a fhirServer."""
+    required = [t.key for t in templates if t.required and t.key in missing]
+    if required:
+        raise PreconditionFailed(
+            f"Unable to obtain required prefetch data with key(s) {', '.join(required)} for CDS Hooks service "
+            f"{service_id}: {refused.reason}; no request was made.",
+            keys=tuple(required),
+        ) from None
+    for key in [*missing, *partial]:
+        resolved.reasons[key] = refused.reason
+    resolved.incomplete.extend(partial)
+
+
+def _missing_message(keys: list[str], service_id: str, request: HookRequest,
+                     reasons: Mapping[str, str] | None = None) -> str:
     why = "no fhirServer was given to fetch them from" if not request.fhirServer else "they could not be fetched"
+    given = [f"{key}: {reasons[key]}" for key in keys if reasons and key in reasons]
+    if given:
+        why += f" ({'; '.join(given)})"
     return (
         f"Unable to obtain required prefetch data with key(s) {', '.join(keys)} for CDS Hooks service "
         f"{service_id}: {why}."
