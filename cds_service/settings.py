@@ -7,11 +7,15 @@ Every variable is prefixed ``CRAMP_``; ``docs/configuration.md`` lists them all.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MIN_SECRET_LENGTH = 16
+# Development mode without CRAMP_PATIENT_KEY_SECRET: one random secret per process (forked workers share it).
+_DEVELOPMENT_PATIENT_KEY_SECRET = secrets.token_hex(32)
 
 
 class SettingsError(ValueError):
@@ -55,6 +59,9 @@ class Settings:
     rules_path: Path | None = None
     # Database URL for cards shown and feedback (SQLite file by default).
     database_url: str = "sqlite:///leg-cramp-cds.sqlite3"
+    # Key of the patient hash stored with each card shown (HMAC-SHA256); every replica must share it.
+    # Required outside development mode (``patient_key_secret_or_default``).
+    patient_key_secret: str | None = field(default=None, repr=False)
     # Origins allowed by CORS ("*" by default: the CDS Hooks Sandbox is a browser app).
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -83,8 +90,12 @@ class Settings:
             raise SettingsError(
                 f"CRAMP_FHIR_DEADLINE_SECONDS: expected a number, got {deadline_raw!r}"
             ) from None
+        secret = env.get("CRAMP_PATIENT_KEY_SECRET") or None
+        if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+            raise SettingsError(f"CRAMP_PATIENT_KEY_SECRET: must be at least {MIN_SECRET_LENGTH} characters")
         return cls(
             development_mode=_flag(env, "CRAMP_DEV_MODE"),
+            patient_key_secret=secret,
             rules_path=Path(rules) if rules else None,
             database_url=env.get("CRAMP_DATABASE_URL", cls.database_url),
             cors_origins=_list(env, "CRAMP_CORS_ORIGINS") or ("*",),
@@ -96,6 +107,18 @@ class Settings:
             fhir_allow_http_loopback=_flag(env, "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK"),
             fhir_deadline_seconds=deadline,
             log_level=env.get("CRAMP_LOG_LEVEL", "INFO").upper(),
+        )
+
+    def patient_key_secret_or_default(self) -> tuple[str, bool]:
+        """(secret, is_random): the configured secret; in development mode without one, a random secret for
+        this process (suppression then does not survive a restart). SettingsError outside development mode."""
+        if self.patient_key_secret:
+            return self.patient_key_secret, False
+        if self.development_mode:
+            return _DEVELOPMENT_PATIENT_KEY_SECRET, True
+        raise SettingsError(
+            "CRAMP_PATIENT_KEY_SECRET: required outside development mode (a long random string that every "
+            "replica shares, e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
 
     def with_changes(self, **changes: object) -> "Settings":

@@ -1,0 +1,392 @@
+"""The card store: cards shown, the feedback on them, suppression and the feedback report.
+
+The only module that imports SQLAlchemy. ``CardStore`` implements the pipeline's ``CardLedger``:
+
+    record_shown(cards)                         one row per card issued (never the patient id: a keyed hash)
+    overridden_since(patient_key, rule, since)  suppression, shared by every replica on the same database
+    record_feedback(service_id, items)          idempotent, committed before it returns
+    report(since)                               per rule and rule-set version: shown, accepted, overridden
+
+Storage: a SQLite file by default (WAL, ``synchronous=FULL``, writers take the lock at ``BEGIN
+IMMEDIATE``), or PostgreSQL by URL (``postgresql+psycopg://...``) for several replicas. The schema is
+created and upgraded by the Alembic migrations shipped in ``cds_service/migrations`` when the store
+opens (PostgreSQL: under an advisory lock, so replicas starting together migrate once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from sqlalchemy import (
+    JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, TypeDecorator,
+    create_engine, distinct, event, func, select,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from .clock import system_clock
+from .errors import BadRequest, UnknownCard
+from .feedback import FeedbackItem
+from .pipeline import ShownCard
+from .settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+TIMEOUT_SECONDS = 5  # connect, lock and statement timeouts: a slow database fails the call, not the worker
+FUTURE_TOLERANCE = timedelta(minutes=5)  # an outcomeTimestamp later than this after receipt is refused
+_MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out (SQLite keeps naive UTC text; PostgreSQL timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# The tables as the migrations leave them (cds_service/migrations/versions).
+metadata = MetaData()
+cards_shown = Table(
+    "cards_shown", metadata,
+    Column("card_uuid", String(64), primary_key=True),
+    Column("service_id", String(200), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("ruleset_version", String(100), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("hook_instance", Text(), nullable=False),
+    Column("patient_key", String(64), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("suggestion_uuids", JSON(), nullable=False),
+)
+feedback = Table(
+    "feedback", metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("card_uuid", String(64), ForeignKey("cards_shown.card_uuid"), nullable=False),
+    Column("patient_key", String(64), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", JSON(), nullable=False),
+    Column("override_reason_system", Text()),
+    Column("override_reason_code", Text()),
+    Column("override_reason_display", Text()),
+    Column("user_comment", Text()),
+    Column("outcome_timestamp", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+)
+FEEDBACK_ITEM_KEY = ["card_uuid", "outcome", "outcome_timestamp"]  # UNIQUE uq_feedback_item
+
+
+class StoreUnavailable(SettingsError):
+    """The database at CRAMP_DATABASE_URL cannot be opened or migrated; the message says why (no URL)."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    received: int
+    stored: int  # new items; the rest had been stored before
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - self.stored
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    system: str | None
+    code: str | None
+    display: str | None
+    cards: int
+
+    @property
+    def label(self) -> str:
+        return self.display or self.code or "(no coded reason)"
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    rule: str
+    ruleset_version: str
+    shown: int
+    accepted: int  # cards with at least one 'accepted' feedback
+    overridden: int  # cards with at least one 'overridden' feedback
+    top_reasons: tuple[ReasonCount, ...]
+
+    @property
+    def accept_rate(self) -> float | None:
+        return self.accepted / self.shown if self.shown else None
+
+    @property
+    def override_rate(self) -> float | None:
+        return self.overridden / self.shown if self.shown else None
+
+
+class CardStore:
+    """Cards shown and their feedback, in the database at ``database_url`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        patient_key_secret: str | None,
+        *,
+        clock: Callable[[], datetime] = system_clock,
+        migrate: bool = True,
+        must_exist: bool = False,
+    ) -> None:
+        self._secret = patient_key_secret.encode() if patient_key_secret else None
+        self.clock = clock
+        self.engine = _create_engine(database_url, must_exist=must_exist)
+        if migrate:
+            try:
+                self.migrate()
+            except OperationalError as exc:
+                raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot open the database ({_reason(exc)})") from None
+
+    # --- schema ----------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """``alembic upgrade head``, in one transaction that other starting replicas wait for."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        if not isinstance(self.engine.pool, StaticPool):  # (in memory, the connection is the database)
+            self.engine.dispose()  # no connection inherited by forked server workers
+
+    def ping(self) -> bool:
+        with self._reading() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- CardLedger ------------------------------------------------------------------------------
+    def patient_key(self, patient_id: str) -> str:
+        """HMAC-SHA256 of the patient id under the shared secret: the only patient reference stored."""
+        if self._secret is None:
+            raise RuntimeError("this CardStore was opened without a patient key secret")
+        return hmac.new(self._secret, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def record_shown(self, cards: list[ShownCard]) -> None:
+        rows = [
+            {
+                "card_uuid": card.card_uuid, "service_id": card.service_id, "rule": card.rule,
+                "ruleset_version": card.ruleset_version, "indicator": card.indicator,
+                "hook_instance": card.hook_instance, "patient_key": card.patient_key,
+                "issued_at": card.issued_at, "suggestion_uuids": list(card.suggestion_uuids),
+            }
+            for card in cards if card.card_uuid
+        ]
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as connection:
+                for row in rows:
+                    connection.execute(_insert_ignore(connection, cards_shown, ["card_uuid"]), row)
+        except OperationalError as exc:
+            # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
+            log.error("cards shown not recorded: database unavailable",
+                      extra={"cards": len(rows), "error": _reason(exc)})
+
+    def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
+        query = (
+            select(feedback.c.id)
+            .where(
+                feedback.c.patient_key == patient_key,
+                feedback.c.rule == rule,
+                feedback.c.outcome == "overridden",
+                feedback.c.outcome_timestamp >= since,
+            )
+            .limit(1)
+        )
+        try:
+            with self._reading() as connection:
+                return connection.execute(query).first() is not None
+        except OperationalError as exc:
+            log.error("suppression not checked: database unavailable; the card is shown",
+                      extra={"rule": rule, "error": _reason(exc)})
+            return False
+
+    # --- feedback --------------------------------------------------------------------------------
+    def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> FeedbackResult:
+        """Store ``items`` (all or none), each at most once; committed before this returns.
+
+        ``UnknownCard`` when an item names a card this service never issued; ``BadRequest`` when it names
+        a suggestion that card did not carry or an outcomeTimestamp in the future.
+        """
+        if not items:
+            return FeedbackResult(0, 0)
+        received_at = self.clock()
+        stored = 0
+        with self.engine.begin() as connection:
+            issued = _issued_cards(connection, {item.card for item in items})
+            for index, item in enumerate(items):
+                row = _feedback_row(index, item, issued.get(item.card), service_id, received_at)
+                stored += connection.execute(_insert_ignore(connection, feedback, FEEDBACK_ITEM_KEY), row).rowcount
+        return FeedbackResult(received=len(items), stored=stored)
+
+    # --- report ----------------------------------------------------------------------------------
+    def report(self, since: datetime | None = None) -> list[ReportRow]:
+        """Per card rule and rule-set version, over the cards issued at or after ``since``."""
+        group = (cards_shown.c.rule, cards_shown.c.ruleset_version)
+        window = [cards_shown.c.issued_at >= since] if since else []
+        joined = cards_shown.join(feedback, feedback.c.card_uuid == cards_shown.c.card_uuid)
+        shown_q = select(*group, func.count()).where(*window).group_by(*group)
+        outcomes_q = (
+            select(*group, feedback.c.outcome, func.count(distinct(feedback.c.card_uuid)))
+            .select_from(joined).where(*window).group_by(*group, feedback.c.outcome)
+        )
+        reason = (feedback.c.override_reason_system, feedback.c.override_reason_code)
+        reasons_q = (
+            select(*group, *reason, func.max(feedback.c.override_reason_display),
+                   func.count(distinct(feedback.c.card_uuid)))
+            .select_from(joined).where(feedback.c.outcome == "overridden", *window).group_by(*group, *reason)
+        )
+        with self._reading() as connection:
+            shown = {(r[0], r[1]): r[2] for r in connection.execute(shown_q)}
+            outcomes = {(r[0], r[1], r[2]): r[3] for r in connection.execute(outcomes_q)}
+            reasons: dict[tuple[str, str], list[ReasonCount]] = defaultdict(list)
+            for r in connection.execute(reasons_q):
+                reasons[(r[0], r[1])].append(ReasonCount(r[2], r[3], r[4], r[5]))
+        return [
+            ReportRow(
+                rule=rule, ruleset_version=version, shown=count,
+                accepted=outcomes.get((rule, version, "accepted"), 0),
+                overridden=outcomes.get((rule, version, "overridden"), 0),
+                top_reasons=tuple(sorted(reasons[(rule, version)], key=lambda r: (-r.cards, r.label))[:3]),
+            )
+            for (rule, version), count in sorted(shown.items())
+        ]
+
+    def _reading(self) -> Connection:
+        """A connection for reads (on SQLite a deferred BEGIN: it takes no write lock)."""
+        return self.engine.connect().execution_options(cramp_read_only=True)
+
+
+def _reason(exc: OperationalError) -> str:
+    """The driver's message, without the SQL statement or its parameters."""
+    return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0][:200]}" if exc.orig else type(exc).__name__
+
+
+def _issued_cards(connection: Connection, uuids: Iterable[str]) -> dict[str, Any]:
+    query = select(
+        cards_shown.c.card_uuid, cards_shown.c.service_id, cards_shown.c.patient_key, cards_shown.c.rule,
+        cards_shown.c.suggestion_uuids,
+    ).where(cards_shown.c.card_uuid.in_(sorted(uuids)))
+    return {row.card_uuid: row for row in connection.execute(query)}
+
+
+def _feedback_row(index: int, item: FeedbackItem, card: Any, service_id: str, received_at: datetime) -> dict:
+    where = f"feedback[{index}]"
+    if card is None or card.service_id != service_id:
+        raise UnknownCard(
+            f"{where}.card: service {service_id!r} never issued card {item.card}.", expression=f"{where}.card"
+        )
+    offered = set(card.suggestion_uuids or ())
+    for position, suggestion in enumerate(item.acceptedSuggestions or ()):
+        if suggestion.id not in offered:
+            field = f"{where}.acceptedSuggestions[{position}].id"
+            raise BadRequest(f"{field}: card {item.card} carried no suggestion {suggestion.id}.", expression=field)
+    if item.outcomeTimestamp > received_at + FUTURE_TOLERANCE:
+        field = f"{where}.outcomeTimestamp"
+        raise BadRequest(f"{field} is in the future.", expression=field)
+    reason = item.overrideReason
+    coding = reason.reason if reason else None
+    return {
+        "card_uuid": item.card,
+        "patient_key": card.patient_key,
+        "rule": card.rule,
+        "outcome": item.outcome,
+        "accepted_suggestions": list(item.accepted_ids),
+        "override_reason_system": coding.system if coding else None,
+        "override_reason_code": coding.code if coding else None,
+        "override_reason_display": coding.display if coding else None,
+        "user_comment": reason.userComment if reason else None,
+        "outcome_timestamp": item.outcomeTimestamp,
+        "received_at": received_at,
+    }
+
+
+def _insert_ignore(connection: Connection, table: Table, key: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, on SQLite and PostgreSQL alike."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=key)
+
+
+def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        raise SettingsError("CRAMP_DATABASE_URL: not a database URL (sqlite:///FILE or postgresql+psycopg://...)") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        in_memory = url.database in (None, "", ":memory:")
+        if must_exist and not in_memory and not Path(url.database).is_file():
+            raise StoreUnavailable(f"CRAMP_DATABASE_URL: no SQLite database at {url.database}")
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={"timeout": TIMEOUT_SECONDS, "check_same_thread": False},
+            **({"poolclass": StaticPool} if in_memory else {}),
+        )
+        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin_sqlite)
+        return engine
+    if backend == "postgresql":
+        ms = TIMEOUT_SECONDS * 1000
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=TIMEOUT_SECONDS,
+            pool_recycle=1800,
+            connect_args={
+                "connect_timeout": TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                f"-c idle_in_transaction_session_timeout={6 * ms}",
+            },
+        )
+    raise SettingsError(f"CRAMP_DATABASE_URL: unsupported database {backend!r} (use sqlite:/// or postgresql+psycopg://)")
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own: _begin_sqlite does
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {TIMEOUT_SECONDS * 1000}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")  # a commit is on disk before it returns
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _begin_sqlite(connection: Connection) -> None:
+    # Writers take the write lock at BEGIN, so a read-then-write transaction never fails on lock upgrade.
+    read_only = connection.get_execution_options().get("cramp_read_only", False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
