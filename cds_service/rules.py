@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .facts import ConditionRecord, Fact, MedicationRecord, PatientFacts, Provenance
-from .ruleset import RuleSet
+# The item ids scored here are defined once, in ruleset.py (the validator rejects any other id in ``points``).
+from .ruleset import CONTRIBUTOR_CONDITION_ITEMS, VENOUS_CONDITION_ITEMS, RuleSet
 
-VENOUS_CONDITION_ITEMS = ("varicose_veins", "venous_insufficiency", "venous_skin_changes", "post_thrombotic_syndrome")
 LAB_TESTS = ("potassium", "magnesium")
 
 
@@ -185,20 +185,7 @@ def _add_fact_item(items: list[ScoredItem], fact: Fact | None, item: str, points
 
 # ---------------------------------------------------------------- C: conservative care / elevated risk
 
-CONDITION_CONTRIBUTORS = (
-    "liver_disease",
-    "dialysis_or_eskd",
-    "ckd_stage_3_5",
-    "diabetes",
-    "pregnancy",
-    "hypothyroidism",
-    "peripheral_artery_disease",
-    "low_potassium",
-    "low_magnesium",
-    "recent_dehydration",
-    "current_smoker",
-    "high_cholesterol",
-)
+CONDITION_CONTRIBUTORS = CONTRIBUTOR_CONDITION_ITEMS
 
 
 def _drug_items(classes: dict[str, list[MedicationRecord]], ruleset: RuleSet) -> list[ScoredItem]:

@@ -3,10 +3,22 @@ compiled form (value sets as fast matchers).
 
 The schema is strict: unknown keys, wrong types and negative weights are errors that name the path.
 ``load_ruleset(path)`` returns a ``RuleSet``; ``load_default_ruleset()`` the one shipped in the package.
+
+Validation runs in two passes, and every problem is reported with its path and, where the file has it,
+its YAML line (``RuleSetError.located``):
+
+1. the pydantic schema (unknown keys, wrong types, ranges);
+2. ``_semantic_problems``: code references (known system alias, ``alias|code`` form), negative weights,
+   unknown item ids in ``points`` (the ids the rules know: ``VENOUS_INDEX_ITEMS``, ``CONTRIBUTOR_ITEMS``),
+   value sets the rules read, value-set files (``file:``), thresholds no combination of items can reach,
+   and the card text of every enabled card in the ``cards`` package (``card_text_problems``).
+
+``docs/rule-set.md`` documents every key.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,20 +27,58 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CARD_IDS = ("possible-dvt", "venous-duplex-workup", "conservative-care", "elevated-cramp-risk")
 _CODE_REF = re.compile(r"^(?P<alias>[a-z0-9_]+)\|(?P<code>[^\s|]+)$")
 
+# The item ids the rules score (rules.py reads these; an id in ``points`` outside them is an error).
+VENOUS_CONDITION_ITEMS = ("varicose_veins", "venous_insufficiency", "venous_skin_changes", "post_thrombotic_syndrome")
+VENOUS_INDEX_ITEMS = (*VENOUS_CONDITION_ITEMS, "previous_dvt", "chronic_leg_edema", "pregnancy", "age_50_or_over",
+                      "bmi_30_or_over")
+CONTRIBUTOR_DRUG_ITEMS = ("potassium_sparing_diuretic", "thiazide_diuretic", "loop_diuretic",
+                          "long_acting_beta_agonist", "statin")
+CONTRIBUTOR_CONDITION_ITEMS = (
+    "liver_disease", "dialysis_or_eskd", "ckd_stage_3_5", "diabetes", "pregnancy", "hypothyroidism",
+    "peripheral_artery_disease", "low_potassium", "low_magnesium", "recent_dehydration", "current_smoker",
+    "high_cholesterol",
+)
+CONTRIBUTOR_ITEMS = (*CONTRIBUTOR_DRUG_ITEMS, *CONTRIBUTOR_CONDITION_ITEMS, "age_65_or_over")
+RED_FLAG_SIGNS = ("one_sided_leg_swelling", "leg_redness_cellulitis", "leg_pain")
+WELLS_ITEMS = ("active_cancer", "recent_surgery", "paralysis", "previous_dvt")
+# The value sets facts.py and rules.py read by name: a rule set must define every one of them.
+REQUIRED_VALUE_SETS = (
+    "leg_cramp", "pregnancy", "smoking_current", "smoking_former", "smoking_never", "ckd_stage_3_5",
+    "ckd_unspecified", "ckd_any", "dialysis_or_eskd", "heart_failure", "dvt_acute", "dvt_history",
+    "varicose_veins", "venous_insufficiency", "venous_skin_changes", "leg_ulcer_needing_venous_record",
+    "post_thrombotic_syndrome", "leg_edema", "leg_edema_one_side_by_code", "leg_edema_snomed_sided_by_body_site",
+    "leg_redness_cellulitis", "leg_pain", "active_cancer", "paralysis", "peripheral_artery_disease",
+    "high_cholesterol", "diabetes", "liver_disease", "hypothyroidism", "hypokalemia", "hypomagnesemia",
+    "dehydration", "surgical_procedure_category", "pregnancy_status_pregnant", "pregnancy_status_not_pregnant",
+)
+CARD_TEXT_KEYS = ("summary", "source_url")
+
+Path_ = tuple[Any, ...]  # a path into the YAML document: keys and list indices
+
 
 class RuleSetError(ValueError):
-    """The rule-set file is invalid; ``problems`` lists (path, message) pairs."""
+    """The rule-set file is invalid; ``problems`` lists (path, message) pairs and ``lines`` the YAML line
+    of each (None where the file has no such place, e.g. a missing key's parent is not found)."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, source: str, problems: list[tuple[str, str]], lines: list[int | None] | None = None) -> None:
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
-        super().__init__(f"{source}: invalid rule set\n{lines}")
+        self.lines = list(lines) if lines is not None else [None] * len(problems)
+        listed = "\n".join(
+            f"  {f'line {line}: ' if line else ''}{path}: {message}"
+            for (path, message), line in zip(problems, self.lines)
+        )
+        super().__init__(f"{source}: invalid rule set\n{listed}")
+
+    @property
+    def located(self) -> list[tuple[int | None, str, str]]:
+        """(line, path, message) for each problem."""
+        return [(line, path, message) for (path, message), line in zip(self.problems, self.lines)]
 
 
 class _Strict(BaseModel):
@@ -37,6 +87,7 @@ class _Strict(BaseModel):
 
 class ValueSetSpec(_Strict):
     source: str = Field(min_length=1)
+    file: str | None = None  # a FHIR ValueSet JSON: next to the rule-set file, or shipped in data/valuesets/
     codes: list[str] = []
     prefixes: list[str] = []
     ranges: list[str] = []
@@ -138,44 +189,6 @@ class RuleSetSpec(_Strict):
     contributors: Contributors
     cards: dict[str, CardSettings]
 
-    @field_validator("venous_index", "contributors")
-    @classmethod
-    def _no_negative_points(cls, value: Any) -> Any:
-        negative = [name for name, points in value.points.items() if points < 0]
-        if negative:
-            raise ValueError(f"negative points for {', '.join(sorted(negative))}")
-        return value
-
-    @model_validator(mode="after")
-    def _cross_references(self) -> "RuleSetSpec":
-        problems: list[str] = []
-        for name, spec in self.value_sets.items():
-            for entry in [*spec.codes, *spec.prefixes, *spec.ranges, *spec.exclude]:
-                problem = _check_code_ref(entry, self.code_systems)
-                if problem:
-                    problems.append(f"value_sets.{name}: {problem}")
-        for spec_name, spec in self.observations:
-            for entry in spec.codes:
-                problem = _check_code_ref(entry, self.code_systems)
-                if problem:
-                    problems.append(f"observations.{spec_name}: {problem}")
-        missing_cards = [card for card in CARD_IDS if card not in self.cards]
-        if missing_cards:
-            problems.append(f"cards: missing settings for {', '.join(missing_cards)}")
-        unknown_cards = sorted(set(self.cards) - set(CARD_IDS))
-        if unknown_cards:
-            problems.append(f"cards: unknown card ids {', '.join(unknown_cards)}")
-        for sign in self.venous_index.objective_signs:
-            if sign not in self.venous_index.points:
-                problems.append(f"venous_index.objective_signs: {sign} has no points")
-        if sum(self.venous_index.points.values()) < self.venous_index.threshold:
-            problems.append("venous_index.threshold: no combination of items can reach it")
-        if sum(self.contributors.points.values()) < self.contributors.threshold:
-            problems.append("contributors.threshold: no combination of items can reach it")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
 
 def _check_code_ref(entry: str, systems: dict[str, str]) -> str | None:
     match = _CODE_REF.match(entry)
@@ -221,10 +234,15 @@ class ValueSet:
 class RuleSet:
     """A validated rule set with compiled value sets."""
 
-    def __init__(self, spec: RuleSetSpec, source: str) -> None:
+    def __init__(self, spec: RuleSetSpec, source: str,
+                 file_codes: dict[str, frozenset[tuple[str, str]]] | None = None) -> None:
         self.spec = spec
         self.source = source
-        self.value_sets = {name: _compile(name, vs, spec.code_systems) for name, vs in spec.value_sets.items()}
+        file_codes = file_codes or {}
+        self.value_sets = {
+            name: _compile(name, vs, spec.code_systems, file_codes.get(name, frozenset()))
+            for name, vs in spec.value_sets.items()
+        }
 
     @property
     def version(self) -> str:
@@ -250,7 +268,8 @@ class RuleSet:
         return table
 
 
-def _compile(name: str, spec: ValueSetSpec, systems: dict[str, str]) -> ValueSet:
+def _compile(name: str, spec: ValueSetSpec, systems: dict[str, str],
+             file_codes: frozenset[tuple[str, str]] = frozenset()) -> ValueSet:
     def pairs(entries: list[str]) -> list[tuple[str, str]]:
         return [(systems[e.split("|", 1)[0]], e.split("|", 1)[1]) for e in entries]
 
@@ -260,30 +279,269 @@ def _compile(name: str, spec: ValueSetSpec, systems: dict[str, str]) -> ValueSet
         ranges.append((system, low, high or low))
     return ValueSet(
         name=name,
-        codes=frozenset(pairs(spec.codes)),
+        codes=frozenset(pairs(spec.codes)) | file_codes,
         prefixes=tuple(pairs(spec.prefixes)),
         ranges=tuple(ranges),
         excludes=tuple(pairs(spec.exclude)),
     )
 
 
-def parse_ruleset(text: str, source: str) -> RuleSet:
+# ---------------------------------------------------------------- semantic checks
+
+def _semantic_problems(spec: RuleSetSpec) -> list[tuple[Path_, str]]:
+    """Cross-field checks on a schema-valid rule set; each problem with the path it is about."""
+    problems: list[tuple[Path_, str]] = []
+    systems = spec.code_systems
+    for name, value_set in spec.value_sets.items():
+        for kind in ("codes", "prefixes", "ranges", "exclude"):
+            for index, entry in enumerate(getattr(value_set, kind)):
+                problem = _check_code_ref(entry, systems)
+                if problem:
+                    problems.append((("value_sets", name, kind, index), problem))
+    missing_sets = [name for name in REQUIRED_VALUE_SETS if name not in spec.value_sets]
+    if missing_sets:
+        problems.append((("value_sets",), f"missing value sets the rules read: {', '.join(missing_sets)}"))
+    for spec_name, observation in spec.observations:
+        for index, entry in enumerate(observation.codes):
+            problem = _check_code_ref(entry, systems)
+            if problem:
+                problems.append((("observations", spec_name, "codes", index), problem))
+    for side, refs in spec.laterality.code_sides.items():
+        problems += [(("laterality", "code_sides", side, i), p) for i, r in enumerate(refs)
+                     if (p := _check_code_ref(r, systems))]
+    for side, refs in spec.laterality.body_site_sides.items():
+        problems += [(("laterality", "body_site_sides", side, i), p) for i, r in enumerate(refs)
+                     if (p := _check_code_ref(r, systems))]
+    for index, rule in enumerate(spec.laterality.last_character_sides):
+        if problem := _check_code_ref(rule.prefix, systems):
+            problems.append((("laterality", "last_character_sides", index, "prefix"), problem))
+    for section, known in (("venous_index", VENOUS_INDEX_ITEMS), ("contributors", CONTRIBUTOR_ITEMS)):
+        for item, points in getattr(spec, section).points.items():
+            if item not in known:
+                problems.append(((section, "points", item),
+                                 f"unknown item {item!r} (the rules score: {', '.join(known)})"))
+            elif points < 0:
+                problems.append(((section, "points", item),
+                                 f"negative points for {item} ({points:g}); expected a number >= 0"))
+    for index, sign in enumerate(spec.venous_index.objective_signs):
+        if sign not in spec.venous_index.points:
+            problems.append((("venous_index", "objective_signs", index), f"{sign} has no points"))
+    for drug_class, item in spec.contributors.drug_classes.items():
+        if item not in CONTRIBUTOR_DRUG_ITEMS:
+            problems.append((("contributors", "drug_classes", drug_class),
+                             f"unknown drug item {item!r} (expected one of {', '.join(CONTRIBUTOR_DRUG_ITEMS)})"))
+    for index, name in enumerate(spec.contributors.lab_check.conditions):
+        if name not in spec.value_sets:
+            problems.append((("contributors", "lab_check", "conditions", index), f"no value set named {name!r}"))
+    for key, known in (("signs", RED_FLAG_SIGNS), ("wells_items", WELLS_ITEMS)):
+        for index, item in enumerate(getattr(spec.red_flag, key)):
+            if item not in known:
+                problems.append((("red_flag", key, index), f"unknown item {item!r} (expected one of {', '.join(known)})"))
+    for section in ("venous_index", "contributors"):
+        block = getattr(spec, section)
+        reachable = sum(points for points in block.points.values() if points > 0)
+        if reachable < block.threshold:
+            problems.append(((section, "threshold"), f"no combination of items can reach it "
+                             f"(threshold {block.threshold:g}, all items together score {reachable:g})"))
+    missing_cards = [card for card in CARD_IDS if card not in spec.cards]
+    if missing_cards:
+        problems.append((("cards",), f"missing settings for {', '.join(missing_cards)}"))
+    for card in sorted(set(spec.cards) - set(CARD_IDS)):
+        problems.append((("cards", card), f"unknown card id (expected one of {', '.join(CARD_IDS)})"))
+    problems += card_text_problems(spec)
+    return problems
+
+
+def card_text_problems(spec: RuleSetSpec, folder: Any = None) -> list[tuple[Path_, str]]:
+    """Every enabled card needs its wording: ``cards/<card id>.yaml`` in the ``cards`` package, a mapping
+    with at least ``summary`` and ``source_url``. Used by ``rules validate``, at service start and on reload
+    (``parse_ruleset`` runs it)."""
+    folder = folder if folder is not None else resources.files("cards")
+    problems: list[tuple[Path_, str]] = []
+    for card_id, settings in spec.cards.items():
+        if not settings.enabled or card_id not in CARD_IDS:
+            continue
+        entry = folder.joinpath(f"{card_id}.yaml")
+        where = ("cards", card_id)
+        try:
+            text = yaml.safe_load(entry.read_text(encoding="utf-8"))
+        except (OSError, FileNotFoundError):
+            problems.append((where, f"card text missing: no cards/{card_id}.yaml in the cards package"))
+            continue
+        except yaml.YAMLError:
+            problems.append((where, f"card text cards/{card_id}.yaml is not valid YAML"))
+            continue
+        if not isinstance(text, dict):
+            problems.append((where, f"card text cards/{card_id}.yaml is not a mapping"))
+            continue
+        absent = [key for key in CARD_TEXT_KEYS if not text.get(key)]
+        if absent:
+            problems.append((where, f"card text cards/{card_id}.yaml lacks {', '.join(absent)}"))
+    return problems
+
+
+# ---------------------------------------------------------------- value-set files
+
+def _shipped_valuesets() -> Any:
+    return resources.files("cds_service").joinpath("data")
+
+
+def _resolve_valueset_file(name: str, base_dir: Path | None) -> Any | None:
+    """``file:`` relative to the rule-set file's folder, else to the package's ``data/`` folder (for
+    ``valuesets/<name>.json`` shipped with the package)."""
+    candidates: list[Any] = []
+    if base_dir is not None:
+        candidates.append(base_dir / name)
+    candidates.append(_shipped_valuesets().joinpath(name))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_valueset_codes(text: str) -> list[tuple[str, str]]:
+    """(system, code) pairs of a FHIR ValueSet: ``expansion.contains`` (nested ``contains`` too), else
+    ``compose.include[].concept``. Raises ValueError with what is wrong."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("resourceType") != "ValueSet":
+        raise ValueError("not a FHIR ValueSet (resourceType must be ValueSet)")
+    pairs: list[tuple[str, str]] = []
+
+    def walk(entries: Any) -> None:
+        for entry in entries or []:
+            if not isinstance(entry, dict):
+                raise ValueError("expansion.contains holds a non-object")
+            if entry.get("code") and not entry.get("abstract"):
+                if not entry.get("system"):
+                    raise ValueError(f"expansion code {entry['code']!r} has no system")
+                pairs.append((str(entry["system"]), str(entry["code"])))
+            walk(entry.get("contains"))
+
+    expansion = data.get("expansion")
+    if isinstance(expansion, dict) and expansion.get("contains"):
+        walk(expansion["contains"])
+        return pairs
+    for index, include in enumerate((data.get("compose") or {}).get("include") or []):
+        if include.get("filter") or include.get("valueSet"):
+            raise ValueError(f"compose.include[{index}] uses filter/valueSet: only explicit codes are supported "
+                             "(ship an expansion)")
+        system = include.get("system")
+        concepts = include.get("concept") or []
+        if concepts and not system:
+            raise ValueError(f"compose.include[{index}] has concepts but no system")
+        pairs += [(system, str(c["code"])) for c in concepts if isinstance(c, dict) and c.get("code")]
+    if not pairs:
+        raise ValueError("holds no codes (expected expansion.contains or compose.include.concept)")
+    return pairs
+
+
+def _valueset_file_codes(spec: RuleSetSpec, base_dir: Path | None,
+                         problems: list[tuple[Path_, str]]) -> dict[str, frozenset[tuple[str, str]]]:
+    known_systems = set(spec.code_systems.values())
+    codes: dict[str, frozenset[tuple[str, str]]] = {}
+    for name, value_set in spec.value_sets.items():
+        if not value_set.file:
+            continue
+        where = ("value_sets", name, "file")
+        found = _resolve_valueset_file(value_set.file, base_dir)
+        if found is None:
+            looked = [str(base_dir / value_set.file)] if base_dir is not None else []
+            looked.append(f"cds_service/data/{value_set.file} (shipped)")
+            problems.append((where, f"value-set file {value_set.file!r} not found (looked in {', '.join(looked)})"))
+            continue
+        try:
+            pairs = read_valueset_codes(found.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append((where, f"value-set file {value_set.file!r} cannot be read: {exc}"))
+            continue
+        except ValueError as exc:
+            problems.append((where, f"value-set file {value_set.file!r}: {exc}"))
+            continue
+        unknown = sorted({system for system, _ in pairs} - known_systems)
+        if unknown:
+            problems.append((where, f"value-set file {value_set.file!r} uses code systems not in code_systems: "
+                             f"{', '.join(unknown)}"))
+            continue
+        codes[name] = frozenset(pairs)
+    return codes
+
+
+# ---------------------------------------------------------------- YAML lines
+
+def _line_index(text: str) -> dict[Path_, int]:
+    """Path (keys and list indices) -> 1-based line of that node (a mapping entry: its key's line)."""
+    index: dict[Path_, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: Any, path: Path_) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, key.value)
+                index[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for position, item in enumerate(node.value):
+                child = (*path, position)
+                index[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    if root is not None:
+        index[()] = root.start_mark.line + 1
+        walk(root, ())
+    return index
+
+
+def line_of(index: dict[Path_, int], path: Path_) -> int | None:
+    """The line of ``path``, or of its nearest ancestor present in the file (a missing key: its parent)."""
+    for end in range(len(path), -1, -1):
+        line = index.get(tuple(path[:end]))
+        if line is not None:
+            return line
+    return None
+
+
+def _format_path(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"
+
+
+def _raise(source: str, text: str, problems: list[tuple[Path_, str]]) -> None:
+    index = _line_index(text)
+    raise RuleSetError(
+        source,
+        [(_format_path(path), message) for path, message in problems],
+        [line_of(index, path) for path, _ in problems],
+    )
+
+
+# ---------------------------------------------------------------- entry points
+
+def parse_ruleset(text: str, source: str, base_dir: Path | None = None) -> RuleSet:
+    """Validate and compile a rule set; ``base_dir`` is the folder ``value_sets.*.file`` are relative to."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RuleSetError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise RuleSetError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")],
+                           [mark.line + 1 if mark else None]) from None
     if not isinstance(data, dict):
-        raise RuleSetError(source, [("(top)", "expected a mapping of rule-set keys")])
+        raise RuleSetError(source, [("(top)", "expected a mapping of rule-set keys")], [1])
     try:
         spec = RuleSetSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            (".".join(str(p) for p in error["loc"]) or "(top)", _message(error)) for error in exc.errors()
-        ]
-        raise RuleSetError(source, problems) from None
-    return RuleSet(spec, source)
+        _raise(source, text, [(tuple(error["loc"]), _message(error)) for error in exc.errors()])
+        raise  # unreachable: _raise always raises
+    problems = _semantic_problems(spec)
+    file_codes = _valueset_file_codes(spec, base_dir, problems)
+    if problems:
+        _raise(source, text, problems)
+    return RuleSet(spec, source, file_codes)
 
 
 def _message(error: dict[str, Any]) -> str:
@@ -298,9 +556,10 @@ def load_ruleset(path: Path | str) -> RuleSet:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RuleSetError(str(path), [("(file)", f"cannot be read: {exc.strerror}")]) from None
-    return parse_ruleset(text, str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise RuleSetError(str(path), [("(file)", f"cannot be read: {reason}")]) from None
+    return parse_ruleset(text, str(path), base_dir=path.resolve().parent)
 
 
 def load_default_ruleset() -> RuleSet:
