@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BadRequest
+from .orders import check_order_context
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
 
@@ -41,7 +42,7 @@ class HookContext(_Wire):
     encounterId: str | None = None
     # order hooks only; validated by hook in ``parse_hook_request``
     draftOrders: dict[str, Any] | None = None
-    selections: list[str] | None = None
+    selections: list[Any] | None = None  # entries checked by orders.check_order_context (naming selections[i])
 
 
 class HookRequest(_Wire):
@@ -50,7 +51,8 @@ class HookRequest(_Wire):
     context: HookContext
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
-    prefetch: dict[str, dict[str, Any] | None] | None = None
+    # Values are checked only for the keys a service asked for (prefetch.py): others are ignored.
+    prefetch: dict[str, Any] | None = None
     extension: dict[str, Any] | None = None
 
     @property
@@ -94,6 +96,7 @@ def _check_order_context(request: HookRequest) -> None:
         raise BadRequest("context.draftOrders must be a FHIR Bundle.", expression="context.draftOrders")
     if request.hook == "order-select" and context.selections is None:
         raise BadRequest("context.selections is required for order-select.", expression="context.selections")
+    check_order_context(request.hook, context.draftOrders, context.selections)
 
 
 def _location(exc: ValidationError) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 from urllib.parse import quote
 
-from .errors import FhirServerRefused, PreconditionFailed
+from .errors import BadRequest, FhirServerRefused, PreconditionFailed
 from .hook_request import HookRequest
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -99,6 +99,9 @@ def resolve_prefetch(
     partial: dict[str, dict[str, Any]] = {}
     for template in templates:
         value = sent.get(template.key)
+        if value is not None and not isinstance(value, dict):
+            raise BadRequest(f"prefetch.{template.key} must be a FHIR resource (a JSON object) or null.",
+                             expression=f"prefetch.{template.key}")
         if value is None or _is_operation_outcome(value):
             missing[template.key] = render_template(template.query, request)
             continue
