@@ -309,6 +309,12 @@ def _medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: Dru
     )
 
 
+def medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: date) -> MedicationRecord:
+    """One MedicationRequest or MedicationStatement as a ``MedicationRecord`` (``chart`` resolves a
+    ``medicationReference``); orders.py reads the order hooks' draft orders with it."""
+    return _medication_record(resource, chart, ruleset, drugs, today)
+
+
 def _is_current_medication(resource: Any, ruleset: RuleSet, today: date) -> bool:
     spec = ruleset.spec.medications
     if resource.get_resource_type() == "MedicationRequest":

@@ -10,6 +10,8 @@ from .prefetch import PrefetchTemplate
 from .ruleset import RuleSet
 
 PATIENT_VIEW_SERVICE = "leg-cramp-patient-view"
+ORDER_SELECT_SERVICE = "leg-cramp-order-select"
+ORDER_SIGN_SERVICE = "leg-cramp-order-sign"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,32 @@ def chart_templates(ruleset: RuleSet) -> tuple[PrefetchTemplate, ...]:
     )
 
 
+def order_templates(ruleset: RuleSet) -> tuple[PrefetchTemplate, ...]:
+    """RULES.md, Order hooks: the chart is read for the patient's cramp record only. Conditions are optional
+    here, so a missing chart never blocks the quinine warning."""
+    return (
+        PrefetchTemplate("patient", "Patient/{{context.patientId}}", required=True),
+        PrefetchTemplate("conditions", "Condition?patient={{context.patientId}}", required=False),
+    )
+
+
+def _order_service(service_id: str, hook: str, ruleset: RuleSet) -> CdsService:
+    when = "selects" if hook == "order-select" else "signs"
+    judged = "the selected orders" if hook == "order-select" else "every draft order"
+    return CdsService(
+        id=service_id,
+        hook=hook,
+        title="Leg cramps: quinine, and drugs associated with cramps, at ordering",
+        description=(
+            f"When the clinician {when} orders, judges {judged}: warns that quinine is not recommended for leg "
+            "cramps (FDA warning), and tells when a diuretic, long-acting beta-agonist or statin is ordered for "
+            "a patient with documented leg cramps."
+        ),
+        templates=order_templates(ruleset),
+        usage_requirements="Patient data is required; conditions (the cramp record) are optional.",
+    )
+
+
 class ServiceRegistry:
     def __init__(self, services: list[CdsService]) -> None:
         self._services = {service.id: service for service in services}
@@ -67,7 +95,9 @@ class ServiceRegistry:
                 ),
                 templates=chart_templates(ruleset),
                 usage_requirements="Patient and Condition data are required; medications and observations refine the advice.",
-            )
+            ),
+            _order_service(ORDER_SELECT_SERVICE, "order-select", ruleset),
+            _order_service(ORDER_SIGN_SERVICE, "order-sign", ruleset),
         ])
 
     def get(self, service_id: str) -> CdsService:

@@ -28,7 +28,8 @@ def test_default_ruleset_holds_rules_md_numbers():
         "hypothyroidism": 1, "peripheral_artery_disease": 1, "low_potassium": 1, "low_magnesium": 1,
         "recent_dehydration": 1, "age_65_or_over": 1, "current_smoker": 0.5, "high_cholesterol": 0.5}
     assert {k: v.suppress_days for k, v in spec.cards.items()} == {
-        "possible-dvt": 0, "venous-duplex-workup": 30, "conservative-care": 90, "elevated-cramp-risk": 90}
+        "possible-dvt": 0, "venous-duplex-workup": 30, "conservative-care": 90, "elevated-cramp-risk": 90,
+        "quinine-for-cramps": 30, "cramp-associated-drug-order": 90}  # order hooks: warning 30, info 90
     assert spec.observations.potassium.low_below["mmol/L"] == 3.5
     assert spec.observations.magnesium.low_below == {"mmol/L": 0.70, "mEq/L": 1.40, "meq/L": 1.40, "mg/dL": 1.7}
     assert {k: getattr(spec.observations, k).window_days for k in
