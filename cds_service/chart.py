@@ -3,12 +3,17 @@
 
 One invalid resource is skipped and reported, never fatal; only an invalid Patient is (400).
 Observations are validated only when their code is one the rules read: nothing else can matter.
+Likewise only the elements ``facts.py`` reads (``READ_ELEMENTS``) are validated: validating a Synthea
+Patient whole costs ~1 ms (names, addresses, extensions), its id and birthDate ~25 us. An element outside
+that list is neither validated nor read; add it there when ``facts.py`` starts reading it
+(tests/test_chart_projection.py checks that projected and whole validation give the same answers).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Iterable, Mapping
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -27,6 +32,37 @@ READ_TYPES = (
     "Observation",
     "Procedure",
 )
+
+
+# Per resource type, the elements facts.py reads, and those FHIR requires (subject): the rest of a resource
+# is dropped before validation.
+READ_ELEMENTS: dict[str, frozenset[str]] = {
+    name: frozenset({"resourceType", "id", "subject", *elements})
+    for name, elements in {
+        # Its extensions too: a malformed (e.g. absurdly deep) Patient stays a 400, not a silent 200.
+        "Patient": ("birthDate", "extension"),
+        "Condition": ("code", "clinicalStatus", "verificationStatus", "bodySite", "onsetDateTime", "onsetPeriod",
+                      "recordedDate", "abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange",
+                      "abatementString"),
+        "Observation": ("status", "code", "effectiveDateTime", "effectivePeriod", "issued", "valueQuantity",
+                        "valueCodeableConcept", "interpretation"),
+        "MedicationRequest": ("status", "intent", "medicationCodeableConcept", "medicationReference", "contained",
+                              "authoredOn"),
+        "MedicationStatement": ("status", "medicationCodeableConcept", "medicationReference", "contained",
+                                "effectiveDateTime", "effectivePeriod", "dateAsserted"),
+        "Medication": ("code",),
+        "Procedure": ("status", "category", "code", "performedDateTime", "performedPeriod"),
+    }.items()
+}
+PROJECT = True  # False: validate whole resources (tests compare the two)
+
+
+def _validate(resource_type: str, raw: dict[str, Any]) -> Any:
+    """``raw`` as a fhir.resources model, validating only the elements that facts.py reads."""
+    if PROJECT:
+        keep = READ_ELEMENTS[resource_type]
+        raw = {key: value for key, value in raw.items() if key in keep}
+    return get_fhir_model_class(resource_type).model_validate(raw)
 
 
 @dataclass(frozen=True)
@@ -67,8 +103,14 @@ def build_chart(
     observation_codes: frozenset[tuple[str, str]],
     not_checked: Iterable[str] = (),
     incomplete: Iterable[str] = (),
+    stale_before: Mapping[tuple[str, str], date] | None = None,
 ) -> Chart:
-    """Validate and group raw resources. ``resources_by_key['patient']`` must hold the Patient."""
+    """Validate and group raw resources. ``resources_by_key['patient']`` must hold the Patient.
+
+    ``stale_before``: (system, code) of a quantity observation -> the date before which facts.py cannot
+    use it (outside its window; ``Engine`` passes it with a day's margin). Such an Observation with a
+    ``valueQuantity`` and a readable date before that is left out without being validated.
+    """
     patient = _parse_patient(patient_id, resources_by_key.get("patient", []))
     chart = Chart(
         patient=patient,
@@ -81,7 +123,7 @@ def build_chart(
         if key == "patient":
             continue
         for raw in raws:
-            _add_resource(chart, raw, patient_id, observation_codes, seen)
+            _add_resource(chart, raw, patient_id, observation_codes, seen, stale_before)
     return chart
 
 
@@ -95,7 +137,7 @@ def _parse_patient(patient_id: str, raws: list[dict[str, Any]]) -> Any:
             "prefetch.patient is a different patient than context.patientId.", expression="prefetch.patient"
         )
     try:
-        return get_fhir_model_class("Patient").model_validate(raw)
+        return _validate("Patient", raw)
     except (ValidationError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidPatient(
             f"prefetch.patient is not a valid FHIR R4 Patient ({_field_of(exc)}).", expression="prefetch.patient"
@@ -108,6 +150,7 @@ def _add_resource(
     patient_id: str,
     observation_codes: frozenset[tuple[str, str]],
     seen: set[tuple[str, str]],
+    stale_before: Mapping[tuple[str, str], date] | None = None,
 ) -> None:
     if not isinstance(raw, dict):
         chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
@@ -118,6 +161,8 @@ def _add_resource(
         return
     if resource_type == "Observation" and not _has_read_code(raw, observation_codes):
         return
+    if resource_type == "Observation" and stale_before and _is_stale_quantity(raw, stale_before):
+        return
     identity = (resource_type, resource_id)
     if resource_id != "?" and identity in seen:
         return  # the same record sent under two keys counts once
@@ -127,7 +172,7 @@ def _add_resource(
         log.warning("skipped resource %s/%s: refers to another patient", resource_type, resource_id)
         return
     try:
-        resource = get_fhir_model_class(resource_type).model_validate(raw)
+        resource = _validate(resource_type, raw)
     except (ValidationError, ValueError, TypeError, RecursionError) as exc:
         reason = f"invalid FHIR R4 ({_field_of(exc)})"
         chart.skipped.append(SkippedRecord(resource_type, resource_id, reason))
@@ -146,6 +191,32 @@ def _has_read_code(raw: dict[str, Any], observation_codes: frozenset[tuple[str, 
     return any(
         isinstance(c, dict) and (c.get("system"), c.get("code")) in observation_codes for c in code["coding"]
     )
+
+
+def _raw_date(raw: dict[str, Any]) -> date | None:
+    """An Observation's date as facts.record_date reads it (effective, period start, issued), from the raw
+    strings: the calendar date as written, None when absent or unreadable."""
+    period = raw.get("effectivePeriod")
+    for value in (raw.get("effectiveDateTime"), period.get("start") if isinstance(period, dict) else None,
+                  raw.get("issued")):
+        if isinstance(value, str) and len(value) >= 10:
+            try:
+                return date.fromisoformat(value[:10])
+            except ValueError:
+                return None
+        if value is not None:
+            return None
+    return None
+
+
+def _is_stale_quantity(raw: dict[str, Any], stale_before: Mapping[tuple[str, str], date]) -> bool:
+    if "valueQuantity" not in raw or "valueCodeableConcept" in raw:
+        return False  # coded answers count at any age (facts: ever recorded)
+    code = raw.get("code")
+    cutoffs = [stale_before[(c.get("system"), c.get("code"))] for c in code["coding"]
+               if isinstance(c, dict) and (c.get("system"), c.get("code")) in stale_before]
+    when = _raw_date(raw) if cutoffs else None
+    return when is not None and all(when < cutoff for cutoff in cutoffs)
 
 
 def _is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:

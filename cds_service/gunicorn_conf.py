@@ -13,14 +13,24 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
     CRAMP_WORKERS      worker processes (default 2 * CPU cores + 1, at most 8)
     CRAMP_THREADS      threads per worker (default 4)
     CRAMP_ACCESS_LOG   true: one access-log line per request on stderr (default false)
+    CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 1000; 0: never)
     CRAMP_LOG_LEVEL    also sets gunicorn's own log level (default INFO)
+    PROMETHEUS_MULTIPROC_DIR
+                       where the workers write their metrics for /metrics to add up (default: a fresh
+                       temporary directory per master, removed when it exits). When set, the master empties
+                       it on start: give each server its own.
+
+Gunicorn's own logs (start, workers, errors, access) are JSON lines like the service's (``logconfig_dict``).
 
 An invalid value raises ``SettingsError`` naming the variable.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
 from typing import Any, Mapping
 
 from cds_service.settings import SettingsError
@@ -52,6 +62,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise SettingsError(f"{name}: expected a whole number (0 or more), got {raw!r}")
+    return int(raw)
+
+
 def _access_log(env: Mapping[str, str]) -> str | None:
     raw = env.get("CRAMP_ACCESS_LOG", "").strip().lower()
     if raw in _TRUE:
@@ -71,6 +90,59 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
+def json_logconfig(level: str, access_log: bool) -> dict[str, Any]:
+    """Gunicorn's loggers as JSON lines on stderr (``cds_service.logs.JsonFormatter``)."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "cds_service.logs.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": ["json"], "propagate": False},
+            "gunicorn.access": {"level": "INFO" if access_log else "CRITICAL", "handlers": ["json"],
+                                "propagate": False},
+        },
+        "root": {"level": level.upper(), "handlers": ["json"]},
+    }
+
+
+# --- Prometheus multiprocess mode (cds_service/metrics.py) -------------------------------------------
+# The master prepares the directory before any worker forks; workers inherit the variable and are the
+# first to import prometheus_client.
+_CREATED_MULTIPROC_DIR: list[str] = []
+
+
+def prepare_multiproc_dir() -> str:
+    """Point PROMETHEUS_MULTIPROC_DIR at an empty directory: a new temporary one unless set."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not path:
+        path = tempfile.mkdtemp(prefix="cramp-metrics-")
+        _CREATED_MULTIPROC_DIR.append(path)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    else:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's values
+            os.remove(stale)
+    return path
+
+
+def on_starting(server: Any) -> None:
+    path = prepare_multiproc_dir()
+    server.log.info("metrics: PROMETHEUS_MULTIPROC_DIR=%s", path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from cds_service.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    for path in _CREATED_MULTIPROC_DIR:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every gunicorn setting this service uses, from ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
@@ -87,7 +159,7 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "graceful_timeout": 30,
         "keepalive": 5,
         # Recycle workers now and then (bounds any slow leak); the jitter keeps them from restarting together.
-        "max_requests": 1000,
+        "max_requests": _non_negative_int(env, "CRAMP_MAX_REQUESTS", 1000),
         "max_requests_jitter": 100,
         # Heartbeat files in memory, not on a possibly slow or read-only disk.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
@@ -95,6 +167,7 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "accesslog": _access_log(env),
         "errorlog": "-",
         "loglevel": _log_level(env),
+        "logconfig_dict": json_logconfig(_log_level(env), _access_log(env) is not None),
         "capture_output": False,
         "proc_name": "cramp-cds",
         # Gunicorn >= 25.1 opens a runtime-control socket under $HOME by default; a service has no use for it.
@@ -102,6 +175,10 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "control_socket_disable": True,
         # Client X-Forwarded-* headers are trusted from a proxy on this host only (gunicorn's default).
         "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+        # Server hooks: the metrics directory (see above).
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
     }
 
 
@@ -125,3 +202,5 @@ capture_output = _options["capture_output"]
 proc_name = _options["proc_name"]
 control_socket_disable = _options["control_socket_disable"]
 forwarded_allow_ips = _options["forwarded_allow_ips"]
+logconfig_dict = _options["logconfig_dict"]
+# on_starting, child_exit and on_exit are the functions defined above.

@@ -6,6 +6,8 @@ import json
 import logging
 from datetime import datetime, timezone
 
+from .request_context import current_request_id
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -17,6 +19,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = current_request_id()
+        if request_id:
+            entry["request_id"] = request_id
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
