@@ -3,7 +3,8 @@
 #   docker build -t leg-cramp-cds .
 #   docker run -p 8080:8080 -v cramp-data:/data \
 #     -v "$PWD/trusted-clients.yaml:/config/trusted-clients.yaml:ro" \
-#     -e CRAMP_TRUSTED_CLIENTS_FILE=/config/trusted-clients.yaml leg-cramp-cds
+#     -e CRAMP_TRUSTED_CLIENTS_FILE=/config/trusted-clients.yaml \
+#     -e CRAMP_PATIENT_KEY_SECRET="$(cat patient-key-secret)" leg-cramp-cds
 #
 # tools/check-docker-commands runs the commands below (wheel build, install, CMD, HEALTHCHECK) without a
 # Docker engine; keep the two in step.

@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Callable
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from . import metrics, request_context
 from .auth import WWW_AUTHENTICATE, AuthenticationError, ClientAuthenticator, endpoint_url
 from .errors import PayloadTooLarge, ServiceError, operation_outcome
+from .fhir_client import FhirFetcher
 from .logs import configure_logging
 from .pipeline import Engine
-from .ruleset import load_default_ruleset, load_ruleset
+from .reload import EngineSwitch, load_ruleset_keeping_last_valid
+from .ruleset import RuleSet, load_default_ruleset
 from .drugs import DrugTable
 from .settings import Settings
+from .store import CardStore
 from .views import bp
+from . import openapi
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,7 @@ DEV_MODE_WARNING = (
     "DEVELOPMENT MODE: CDS client authentication is OFF. Anyone who can reach this port can call the "
     "service. Never use development mode with real patient data."
 )
+RULES_CHECK_SECONDS = 2.0  # how often (at most) a request checks whether the rules file changed
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -48,15 +55,24 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep CDS Hooks field order readable
     app.extensions["leg_cramp_settings"] = settings
-    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock)
+    store = _build_store(settings, clock)  # cards shown, feedback, suppression (docs/feedback.md)
+    app.extensions["leg_cramp_store"] = store
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store)
+    if engine is None and settings.rules_path:
+        _register_rules_reload(app, settings.rules_path)
     CORS(
         app,
         origins=list(settings.cors_origins),
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
         methods=["GET", "POST", "OPTIONS"],
         max_age=86400,
     )
     app.register_blueprint(bp)
+    app.register_blueprint(openapi.bp)  # GET /openapi.json, /openapi.yaml (docs/security.md)
+    # First: every request (a refused one too) gets its id and its timer before any other hook runs.
+    request_context.init_app(app)
+    metrics.init_app(app)
     _register_error_handlers(app)
     _register_request_hooks(app, settings)
     if settings.development_mode:
@@ -99,10 +115,36 @@ def _register_authentication(app: Flask, settings: Settings) -> None:
         return None
 
 
-def _build_engine(settings: Settings, clock: Callable[[], datetime] | None) -> Engine:
-    ruleset = load_ruleset(settings.rules_path) if settings.rules_path else load_default_ruleset()
+def _build_store(settings: Settings, clock: Callable[[], datetime] | None) -> CardStore:
+    secret, is_random = settings.patient_key_secret_or_default()  # SettingsError outside development mode
+    if is_random:
+        log.warning("CRAMP_PATIENT_KEY_SECRET is not set: development mode uses a random key for this process; "
+                    "suppression is lost at restart and not shared with other processes")
+    return CardStore(settings.database_url, secret, **({"clock": clock} if clock else {}))
+
+
+def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore) -> Engine:
+    # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
+    # version of it (a gunicorn worker forked after a HUP): see reload.py.
+    ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
     kwargs = {"clock": clock} if clock else {}
-    return Engine(ruleset, DrugTable.load_default(), **kwargs)
+    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store, **kwargs)
+
+
+def _register_rules_reload(app: Flask, path: Path) -> None:
+    """A changed rules file takes effect without downtime: each request takes the current engine once
+    (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md)."""
+    def build(ruleset: RuleSet) -> Engine:
+        old = switch.engine
+        return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger)
+
+    switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
+    app.extensions["leg_cramp_engines"] = switch
+
+    @app.before_request
+    def take_engine() -> None:
+        g.leg_cramp_engine = engine = switch.current()
+        app.extensions["leg_cramp_engine"] = engine  # readers outside a request see the latest
 
 
 def _error_response(status: int, body: dict) -> Response:

@@ -193,5 +193,47 @@ def serve(
     obj.run_server(lambda: _build_app(settings), options)
 
 
+@main.group()
+def feedback() -> None:
+    """Feedback received on the cards (docs/feedback.md)."""
+
+
+@feedback.command("report")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Only cards issued at or after this date (UTC), e.g. 2026-01-01.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "html"]), default="table", show_default=True,
+    help="Plain-text table, CSV, or a self-contained HTML page with charts.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Database to read. [default: CRAMP_DATABASE_URL, else sqlite:///leg-cramp-cds.sqlite3]",
+)
+@click.pass_obj
+def feedback_report(obj: CliContext, since: Any, fmt: str, database_url: str | None) -> None:
+    """Per card and rule-set version: shown, accepted, overridden, rates, top 3 override reasons."""
+    from datetime import timezone
+
+    from cds_service.feedback_report import build_report, render
+
+    settings = obj.settings(database_url=database_url)
+    since = since.replace(tzinfo=timezone.utc) if since else None
+    try:
+        rows = build_report(settings.database_url, since)
+    except SettingsError as error:  # store.StoreUnavailable: no such database, or it can't be opened
+        raise CliError(str(error)) from None
+    click.echo(render(rows, fmt, since=since), nl=False)
+
+
+from cds_service.rules_cli import rules  # noqa: E402  (the `rules` group: validate, simulate, explain)
+
+main.add_command(rules)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
+from . import metrics
 from .card_model import CdsResponse, wire_json
 from .cards import CardRenderer, load_card_content
 from .chart import build_chart
@@ -19,12 +20,17 @@ from .clock import system_clock
 from .drugs import DrugTable
 from .facts import PatientFacts, extract_facts
 from .hook_request import HookRequest, parse_hook_request
+from .order_cards import OrderCardRenderer
+from .order_rules import OrderEvaluation, evaluate_orders
+from .orders import read_draft_orders
 from .prefetch import Fetcher, resolve_prefetch
 from .registry import CdsService, ServiceRegistry
 from .rules import Evaluation, evaluate
 from .ruleset import RuleSet, load_default_ruleset
 
 log = logging.getLogger(__name__)
+# Observations read for their value only, inside a window (the coded ones count at any age: ever_recorded).
+QUANTITY_OBSERVATIONS = frozenset({"potassium", "magnesium", "bmi"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class CardLedger(Protocol):
 class CallResult:
     response: dict[str, Any]
     facts: PatientFacts
-    evaluation: Evaluation
+    evaluation: Evaluation | OrderEvaluation
 
 
 class Engine:
@@ -77,8 +83,20 @@ class Engine:
         self.clock = clock
         self.fetcher = fetcher
         self.renderer = renderer or CardRenderer(load_card_content(), ruleset)
+        self.order_renderer = OrderCardRenderer(self.renderer.content, ruleset, new_uuid=self.renderer.new_uuid)
+        # hook -> (evaluation, card rendering): patient-view runs A/B/C; the order hooks only the order rules
+        self._hooks: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "patient-view": (self._evaluate_patient_view, self.renderer.render),
+            "order-select": (self._evaluate_orders, self.order_renderer.render),
+            "order-sign": (self._evaluate_orders, self.order_renderer.render),
+        }
         self.ledger = ledger
         self.registry = ServiceRegistry.for_ruleset(ruleset)
+        observations = ruleset.spec.observations
+        self._quantity_windows = {
+            pair: getattr(observations, kind).window_days
+            for pair, kind in ruleset.observation_codes.items() if kind in QUANTITY_OBSERVATIONS
+        }
 
     @classmethod
     def default(cls, **kwargs: Any) -> "Engine":
@@ -89,8 +107,7 @@ class Engine:
 
     def invoke(self, service_id: str, body: Any) -> CallResult:
         service = self.registry.get(service_id)
-        request = parse_hook_request(body)
-        service.check_hook(request.hook)
+        request = parse_hook_request(body, expected_hook=service.hook)
         return self.run(service, request)
 
     def run(self, service: CdsService, request: HookRequest) -> CallResult:
@@ -102,14 +119,16 @@ class Engine:
             observation_codes=frozenset(self.ruleset.observation_codes),
             not_checked=resolved.not_checked,
             incomplete=resolved.incomplete,
+            stale_before=self._stale_before(),
         )
         facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
-        evaluation = evaluate(facts, self.ruleset)
+        evaluate_hook, render = self._hooks[service.hook]
+        evaluation = evaluate_hook(request, facts)
         now = self.clock()
         patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
         # Which card wins was decided before suppression: a suppressed winner still hides those below it.
         shown = [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
-        cards = [self.renderer.render(outcome, facts) for outcome in shown]
+        cards = [render(outcome, facts) for outcome in shown]
         response = wire_json(CdsResponse(cards=cards))
         if self.ledger and cards:
             self.ledger.record_shown([
@@ -126,6 +145,10 @@ class Engine:
                 )
                 for card, outcome in zip(cards, shown)
             ])
+        elapsed = time.perf_counter() - started
+        metrics.observe_evaluation(service.id, elapsed)
+        metrics.record_prefetch(service.id, service.templates, resolved)
+        metrics.record_cards(service.id, [(o.card_id, card.indicator) for card, o in zip(cards, shown)])
         log.info(
             "hook answered",
             extra={
@@ -136,10 +159,25 @@ class Engine:
                 "skipped_records": len(facts.skipped),
                 "not_checked": list(facts.not_checked),
                 "medications_mapped": dict(facts.medication_mapping),
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+                "elapsed_ms": round(elapsed * 1000, 2),
             },
         )
         return CallResult(response, facts, evaluation)
+
+    def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Evaluation:
+        return evaluate(facts, self.ruleset)
+
+    def _evaluate_orders(self, request: HookRequest, facts: PatientFacts) -> OrderEvaluation:
+        drafts = read_draft_orders(request, self.ruleset, self.drugs, facts.today)
+        facts.skipped.extend(drafts.skipped)  # invalid draft orders: reported like invalid chart records
+        facts.medication_mapping = drafts.mapping  # the log's mapping counts: the judged draft orders
+        return evaluate_orders(drafts, facts, self.ruleset)
+
+    def _stale_before(self) -> dict[tuple[str, str], date]:
+        """Per quantity-observation code, the date before which facts.py cannot use a value (its window),
+        a day early so that time zones never drop a usable one: chart.py skips validating older ones."""
+        today = self.clock().astimezone(timezone.utc).date()
+        return {pair: today - timedelta(days=window + 1) for pair, window in self._quantity_windows.items()}
 
     def _is_suppressed(self, patient_key: str, rule: str, now: datetime) -> bool:
         settings = self.ruleset.spec.cards.get(rule)

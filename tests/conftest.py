@@ -72,6 +72,7 @@ def minimal_request(**overrides: Any) -> dict[str, Any]:
 
 
 def make_app(**settings: Any):
+    settings.setdefault("database_url", "sqlite://")  # an in-memory card store per app (docs/feedback.md)
     return create_app(Settings(development_mode=True, **settings), clock=fixed_clock(NOW))
 
 
