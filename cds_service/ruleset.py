@@ -11,7 +11,8 @@ its YAML line (``RuleSetError.located``):
 2. ``_semantic_problems``: code references (known system alias, ``alias|code`` form), negative weights,
    unknown item ids in ``points`` (the ids the rules know: ``VENOUS_INDEX_ITEMS``, ``CONTRIBUTOR_ITEMS``),
    value sets the rules read, value-set files (``file:``), thresholds no combination of items can reach,
-   and the card text of every enabled card in the ``cards`` package (``card_text_problems``).
+   and the card text of every enabled card in the ``cards`` package (``card_text_problems``);
+   ``order_rules`` (order hooks): known order classes, drug-table classes and order card ids.
 
 ``docs/rule-set.md`` documents every key.
 """
@@ -30,6 +31,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CARD_IDS = ("possible-dvt", "venous-duplex-workup", "conservative-care", "elevated-cramp-risk")
+# Cards of the order hooks (order-select, order-sign; order_rules.py): settings in ``cards`` like the above.
+ORDER_CARD_IDS = ("quinine-for-cramps", "cramp-associated-drug-order")
+# The order classes order_rules.py and the order cards know, and the drug-table classes (drugs.py) they group.
+ORDER_CLASSES = ("quinine", "diuretic", "laba", "statin")
+DRUG_TABLE_CLASSES = ("loop", "thiazide", "potassium-sparing", "laba", "statin", "anticoagulant", "quinine",
+                      "carbonic-anhydrase-inhibitor")
 _CODE_REF = re.compile(r"^(?P<alias>[a-z0-9_]+)\|(?P<code>[^\s|]+)$")
 
 # The item ids the rules score (rules.py reads these; an id in ``points`` outside them is an error).
@@ -162,6 +169,16 @@ class Contributors(_Strict):
     lab_check: LabCheck
 
 
+class OrderRules(_Strict):
+    """RULES.md, Order hooks: which draft MedicationRequests are judged, and which order classes each order
+    card judges (``quinine-for-cramps``: for anyone; ``cramp-associated-drug-order``: with documented cramps,
+    one card per order class)."""
+
+    statuses: list[str] = Field(min_length=1)
+    order_classes: dict[str, list[str]]  # order class -> drug-table classes
+    cards: dict[str, list[str]]  # order card id -> the order classes it judges
+
+
 class CardSettings(_Strict):
     enabled: bool = True
     indicator: str
@@ -187,6 +204,7 @@ class RuleSetSpec(_Strict):
     red_flag: RedFlag
     venous_index: VenousIndex
     contributors: Contributors
+    order_rules: OrderRules
     cards: dict[str, CardSettings]
 
 
@@ -343,23 +361,59 @@ def _semantic_problems(spec: RuleSetSpec) -> list[tuple[Path_, str]]:
         if reachable < block.threshold:
             problems.append(((section, "threshold"), f"no combination of items can reach it "
                              f"(threshold {block.threshold:g}, all items together score {reachable:g})"))
-    missing_cards = [card for card in CARD_IDS if card not in spec.cards]
+    known_cards = (*CARD_IDS, *ORDER_CARD_IDS)
+    missing_cards = [card for card in known_cards if card not in spec.cards]
     if missing_cards:
         problems.append((("cards",), f"missing settings for {', '.join(missing_cards)}"))
-    for card in sorted(set(spec.cards) - set(CARD_IDS)):
-        problems.append((("cards", card), f"unknown card id (expected one of {', '.join(CARD_IDS)})"))
+    for card in sorted(set(spec.cards) - set(known_cards)):
+        problems.append((("cards", card), f"unknown card id (expected one of {', '.join(known_cards)})"))
+    problems += _order_rule_problems(spec.order_rules)
     problems += card_text_problems(spec)
+    problems += card_text_problems(spec, card_ids=ORDER_CARD_IDS)
     return problems
 
 
-def card_text_problems(spec: RuleSetSpec, folder: Any = None) -> list[tuple[Path_, str]]:
+def _order_rule_problems(rules: OrderRules) -> list[tuple[Path_, str]]:
+    problems: list[tuple[Path_, str]] = []
+    for order_class, drug_classes in rules.order_classes.items():
+        where = ("order_rules", "order_classes", order_class)
+        if order_class not in ORDER_CLASSES:
+            problems.append((where, f"unknown order class {order_class!r} (expected one of {', '.join(ORDER_CLASSES)})"))
+        if not drug_classes:
+            problems.append((where, "lists no drug class"))
+        for index, drug_class in enumerate(drug_classes):
+            if drug_class not in DRUG_TABLE_CLASSES:
+                problems.append(((*where, index), f"unknown drug class {drug_class!r} "
+                                 f"(the drug table knows: {', '.join(DRUG_TABLE_CLASSES)})"))
+    missing = [card for card in ORDER_CARD_IDS if card not in rules.cards]
+    if missing:
+        problems.append((("order_rules", "cards"), f"missing order classes for {', '.join(missing)}"))
+    judged: dict[str, str] = {}
+    for card, order_classes in rules.cards.items():
+        if card not in ORDER_CARD_IDS:
+            problems.append((("order_rules", "cards", card),
+                             f"unknown order card id (expected one of {', '.join(ORDER_CARD_IDS)})"))
+            continue
+        for index, order_class in enumerate(order_classes):
+            where = ("order_rules", "cards", card, index)
+            if order_class not in rules.order_classes:
+                problems.append((where, f"{order_class!r} is not in order_rules.order_classes"))
+            elif order_class in judged:
+                problems.append((where, f"{order_class!r} is already judged by {judged[order_class]}"))
+            else:
+                judged[order_class] = card
+    return problems
+
+
+def card_text_problems(spec: RuleSetSpec, folder: Any = None,
+                       card_ids: tuple[str, ...] = CARD_IDS) -> list[tuple[Path_, str]]:
     """Every enabled card needs its wording: ``cards/<card id>.yaml`` in the ``cards`` package, a mapping
     with at least ``summary`` and ``source_url``. Used by ``rules validate``, at service start and on reload
-    (``parse_ruleset`` runs it)."""
+    (``parse_ruleset`` runs it, for ``CARD_IDS`` and for ``ORDER_CARD_IDS``)."""
     folder = folder if folder is not None else resources.files("cards")
     problems: list[tuple[Path_, str]] = []
     for card_id, settings in spec.cards.items():
-        if not settings.enabled or card_id not in CARD_IDS:
+        if not settings.enabled or card_id not in card_ids:
             continue
         entry = folder.joinpath(f"{card_id}.yaml")
         where = ("cards", card_id)
