@@ -34,6 +34,7 @@ import tempfile
 from typing import Any, Mapping
 
 from cds_service.settings import SettingsError
+from cds_service.reload import gunicorn_on_reload, gunicorn_post_worker_init
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_THREADS = 4
@@ -179,6 +180,9 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "on_starting": on_starting,
         "child_exit": child_exit,
         "on_exit": on_exit,
+        # HUP with a changed rules file: the master re-reads it, so new workers never start on an invalid one
+        "on_reload": gunicorn_on_reload,
+        "post_worker_init": gunicorn_post_worker_init,
     }
 
 
@@ -204,3 +208,5 @@ control_socket_disable = _options["control_socket_disable"]
 forwarded_allow_ips = _options["forwarded_allow_ips"]
 logconfig_dict = _options["logconfig_dict"]
 # on_starting, child_exit and on_exit are the functions defined above.
+on_reload = gunicorn_on_reload
+post_worker_init = gunicorn_post_worker_init
