@@ -47,6 +47,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from . import __version__
+from . import metrics
 from .errors import FhirServerRefused
 from .hook_request import HookRequest
 from .prefetch import FetchOutcome, has_next_page
@@ -281,6 +282,9 @@ class FhirFetcher:
         except Exception as exc:  # a bug here must not become a 5xx, nor leak a URL into the logs
             log.error("fhir fetch failed unexpectedly", extra={"key": key, "error": type(exc).__name__})
             outcome = FetchOutcome(None, complete=False, reason="internal error while fetching")
+        seconds = time.perf_counter() - started
+        metrics.observe_fetch(resource_type or key, seconds, error=None if outcome.resources is not None
+                              else _error_kind(trace.status, outcome.reason))
         log.info(
             "fhir fetch",
             extra={
@@ -289,7 +293,7 @@ class FhirFetcher:
                 "status": trace.status,
                 "pages": trace.pages,
                 "attempts": trace.attempts,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "duration_ms": round(seconds * 1000, 1),
                 "resources": None if outcome.resources is None else len(outcome.resources),
                 "complete": outcome.complete,
                 "reason": outcome.reason,
@@ -508,3 +512,19 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+def _error_kind(status: int | None, reason: str | None) -> str:
+    """A fixed, low-cardinality label for the fetch-error metric (never the free-text reason)."""
+    text = (reason or "").lower()
+    if "deadline" in text or "timed out" in text:
+        return "timeout"
+    if "connection" in text:
+        return "connection"
+    if status is not None and status >= 500:
+        return "http_5xx"
+    if status is not None and status >= 400:
+        return "http_4xx"
+    if status is not None and 300 <= status < 400:
+        return "redirect"
+    return "invalid_response"

@@ -640,3 +640,18 @@ def test_fetch_settings_reject_a_malformed_allowlist() -> None:
 
     with pytest.raises(SettingsError, match="CRAMP_FHIR_ALLOWLIST"):
         FhirFetcher(Settings(fhir_server_allowlist=("ehr.example.org/fhir",)))
+
+
+def test_fetch_failures_are_counted_in_metrics(fetch_client, fhir) -> None:
+    """A failed read shows in cramp_fhir_fetch_errors with a fixed reason label, never a URL."""
+    def errors() -> float:
+        text = fetch_client.get("/metrics").get_data(as_text=True)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("cramp_fhir_fetch_errors_total{") and 'reason="http_5xx"' in line)
+
+    before = errors()
+    serve_chart(fhir, skip=("observations",))
+    fhir.get(URLS["observations"], status=500)
+    fetch_client.post(SERVICE_URL, json=hook_body(token=TOKEN))
+    assert errors() == before + 1
+    assert "http://" not in fetch_client.get("/metrics").get_data(as_text=True).split("cramp_fhir_fetch_errors")[1][:2000]
