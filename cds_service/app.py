@@ -15,7 +15,9 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from . import metrics, request_context
-from .auth import WWW_AUTHENTICATE, AuthenticationError, ClientAuthenticator, endpoint_url
+from .auth import (
+    WWW_AUTHENTICATE, AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache, endpoint_url,
+)
 from .errors import PayloadTooLarge, ServiceError, operation_outcome
 from .fhir_client import FhirFetcher
 from .logs import configure_logging
@@ -23,7 +25,7 @@ from .pipeline import Engine
 from .reload import EngineSwitch, load_ruleset_keeping_last_valid
 from .ruleset import RuleSet, load_default_ruleset
 from .drugs import DrugTable
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import CardStore
 from .views import bp
 from . import openapi
@@ -82,11 +84,24 @@ def create_app(
     return app
 
 
-def _build_authenticator(settings: Settings) -> ClientAuthenticator:
+def _build_authenticator(settings: Settings, store: CardStore) -> ClientAuthenticator:
+    replay_cache = _build_replay_cache(settings, store)
     if settings.trusted_clients_path is None:
         log.warning("no trusted CDS clients configured (CRAMP_TRUSTED_CLIENTS_FILE): every CDS call will be refused")
-        return ClientAuthenticator([])
-    return ClientAuthenticator.from_settings(settings)
+        return ClientAuthenticator([], replay_cache)
+    return ClientAuthenticator.from_settings(settings, replay_cache=replay_cache)
+
+
+def _build_replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
+    """JWT ids already used, shared by every replica: Redis when configured, else the database."""
+    if settings.redis_url:
+        try:
+            import redis
+        except ImportError:
+            raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
+                                "(pip install 'leg-cramp-cds[redis]')") from None
+        return RedisReplayCache(redis.Redis.from_url(settings.redis_url, socket_timeout=2))
+    return store
 
 
 def _needs_authentication(settings: Settings) -> bool:
@@ -98,7 +113,7 @@ def _needs_authentication(settings: Settings) -> bool:
 
 
 def _register_authentication(app: Flask, settings: Settings) -> None:
-    authenticator = _build_authenticator(settings)
+    authenticator = _build_authenticator(settings, app.extensions["leg_cramp_store"])
     app.extensions["leg_cramp_authenticator"] = authenticator
 
     @app.before_request

@@ -71,6 +71,8 @@ class Settings:
     public_base_url: str | None = None
     # Require the client JWT on discovery too (the spec says clients send it; some, like the Sandbox, don't).
     auth_discovery: bool = False
+    # Redis for the JWT replay cache (jti), shared by replicas; without it the database holds it.
+    redis_url: str | None = None
     # FHIR servers the service may call (URL prefixes); see docs/configuration.md.
     fhir_server_allowlist: tuple[str, ...] = ()
     fhir_allow_http_loopback: bool = False
@@ -103,6 +105,7 @@ class Settings:
             trusted_clients_path=Path(clients) if clients else None,
             public_base_url=env.get("CRAMP_PUBLIC_BASE_URL") or None,
             auth_discovery=_flag(env, "CRAMP_AUTH_DISCOVERY"),
+            redis_url=env.get("CRAMP_REDIS_URL") or None,
             fhir_server_allowlist=_list(env, "CRAMP_FHIR_ALLOWLIST"),
             fhir_allow_http_loopback=_flag(env, "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK"),
             fhir_deadline_seconds=deadline,

@@ -6,6 +6,7 @@ The only module that imports SQLAlchemy. ``CardStore`` implements the pipeline's
     overridden_since(patient_key, rule, since)  suppression, shared by every replica on the same database
     record_feedback(service_id, items)          idempotent, committed before it returns
     report(since)                               per rule and rule-set version: shown, accepted, overridden
+    seen_before(jti, issuer, expires_at)        JWT replay protection shared by replicas (auth.ReplayCache)
 
 Storage: a SQLite file by default (WAL, ``synchronous=FULL``, writers take the lock at ``BEGIN
 IMMEDIATE``), or PostgreSQL by URL (``postgresql+psycopg://...``) for several replicas. The schema is
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 TIMEOUT_SECONDS = 5  # connect, lock and statement timeouts: a slow database fails the call, not the worker
 FUTURE_TOLERANCE = timedelta(minutes=5)  # an outcomeTimestamp later than this after receipt is refused
+REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are deleted
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
 
 
@@ -77,6 +79,11 @@ cards_shown = Table(
     Column("patient_key", String(64), nullable=False),
     Column("issued_at", UtcDateTime(), nullable=False),
     Column("suggestion_uuids", JSON(), nullable=False),
+)
+jwt_seen = Table(
+    "jwt_seen", metadata,
+    Column("token_key", String(64), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )
 feedback = Table(
     "feedback", metadata,
@@ -154,6 +161,7 @@ class CardStore:
     ) -> None:
         self._secret = patient_key_secret.encode() if patient_key_secret else None
         self.clock = clock
+        self._replay_inserts = 0
         self.engine = _create_engine(database_url, must_exist=must_exist)
         if migrate:
             try:
@@ -231,6 +239,22 @@ class CardStore:
             log.error("suppression not checked: database unavailable; the card is shown",
                       extra={"rule": rule, "error": _reason(exc)})
             return False
+
+    # --- JWT replay protection (auth.ReplayCache) ----------------------------------------------------
+    def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
+        """Record the token id; True when it was already used and has not expired (a replay)."""
+        key = hashlib.sha256(f"{issuer}\x00{jti}".encode("utf-8")).hexdigest()
+        now = self.clock()
+        expires = datetime.fromtimestamp(expires_at, timezone.utc)
+        with self.engine.begin() as connection:
+            connection.execute(jwt_seen.delete().where(jwt_seen.c.token_key == key, jwt_seen.c.expires_at < now))
+            inserted = connection.execute(
+                _insert_ignore(connection, jwt_seen, ["token_key"]), {"token_key": key, "expires_at": expires}
+            ).rowcount
+            self._replay_inserts += 1
+            if self._replay_inserts % REPLAY_PURGE_EVERY == 0:
+                connection.execute(jwt_seen.delete().where(jwt_seen.c.expires_at < now))
+        return inserted == 0
 
     # --- feedback --------------------------------------------------------------------------------
     def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> FeedbackResult:

@@ -53,7 +53,7 @@ def test_store_migrations_are_idempotent(database_url) -> None:
     CardStore(database_url, SECRET)
     CardStore(database_url, SECRET)  # a second start (another replica) finds the schema at head
     with CardStore(database_url, SECRET).engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
 
 
 def test_patient_key_is_hmac_sha256_of_the_id_under_the_secret() -> None:

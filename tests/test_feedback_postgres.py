@@ -68,7 +68,7 @@ def test_postgres_schema_has_the_unique_item_and_the_suppression_index(database_
             "SELECT indexname FROM pg_indexes WHERE tablename = 'feedback'")}
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     assert {"uq_feedback_item", "ix_feedback_suppression"} <= indexes
-    assert version == "0001"
+    assert version == "0002"  # 0002: jwt_seen (JWT replay protection)
     store.close()
 
 

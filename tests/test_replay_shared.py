@@ -1,0 +1,75 @@
+"""JWT replay protection shared by replicas: a token used on one service process is refused on another
+that shares the database (default) or Redis (CRAMP_REDIS_URL)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import minimal_request
+from security_support import TestIssuer, secure_app
+from cds_service.store import CardStore
+
+SERVICE = "/cds-services/leg-cramp-patient-view"
+
+
+def _two_replicas(tmp_path, issuer, **settings):
+    return [secure_app(tmp_path / name, issuer, **settings).test_client() for name in ("a", "b")]
+
+
+def test_replayed_jwt_is_refused_by_another_replica_sharing_the_database(tmp_path):
+    issuer = TestIssuer.create()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    first, second = _two_replicas(tmp_path, issuer, database_url=database)
+    headers = issuer.headers(SERVICE)
+    assert first.post(SERVICE, json=minimal_request(), headers=headers).status_code == 200
+    replay = second.post(SERVICE, json=minimal_request(), headers=headers)
+    assert replay.status_code == 401 and replay.data == b""
+    assert second.post(SERVICE, json=minimal_request(), headers=issuer.headers(SERVICE)).status_code == 200
+
+
+def test_store_forgets_token_ids_once_expired(tmp_path):
+    now = [datetime(2026, 6, 15, 12, tzinfo=timezone.utc)]
+    store = CardStore(f"sqlite:///{tmp_path / 'db.sqlite3'}", "secret", clock=lambda: now[0])
+    expires = (now[0] + timedelta(minutes=5)).timestamp()
+    assert store.seen_before("jti-1", "https://ehr.example", expires) is False
+    assert store.seen_before("jti-1", "https://ehr.example", expires) is True
+    assert store.seen_before("jti-1", "https://other.example", expires) is False  # per issuer
+    now[0] += timedelta(minutes=6)
+    assert store.seen_before("jti-1", "https://ehr.example", expires + 600) is False
+
+
+def test_store_keeps_no_raw_token_ids(tmp_path):
+    store = CardStore(f"sqlite:///{tmp_path / 'db.sqlite3'}", "secret")
+    jti = f"visible-{uuid.uuid4()}"
+    store.seen_before(jti, "https://ehr.example", datetime.now(timezone.utc).timestamp() + 60)
+    with store.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT token_key FROM jwt_seen").fetchall()
+    assert rows and all(jti not in row[0] for row in rows)
+
+
+def _redis_url() -> str | None:
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+    except redis.exceptions.RedisError:
+        return None
+    return url
+
+
+def test_replayed_jwt_is_refused_across_replicas_with_redis(tmp_path):
+    url = _redis_url()
+    if url is None:
+        pytest.skip("no Redis answering on 127.0.0.1:6379")
+    issuer = TestIssuer.create()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _two_replicas(tmp_path, issuer, redis_url=url)
+    headers = issuer.headers(SERVICE)
+    assert first.post(SERVICE, json=minimal_request(), headers=headers).status_code == 200
+    assert second.post(SERVICE, json=minimal_request(), headers=headers).status_code == 401
