@@ -234,6 +234,11 @@ from cds_service.rules_cli import rules  # noqa: E402  (the `rules` group: valid
 
 main.add_command(rules)
 
+from cds_service.integration_cli import COMMANDS as INTEGRATION_COMMANDS  # noqa: E402  (invoke, check-server, load-fixtures)
+
+for _command in INTEGRATION_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
