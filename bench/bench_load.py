@@ -3,7 +3,8 @@
     python bench/bench_load.py [--duration 20] [--connections 16] [--workers N] [--threads N] [--quick]
 
 Starts, on 127.0.0.1, the service (``cramp-cds serve --dev``: gunicorn with cds_service/gunicorn_conf.py,
-workers 2 x cores + 1 unless --workers) and the baseline (bench/baseline_app.py: the same gunicorn
+its defaults or CRAMP_WORKERS / CRAMP_THREADS / CRAMP_WORKER_CLASS / CRAMP_KEEPALIVE from the environment,
+unless --workers / --threads) and the baseline (bench/baseline_app.py: the same gunicorn
 settings, a Flask view that only parses the body with the same JSON library and returns a fixed card).
 Both get patient-view requests with full prefetch built from the 31 Synthea patients, round robin.
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each wrk run [20]")
     parser.add_argument("--paced-duration", type=float, default=20.0, help="seconds of each paced run [20]")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections [16]")
-    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers [2 x cores + 1]")
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers [gunicorn_conf: cores + 1]")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker [gunicorn_conf]")
     parser.add_argument("--quick", action="store_true", help="a ~5 s smoke run")
     args = parser.parse_args(argv)
@@ -65,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         baseline = start_server("baseline", workers=args.workers, threads=args.threads)
         servers.append(baseline)
         workers = len(service.worker_pids())
-        print(f"bodies: {len(bodies)} Synthea patients, mean {mean_kib:.0f} KiB; "
-              f"gunicorn workers {workers} per server; wrk -c{args.connections} -t1")
+        from cds_service import gunicorn_conf  # the settings both servers start with (same environment)
+
+        conf = gunicorn_conf.build()
+        threads = args.threads or conf["threads"]
+        print(f"bodies: {len(bodies)} Synthea patients, mean {mean_kib:.0f} KiB; gunicorn per server: "
+              f"{workers} {conf['worker_class']} workers x {threads} thread(s), keepalive {conf['keepalive']} s, "
+              f"max_requests {conf['max_requests']}; wrk -c{args.connections} -t1")
         for server in (service, baseline):
             warm_up(server, bodies, rounds=1 if args.quick else 3)
 

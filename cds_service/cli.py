@@ -137,13 +137,13 @@ def main(ctx: click.Context) -> None:
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes. [default: CRAMP_WORKERS, else 2 * CPU cores + 1, at most 8]",
+    help="Worker processes. [default: CRAMP_WORKERS, else CPU cores + 1, at most 8]",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Threads per worker. [default: CRAMP_THREADS, else 4]",
+    help="Threads per worker. [default: CRAMP_THREADS, else 1]",
 )
 @click.option(
     "--dev",

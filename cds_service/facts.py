@@ -221,11 +221,8 @@ def _first_display(concept: Any) -> tuple[str | None, str | None, str | None]:
 
 def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:
     codings = codings_of(resource.code)
-    matched: dict[str, Coding] = {}
-    for name, value_set in ruleset.value_sets.items():
-        hit = value_set.first_match(codings)
-        if hit is not None:
-            matched[name] = hit
+    # One index probe per coding instead of asking every value set (ruleset.ConceptIndex): same answers.
+    matched: dict[str, Coding] = ruleset.concepts.first_matches(codings)
     clinical = _codes(resource.clinicalStatus)
     verification = _codes(resource.verificationStatus)
     if clinical:

@@ -10,8 +10,10 @@ Used two ways, with the same values:
 The server process (not the app: ``Settings`` holds the app's configuration) reads these variables:
 
     CRAMP_BIND         address to listen on, "HOST:PORT" (default 127.0.0.1:8080; the image sets 0.0.0.0:8080)
-    CRAMP_WORKERS      worker processes (default 2 * CPU cores + 1, at most 8)
-    CRAMP_THREADS      threads per worker (default 4)
+    CRAMP_WORKERS      worker processes (default CPU cores + 1, at most 8)
+    CRAMP_THREADS      threads per worker (default 1)
+    CRAMP_WORKER_CLASS gthread (default) or sync
+    CRAMP_KEEPALIVE    seconds an idle client connection stays open (default 0: closed after each response)
     CRAMP_ACCESS_LOG   true: one access-log line per request on stderr (default false)
     CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 1000; 0: never)
     CRAMP_LOG_LEVEL    also sets gunicorn's own log level (default INFO)
@@ -37,17 +39,22 @@ from cds_service.settings import SettingsError
 from cds_service.reload import gunicorn_on_reload, gunicorn_post_worker_init
 
 DEFAULT_BIND = "127.0.0.1:8080"
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = 1
 MAX_DEFAULT_WORKERS = 8
+WORKER_CLASSES = ("sync", "gthread")
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_KEEPALIVE = 0
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
 def default_workers(cpu_count: int | None = None) -> int:
-    """2 * cores + 1 (gunicorn's rule of thumb), capped at MAX_DEFAULT_WORKERS."""
+    """cores + 1, capped at MAX_DEFAULT_WORKERS. A call is CPU-bound Python (~3-4 ms, the GIL held): more
+    processes than cores only add contention; the one spare covers a worker waiting on the database or a
+    FHIR server. (gunicorn's 2 * cores + 1 assumes I/O-bound workers; measured on 2 cores, README.)"""
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    return min(2 * cores + 1, MAX_DEFAULT_WORKERS)
+    return min(cores + 1, MAX_DEFAULT_WORKERS)
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -70,6 +77,13 @@ def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit():
         raise SettingsError(f"{name}: expected a whole number (0 or more), got {raw!r}")
     return int(raw)
+
+
+def _worker_class(env: Mapping[str, str]) -> str:
+    raw = env.get("CRAMP_WORKER_CLASS", "").strip().lower() or DEFAULT_WORKER_CLASS
+    if raw not in WORKER_CLASSES:
+        raise SettingsError(f"CRAMP_WORKER_CLASS: expected one of {', '.join(WORKER_CLASSES)}, got {raw!r}")
+    return raw
 
 
 def _access_log(env: Mapping[str, str]) -> str | None:
@@ -150,15 +164,20 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "bind": [env.get("CRAMP_BIND", "").strip() or DEFAULT_BIND],
         "workers": _positive_int(env, "CRAMP_WORKERS", default_workers()),
-        # gthread: a slow FHIR server call (bounded by CRAMP_FHIR_DEADLINE_SECONDS) holds one thread,
-        # not a whole worker.
-        "worker_class": "gthread",
+        # gthread with 1 thread by default: one call at a time per worker, as CPU-bound calls want. Where
+        # EHRs send no prefetch, raise CRAMP_THREADS so that a slow FHIR call (bounded by
+        # CRAMP_FHIR_DEADLINE_SECONDS) holds one thread, not a whole worker.
+        "worker_class": _worker_class(env),
         "threads": _positive_int(env, "CRAMP_THREADS", DEFAULT_THREADS),
         # A worker silent for this long is killed and replaced.
         "timeout": 30,
         # On SIGTERM, workers stop accepting and finish in-flight requests for up to this long.
         "graceful_timeout": 30,
-        "keepalive": 5,
+        # No keep-alive by default: a gthread worker keeps serving the connections it accepted, so under load
+        # (a load balancer's pooled connections) requests queue behind a busy worker while others idle.
+        # Closed after each response, every request goes back to the shared listen queue and the next free
+        # worker takes it (2-core load test, README: paced p99 from 62-118 ms down to 24-33 ms).
+        "keepalive": _non_negative_int(env, "CRAMP_KEEPALIVE", DEFAULT_KEEPALIVE),
         # Recycle workers now and then (bounds any slow leak); the jitter keeps them from restarting together.
         "max_requests": _non_negative_int(env, "CRAMP_MAX_REQUESTS", 1000),
         "max_requests_jitter": 100,

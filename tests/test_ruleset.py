@@ -85,3 +85,25 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(RuleSetError, match="cannot be read"):
         load_ruleset(tmp_path / "absent.yaml")
+
+
+def _probe_codes(ruleset):
+    """Every code and prefix of the rule set, with children, parents and near misses of each."""
+    codes = set()
+    for value_set in ruleset.value_sets.values():
+        for system, code in [*value_set.codes, *value_set.prefixes, *value_set.excludes]:
+            codes |= {(system, code), (system, code + "1"), (system, code[:-1]), (system, code + ".9"),
+                      (system, code[:3])}
+        for system, low, high in value_set.ranges:
+            codes |= {(system, low), (system, high + ".9"), (system, low[:2]), (system, "C43.9"), (system, "C97")}
+    return sorted(codes)
+
+
+def test_concept_index_answers_like_every_value_set():
+    """The compiled index (facts.py's fast path) gives the same answers as ValueSet.contains, one by one."""
+    ruleset = load_default_ruleset()
+    probes = _probe_codes(ruleset)
+    assert len(probes) > 500
+    for system, code in probes:
+        expected = {name for name, vs in ruleset.value_sets.items() if vs.contains(system, code)}
+        assert ruleset.concepts.names(system, code) == expected, (system, code)
