@@ -30,7 +30,8 @@ RUN groupadd --system --gid 10001 cramp \
     && mkdir -p /data \
     && chown cramp:cramp /data
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl \
+# with the PostgreSQL driver and the Redis client: replicas share PostgreSQL and Redis (deploy/)
+RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[postgres,redis]" \
     && rm -rf /wheels
 USER cramp
 WORKDIR /home/cramp
