@@ -49,25 +49,25 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Ready: the rules are loaded and, when the engine keeps a card store, its database answers."""
-    engine = current_app.extensions.get("leg_cramp_engine")
-    problems = []
-    if engine is None or engine.ruleset is None or not engine.discovery().get("services"):
-        problems.append("rules: not loaded")
-    stores = {"ledger": getattr(engine, "ledger", None), "store": current_app.extensions.get("leg_cramp_store")}
-    for name, store in stores.items():
-        ping = getattr(store, "ping", None)
-        if callable(ping):
-            try:
-                ok = ping() is not False
-            except Exception as exc:  # the message of a driver error may hold a URL: only its type
-                ok, name = False, f"{name} ({type(exc).__name__})"
-            if not ok:
-                problems.append(f"database: {name} not reachable")
-            break
+    problems = _readiness_problems()
     if problems:
         body = operation_outcome("Not ready: " + "; ".join(problems) + ".", code="transient")
         return _json_response(body, 503, "application/fhir+json")
     return jsonify(status="ready")
+
+
+def _readiness_problems() -> list[str]:
+    engine = current_app.extensions.get("leg_cramp_engine")
+    if engine is None or engine.ruleset is None or not engine.discovery().get("services"):
+        return ["rules: not loaded"]
+    store = getattr(engine, "ledger", None) or current_app.extensions.get("leg_cramp_store")
+    if not callable(getattr(store, "ping", None)):
+        return []
+    try:
+        reachable = store.ping() is not False
+    except Exception as exc:  # a driver's message may hold the database URL: report only its type
+        return [f"database: not reachable ({type(exc).__name__})"]
+    return [] if reachable else ["database: not reachable"]
 
 
 @bp.get("/metrics")
