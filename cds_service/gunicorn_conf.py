@@ -15,7 +15,7 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
     CRAMP_WORKER_CLASS gthread (default) or sync
     CRAMP_KEEPALIVE    seconds an idle client connection stays open (default 0: closed after each response)
     CRAMP_ACCESS_LOG   true: one access-log line per request on stderr (default false)
-    CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 1000; 0: never)
+    CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 0: never; see README, Benchmarks)
     CRAMP_LOG_LEVEL    also sets gunicorn's own log level (default INFO)
     PROMETHEUS_MULTIPROC_DIR
                        where the workers write their metrics for /metrics to add up (default: a fresh
@@ -179,7 +179,9 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # worker takes it (2-core load test, README: paced p99 from 62-118 ms down to 24-33 ms).
         "keepalive": _non_negative_int(env, "CRAMP_KEEPALIVE", DEFAULT_KEEPALIVE),
         # Recycle workers now and then (bounds any slow leak); the jitter keeps them from restarting together.
-        "max_requests": _non_negative_int(env, "CRAMP_MAX_REQUESTS", 1000),
+        # No recycling by default: a worker's restart (~1 s of imports) stalls the requests queued on it,
+        # which was the p99 tail under load; the 10-minute soak shows no memory growth to recycle for.
+        "max_requests": _non_negative_int(env, "CRAMP_MAX_REQUESTS", 0),
         "max_requests_jitter": 100,
         # Heartbeat files in memory, not on a possibly slow or read-only disk.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
