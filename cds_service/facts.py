@@ -246,20 +246,17 @@ def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> Condition
 
 
 def _side_of(codings: list[Coding], body_sites: Any, ruleset: RuleSet) -> str | None:
-    laterality = ruleset.spec.laterality
-    for side, refs in laterality.code_sides.items():
-        pairs = {ruleset.resolve(ref) for ref in refs}
+    laterality = ruleset.laterality
+    for side, pairs in laterality.code_sides:
         if any((system, code) in pairs for system, code, _ in codings):
             return side
-    for rule in laterality.last_character_sides:
-        system, prefix = ruleset.resolve(rule.prefix)
+    for system, prefix, sides in laterality.last_character_sides:
         for c_system, code, _ in codings:
             if c_system == system and code and code.startswith(prefix):
-                return rule.sides.get(code[-1])
+                return sides.get(code[-1])
     for site in body_sites or []:
         site_codings = codings_of(site)
-        for side, refs in laterality.body_site_sides.items():
-            pairs = {ruleset.resolve(ref) for ref in refs}
+        for side, pairs in laterality.body_site_sides:
             if any((system, code) in pairs for system, code, _ in site_codings):
                 return side
         words = " ".join(filter(None, [site.text, *(d for _, _, d in site_codings)]))

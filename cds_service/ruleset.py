@@ -309,6 +309,15 @@ class ConceptIndex:
         return {name: hits[name] for name in sorted(hits, key=self._order.__getitem__)}
 
 
+@dataclass(frozen=True)
+class CompiledLaterality:
+    """``laterality`` of the rule set as (side, resolved (system, code) pairs), in the file's order."""
+
+    code_sides: tuple[tuple[str, frozenset[tuple[str, str]]], ...]
+    last_character_sides: tuple[tuple[str, str, dict[str, str]], ...]  # system, prefix, last char -> side
+    body_site_sides: tuple[tuple[str, frozenset[tuple[str, str]]], ...]
+
+
 class RuleSet:
     """A validated rule set with compiled value sets."""
 
@@ -336,6 +345,20 @@ class RuleSet:
     def resolve(self, ref: str) -> tuple[str, str]:
         alias, code = ref.split("|", 1)
         return self.spec.code_systems[alias], code
+
+    @cached_property
+    def laterality(self) -> "CompiledLaterality":
+        """The laterality tables with their code references resolved once (facts.py reads them per record)."""
+        spec = self.spec.laterality
+
+        def resolved(sides: dict[str, list[str]]) -> tuple[tuple[str, frozenset[tuple[str, str]]], ...]:
+            return tuple((side, frozenset(self.resolve(ref) for ref in refs)) for side, refs in sides.items())
+
+        return CompiledLaterality(
+            code_sides=resolved(spec.code_sides),
+            last_character_sides=tuple((*self.resolve(rule.prefix), rule.sides) for rule in spec.last_character_sides),
+            body_site_sides=resolved(spec.body_site_sides),
+        )
 
     @cached_property
     def observation_codes(self) -> dict[tuple[str, str], str]:
