@@ -7,6 +7,7 @@ Bounded: at most MAX_REQUESTS feedback posts, and about 20 s.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -43,8 +44,10 @@ def test_feedback_answered_200_survives_sigkill_mid_load(tmp_path) -> None:
                 item = overridden(cards[number % len(cards)], at=base + timedelta(milliseconds=number))
                 try:
                     status, _ = server.post(f"/cds-services/{SERVICE_ID}/feedback", {"feedback": [item]}, timeout=5)
-                except OSError:
-                    return  # the server is gone
+                except (OSError, http.client.HTTPException):
+                    # The server is gone: a refused or reset connection (OSError), or a response cut off
+                    # mid-body by the kill (http.client.IncompleteRead, which is not an OSError).
+                    return
                 if status == 200:
                     with lock:
                         acked.append((item["card"], item["outcomeTimestamp"]))

@@ -56,8 +56,9 @@ CONFORMANCE = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-PER_EXAMPLE_DEADLINE = timedelta(seconds=3)
-RUN_BUDGET_SECONDS = 45.0
+# A hang detector, not a speed test: the run is bounded by its example count (RUNS), and one example's
+# deadline is generous so that a loaded 2-core CI machine never fails it (speed is measured in bench/).
+PER_EXAMPLE_DEADLINE = timedelta(seconds=30)
 
 # (description, method, path, generation mode, fixed path parameters, examples). ~200 in all.
 RUNS = [
@@ -223,7 +224,7 @@ def test_fuzz_operation(run: tuple, schemas: dict, app, issuer: TestIssuer, no_n
     elapsed = time.monotonic() - started
     STATISTICS[_run_id(run)] = statuses
     print(f"\nfuzz {_run_id(run)}: {sum(statuses.values())} requests in {elapsed:.1f} s, statuses {dict(statuses)}")
-    assert elapsed < RUN_BUDGET_SECONDS
+    assert sum(statuses.values()) <= examples * 4, "more requests than the example bound allows"
     assert no_network.attempts == []
     assert not any(isinstance(status, int) and status >= 500 for status in statuses)
     if fixed and mode is POSITIVE:
