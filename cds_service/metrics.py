@@ -8,7 +8,8 @@ or hook name taken as is from a client):
     cramp_http_requests_total{endpoint, method, status}     every HTTP request, by route template
     cramp_evaluation_duration_seconds{service}              the engine's own work for one call
     cramp_prefetch_keys_total{service, key, outcome}        outcome: sent (by the client), fetched (by
-                                                            us from the FHIR server), not_checked
+                                                            us from the FHIR server), not_checked, incomplete
+                                                            (pages not read)
     cramp_cards_total{service, rule, indicator}             cards returned
     cramp_fhir_fetch_duration_seconds{resource, outcome}    one FHIR read (fhir_client calls observe_fetch)
     cramp_fhir_fetch_errors_total{resource, reason}         failed FHIR reads
@@ -90,12 +91,15 @@ def observe_evaluation(service_id: str, seconds: float) -> None:
 
 
 def record_prefetch(service_id: str, templates: Iterable[Any], resolved: "ResolvedPrefetch") -> None:
-    """Count each of the service's prefetch keys once: sent by the client, fetched by us, or not checked."""
+    """Count each of the service's prefetch keys once: sent by the client, fetched by us, not checked, or
+    incomplete (more pages that were not read)."""
     counter = _metrics().prefetch
-    fetched, not_checked = set(resolved.fetched), set(resolved.not_checked)
+    fetched, not_checked, incomplete = set(resolved.fetched), set(resolved.not_checked), set(resolved.incomplete)
     for template in templates:
         key = template.key
-        if key in fetched:
+        if key in incomplete:  # pages that were not read, whoever sent the others
+            outcome = "incomplete"
+        elif key in fetched:
             outcome = "fetched"
         elif key in not_checked:
             outcome = "not_checked"

@@ -23,7 +23,7 @@ from .hook_request import HookRequest, parse_hook_request
 from .order_cards import OrderCardRenderer
 from .order_rules import OrderEvaluation, evaluate_orders
 from .orders import read_draft_orders
-from .prefetch import Fetcher, resolve_prefetch
+from .prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
 from .registry import CdsService, ServiceRegistry
 from .rules import Evaluation, evaluate
 from .ruleset import RuleSet, load_default_ruleset
@@ -129,6 +129,8 @@ class Engine:
         # Which card wins was decided before suppression: a suppressed winner still hides those below it.
         shown = [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
         cards = [render(outcome, facts) for outcome in shown]
+        if not cards:
+            self._refuse_all_clear_over_incomplete(service, request, resolved)
         response = wire_json(CdsResponse(cards=cards))
         if self.ledger and cards:
             self.ledger.record_shown([
@@ -158,11 +160,24 @@ class Engine:
                 "suppressed": [o.card_id for o in evaluation.shown if o not in shown],
                 "skipped_records": len(facts.skipped),
                 "not_checked": list(facts.not_checked),
+                "incomplete": list(facts.incomplete),
                 "medications_mapped": dict(facts.medication_mapping),
                 "elapsed_ms": round(elapsed * 1000, 2),
             },
         )
         return CallResult(response, facts, evaluation)
+
+    def _refuse_all_clear_over_incomplete(self, service: CdsService, request: HookRequest,
+                                          resolved: ResolvedPrefetch) -> None:
+        """No card, but a required key had pages that were not read: 412 naming it, counted and logged."""
+        refusal = incomplete_required_error(resolved, service.templates, service.id)
+        if refusal is None:
+            return
+        metrics.record_prefetch(service.id, service.templates, resolved)
+        log.warning("no card over incomplete required data: answered 412",
+                    extra={"service": service.id, "hook_instance": request.hookInstance,
+                           "incomplete": list(refusal.keys), "reasons": {k: resolved.reasons.get(k) for k in refusal.keys}})
+        raise refusal
 
     def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Evaluation:
         return evaluate(facts, self.ruleset)

@@ -4,7 +4,9 @@ what is missing (CDS Hooks 2.0 §Prefetch; ../shared/spec/STATUS.md).
 A value that is missing, ``null`` or an OperationOutcome is *missing*: it is fetched from the client's
 ``fhirServer`` when a fetcher is configured, else it is unavailable: 412 for a required key, "not
 checked" in the cards for an optional one. A Bundle with a ``next`` link is incomplete unless its
-pages are fetched. Keys the service did not ask for are ignored.
+pages are fetched (same server only, allowlist first); an incomplete key's entries present are used, the
+cards say so, and when the key is required and no card fires the answer is 412, never an all-clear
+(``incomplete_required_error``). Keys the service did not ask for are ignored.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def resolve_prefetch(
             _refuse(resolved, refused, templates, missing, partial, service_id)
     else:
         resolved.incomplete.extend(partial)
+        for key in partial:
+            resolved.reasons[key] = "no fhirServer was given to read them from"
     unavailable = [t for t in templates if t.key in missing and t.key not in resolved.resources]
     required = [t.key for t in unavailable if t.required]
     if required:
@@ -167,4 +171,21 @@ def _missing_message(keys: list[str], service_id: str, request: HookRequest,
     return (
         f"Unable to obtain required prefetch data with key(s) {', '.join(keys)} for CDS Hooks service "
         f"{service_id}: {why}."
+    )
+
+
+def incomplete_required_error(resolved: ResolvedPrefetch, templates: tuple[PrefetchTemplate, ...],
+                              service_id: str) -> PreconditionFailed | None:
+    """The 412 to answer instead of an empty card list when a required key is incomplete (pages not read):
+    no card on the records present is not an all-clear (STATUS.md rev). None when every required key is whole."""
+    keys = [t.key for t in templates if t.required and t.key in resolved.incomplete]
+    if not keys:
+        return None
+    given = [f"{key}: {resolved.reasons[key]}" for key in keys if key in resolved.reasons]
+    why = f" ({'; '.join(given)})" if given else ""
+    return PreconditionFailed(
+        f"Required prefetch data with key(s) {', '.join(keys)} for CDS Hooks service {service_id} is incomplete: "
+        f"more pages were not read{why}, and no card fired on the records present; an all-clear is not given "
+        "over incomplete data. Send every page, or a fhirServer on this service's allowlist to read them from.",
+        keys=tuple(keys),
     )

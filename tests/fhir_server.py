@@ -154,3 +154,115 @@ class SekmetServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A small loopback FHIR server in this process, for what sekmet can't do: drip-feeding answers (a hanging
+# EHR), counting the connections it holds, and recording the requests it got.
+
+DRIP_PADDING = 64 * 1024  # bytes of trailing whitespace on a dripped answer
+
+
+class LoopbackFhir:
+    """``GET {base_url}/Patient/{id}`` and ``GET {base_url}/{Type}?patient={id}...`` over real HTTP on 127.0.0.1.
+
+        with LoopbackFhir(resources, drip=0.02) as server:    # answers one byte every 20 ms, for ever
+            server.base_url, server.open_connections, server.requests
+
+    ``resources``: FHIR resources, any patients; a search returns the ones whose ``subject`` or ``patient``
+    is ``Patient/{id}``, as one searchset page. ``drip`` (seconds per byte) applies to every answer, or to
+    the resource types in ``drip_types`` when given; ``drip_headers`` drips the status line and headers too
+    (else they are sent at once and only the body drips). ``delay`` adds seconds before each answer.
+    """
+
+    def __init__(self, resources: list[dict[str, Any]] | None = None, *, drip: float | None = None,
+                 drip_types: tuple[str, ...] = (), drip_headers: bool = False, delay: float = 0.0) -> None:
+        import http.server
+        import threading
+
+        self.resources = list(resources or [])
+        self.drip, self.drip_types, self.drip_headers, self.delay = drip, drip_types, drip_headers, delay
+        self.requests: list[tuple[str, dict[str, str]]] = []  # (path with query, headers)
+        self.open_connections = 0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner.open_connections += 1
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with owner._lock:
+                        owner.open_connections -= 1
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                owner.requests.append((self.path, dict(self.headers)))
+                status, body, resource_type = owner.answer(self.path)
+                if owner.delay:
+                    owner.stopping.wait(owner.delay)
+                dripping = owner.drip is not None and (not owner.drip_types or resource_type in owner.drip_types)
+                if dripping:
+                    body += b" " * DRIP_PADDING  # valid JSON still: long enough to drip for minutes
+                head = (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+                        f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                try:
+                    if not dripping:
+                        self.wfile.write(head + body)
+                        return
+                    if not owner.drip_headers:
+                        self.wfile.write(head)
+                        self.wfile.flush()
+                    for byte in (head + body if owner.drip_headers else body):
+                        if owner.stopping.wait(owner.drip):
+                            break
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:  # the client closed the connection: what the fetcher does at its deadline
+                    pass
+                self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-fhir", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/fhir"
+
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(path)
+        segments = [s for s in parts.path.split("/") if s][1:]  # after /fhir
+        if len(segments) == 2:
+            found = [r for r in self.resources if [r.get("resourceType"), r.get("id")] == segments]
+            return (200, json.dumps(found[0]).encode(), segments[0]) if found else (404, b"{}", segments[0])
+        resource_type = segments[0] if segments else ""
+        patient = (parse_qs(parts.query).get("patient") or [""])[0]
+        matches = [r for r in self.resources if r.get("resourceType") == resource_type and patient and
+                   f"Patient/{patient}" in (r.get("subject", {}).get("reference"), r.get("patient", {}).get("reference"))]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+                  "entry": [{"resource": r} for r in matches]}
+        return 200, json.dumps(bundle).encode(), resource_type
+
+    def __enter__(self) -> "LoopbackFhir":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)

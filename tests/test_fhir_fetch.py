@@ -36,7 +36,9 @@ from cds_service.clock import fixed_clock
 from cds_service.fhir_client import MAX_ATTEMPTS, PAGE_CAP, FhirFetcher
 from cds_service.pipeline import Engine
 from cds_service.settings import Settings
+from cds_service.hook_request import HookRequest
 from conftest import DROP, NOW, PATIENT_ID, SERVICE_URL, minimal_request, patient_resource, searchset
+from fhir_server import LoopbackFhir
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "tok-5f1c-never-in-logs"
@@ -501,6 +503,55 @@ def test_fetch_keys_are_fetched_in_parallel(fetch_client, fhir) -> None:
     elapsed = time.monotonic() - started
     assert "Could not be checked" not in detail
     assert elapsed < 0.35, f"{elapsed:.3f}s for 5 calls of 0.1s: not parallel"
+
+
+def _fetch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("fhir-fetch") and t.is_alive()}
+
+
+def _until(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """Poll ``condition``: a generous bound for a loaded machine; a thread that never ends still fails."""
+    waited = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > waited:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("drip_headers", [False, True], ids=["body drips", "headers drip"])
+def test_fetch_abandoned_at_the_deadline_closes_its_connections_and_threads_end(drip_headers: bool) -> None:
+    """Issue 11 item 10: a server dripping one byte every 20 ms never lets a read time out. At the deadline
+    the fetcher shuts the abandoned connections down: its threads end and the server sees every connection
+    closed, long before the drip (64 KiB, about 20 minutes) would have ended it."""
+    with LoopbackFhir([patient_resource()], drip=0.02, drip_headers=drip_headers) as server:
+        settings = Settings(development_mode=True, fhir_server_allowlist=(server.base_url,),
+                            fhir_allow_http_loopback=True, fhir_deadline_seconds=DEADLINE)
+        fetcher = FhirFetcher(settings)
+        before = _fetch_threads()
+        queries = {"patient": f"Patient/{PATIENT_ID}", "conditions": f"Condition?patient={PATIENT_ID}",
+                   "observations": f"Observation?patient={PATIENT_ID}"}
+        outcomes = fetcher.fetch(HookRequest.model_validate(hook_body(server=server.base_url)), queries, {})
+        assert {key: o.resources for key, o in outcomes.items()} == {key: None for key in queries}
+        assert all("deadline" in (o.reason or "") for o in outcomes.values()), outcomes
+        assert len(server.requests) == len(queries)  # each key did reach the server
+        assert _until(lambda: not (_fetch_threads() - before)), "fetch threads still reading after the deadline"
+        assert _until(lambda: server.open_connections == 0), f"{server.open_connections} connections still open"
+
+
+def test_fetch_a_slow_server_does_not_lose_connections_of_a_finished_request() -> None:
+    """The shutdown touches only connections still in use by the abandoned keys: a pooled connection that
+    a finished key returned is reused by the next request without a failure."""
+    with LoopbackFhir([patient_resource()], drip=0.02, drip_types=("Observation",)) as server:
+        settings = Settings(development_mode=True, fhir_server_allowlist=(server.base_url,),
+                            fhir_allow_http_loopback=True, fhir_deadline_seconds=DEADLINE)
+        fetcher = FhirFetcher(settings)
+        request = HookRequest.model_validate(hook_body(server=server.base_url))
+        queries = {"patient": f"Patient/{PATIENT_ID}", "observations": f"Observation?patient={PATIENT_ID}"}
+        first = fetcher.fetch(request, queries, {})
+        assert first["patient"].resources and first["observations"].resources is None
+        again = fetcher.fetch(request, {"patient": f"Patient/{PATIENT_ID}"}, {})
+        assert again["patient"].resources and again["patient"].reason is None
 
 
 # ---------------------------------------------------------------- the token
