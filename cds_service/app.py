@@ -23,6 +23,7 @@ from .fhir_client import FhirFetcher
 from .logs import configure_logging
 from .pipeline import Engine
 from .reload import EngineSwitch, load_ruleset_keeping_last_valid
+from .replay import FallbackReplayCache
 from .ruleset import RuleSet, load_default_ruleset
 from .drugs import DrugTable
 from .settings import Settings, SettingsError
@@ -93,15 +94,17 @@ def _build_authenticator(settings: Settings, store: CardStore) -> ClientAuthenti
 
 
 def _build_replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
-    """JWT ids already used, shared by every replica: Redis when configured, else the database."""
+    """JWT ids already used, shared by every replica: Redis when configured, else the database; this
+    process's memory while that store does not answer (replay.FallbackReplayCache)."""
     if settings.redis_url:
         try:
             import redis
         except ImportError:
             raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
                                 "(pip install 'leg-cramp-cds[redis]')") from None
-        return RedisReplayCache(redis.Redis.from_url(settings.redis_url, socket_timeout=2))
-    return store
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return FallbackReplayCache(RedisReplayCache(client), "redis")
+    return FallbackReplayCache(store, "database")
 
 
 def _needs_authentication(settings: Settings) -> bool:
@@ -173,7 +176,9 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
         log.info("request refused", extra={"status": exc.status, "reason": exc.message, "path": request.path})
-        return _error_response(exc.status, exc.to_operation_outcome())
+        response = _error_response(exc.status, exc.to_operation_outcome())
+        response.headers.update(exc.headers)  # Retry-After on a 503
+        return response
 
     @app.errorhandler(413)
     def too_large(exc: HTTPException) -> Response:

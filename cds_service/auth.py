@@ -37,8 +37,6 @@ Thread safety: ``ClientAuthenticator``, ``JWKSCache`` and ``MemoryReplayCache`` 
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import json
 import logging
 import math
@@ -47,12 +45,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import jwt
 import requests
 import yaml
+
+from .replay import MemoryReplayCache, RedisReplayCache, ReplayCache  # (moved to replay.py; re-exported)
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -433,69 +433,6 @@ class JWKSCache:
         return json.loads(bytes(body))
 
 
-# -------------------------------------------------------------------------------------- replay cache
-
-
-@runtime_checkable
-class ReplayCache(Protocol):
-    """Remembers the ``jti`` of accepted tokens until they expire."""
-
-    def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
-        """Atomically: True if (issuer, jti) was recorded and has not expired; else record it, return False."""
-        ...
-
-
-class MemoryReplayCache:
-    """A thread-safe, in-process ``ReplayCache``; entries are dropped once they expire.
-
-    Per process: with several gunicorn workers, use a shared store (``RedisReplayCache``).
-    """
-
-    def __init__(self, clock: Clock = time.time) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
-
-    def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
-        key = (issuer, jti)
-        with self._lock:
-            now = self._clock()
-            while self._heap and self._heap[0][0] <= now:
-                when, old = heapq.heappop(self._heap)
-                if self._expiry.get(old) == when:
-                    del self._expiry[old]
-            known = self._expiry.get(key)
-            if known is not None and known > now:
-                return True
-            self._expiry[key] = expires_at
-            heapq.heappush(self._heap, (expires_at, key))
-            return False
-
-    def __len__(self) -> int:
-        with self._lock:
-            now = self._clock()
-            return sum(1 for when in self._expiry.values() if when > now)
-
-
-class RedisReplayCache:
-    """A ``ReplayCache`` shared by processes, on Redis: ``SET key 1 NX EX ttl`` is the atomic test-and-record.
-
-    ``client`` is a ``redis.Redis`` (or anything with ``set(name, value, nx=, ex=)``); this module does not
-    import redis.
-    """
-
-    def __init__(self, client: Any, *, prefix: str = "cramp-cds:jti:", clock: Clock = time.time) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._clock = clock
-
-    def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
-        digest = hashlib.sha256(f"{issuer}\x00{jti}".encode("utf-8")).hexdigest()
-        ttl = max(1, math.ceil(expires_at - self._clock()))
-        return not self._client.set(self._prefix + digest, b"1", nx=True, ex=ttl)
-
-
 # ------------------------------------------------------------------------------------- authenticator
 
 
@@ -582,6 +519,10 @@ class ClientAuthenticator:
     @property
     def clients(self) -> tuple[TrustedClient, ...]:
         return tuple(self._clients.values())
+
+    @property
+    def replay_cache(self) -> ReplayCache:
+        return self._replay
 
     def authenticate(self, authorization_header: str | None, audience: str) -> VerifiedClient:
         """Verify the bearer JWT for a call to ``audience`` (this endpoint's external URL).

@@ -7,8 +7,9 @@
     ├── UnknownService (404)
     ├── UnknownCard (404)         feedback names a card uuid this service never issued
     ├── PayloadTooLarge (413)
-    └── PreconditionFailed (412)  required data could not be had (names the prefetch keys)
-        └── FhirServerRefused     fhirServer may not be called (allowlist, https); no request was made
+    ├── PreconditionFailed (412)  required data could not be had (names the prefetch keys)
+    │   └── FhirServerRefused     fhirServer may not be called (allowlist, https); no request was made
+    └── ServiceUnavailable (503)  our own infrastructure failed (the database); carries ``Retry-After``
 
 Messages name the field or key that is wrong and never carry PHI, tokens or stack traces.
 """
@@ -29,6 +30,11 @@ class ServiceError(Exception):
 
     def to_operation_outcome(self) -> dict[str, Any]:
         return operation_outcome(self.message, code=self.code, expression=self.expression)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the OperationOutcome."""
+        return {}
 
 
 class BadRequest(ServiceError):
@@ -75,6 +81,21 @@ class FhirServerRefused(PreconditionFailed):
     def __init__(self, reason: str, *, keys: tuple[str, ...] = ()) -> None:
         super().__init__(f"{reason}; no request was made.", keys=keys)
         self.reason = reason
+
+
+class ServiceUnavailable(ServiceError):
+    """A fault of our own infrastructure: the client may retry after ``retry_after`` seconds."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 def operation_outcome(

@@ -13,6 +13,10 @@ or hook name taken as is from a client):
     cramp_cards_total{service, rule, indicator}             cards returned
     cramp_fhir_fetch_duration_seconds{resource, outcome}    one FHIR read (fhir_client calls observe_fetch)
     cramp_fhir_fetch_errors_total{resource, reason}         failed FHIR reads
+    cramp_replay_fallback_total{store}                      JWT replay checks answered from this process's
+                                                            memory: the shared store (database, redis) was down
+    cramp_ledger_unavailable_total{operation}               card-ledger calls the database did not answer:
+                                                            record_shown, suppression_check, feedback
 
 Under gunicorn the workers are separate processes: ``gunicorn_conf`` points ``PROMETHEUS_MULTIPROC_DIR``
 at a directory made fresh for each master, every worker writes its values there, and ``/metrics``
@@ -81,6 +85,12 @@ def _create_metrics() -> SimpleNamespace:
             ["resource", "outcome"], buckets=LATENCY_BUCKETS,
         ),
         fetch_errors=Counter("cramp_fhir_fetch_errors", "Failed reads from FHIR servers.", ["resource", "reason"]),
+        replay_fallback=Counter(
+            "cramp_replay_fallback", "JWT replay checks answered from memory: the shared store was down.", ["store"]
+        ),
+        ledger_unavailable=Counter(
+            "cramp_ledger_unavailable", "Card-ledger calls the database did not answer.", ["operation"]
+        ),
     )
 
 
@@ -131,6 +141,18 @@ def observe_fetch(resource: str, seconds: float, error: str | None = None) -> No
     metrics.fetch_seconds.labels(label, "error" if error else "ok").observe(seconds)
     if error:
         metrics.fetch_errors.labels(label, error[:40]).inc()
+
+
+# --------------------------------------------------------------------------- storage outages (replay, store)
+
+def record_replay_fallback(store: str) -> None:
+    """``store``: "database" or "redis", the shared replay store that could not answer."""
+    _metrics().replay_fallback.labels(store).inc()
+
+
+def record_ledger_unavailable(operation: str) -> None:
+    """``operation``: "record_shown", "suppression_check" or "feedback"."""
+    _metrics().ledger_unavailable.labels(operation).inc()
 
 
 # --------------------------------------------------------------------------- HTTP side

@@ -6,43 +6,62 @@ The only module that imports SQLAlchemy. ``CardStore`` implements the pipeline's
     overridden_since(patient_key, rule, since)  suppression, shared by every replica on the same database
     record_feedback(service_id, items)          idempotent, committed before it returns
     report(since)                               per rule and rule-set version: shown, accepted, overridden
-    seen_before(jti, issuer, expires_at)        JWT replay protection shared by replicas (auth.ReplayCache)
+    seen_before(jti, issuer, expires_at)        JWT replay protection shared by replicas (replay.ReplayCache)
 
 Storage: a SQLite file by default (WAL, ``synchronous=FULL``, writers take the lock at ``BEGIN
 IMMEDIATE``), or PostgreSQL by URL (``postgresql+psycopg://...``) for several replicas. The schema is
 created and upgraded by the Alembic migrations shipped in ``cds_service/migrations`` when the store
 opens (PostgreSQL: under an advisory lock, so replicas starting together migrate once).
+
+Whether an insert stored a row is read from ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the rows
+returned are the rows inserted. (``rowcount`` cannot say: psycopg 3 reports -1 for that statement.)
+
+When the database does not answer (down, locked, timed out; no call waits more than the short timeouts
+below): ``record_shown`` and ``overridden_since`` log it, count it and let the cards go out;
+``record_feedback`` raises ``ServiceUnavailable`` (503, Retry-After); ``seen_before`` raises
+``replay.ReplayStoreUnavailable`` (the caller falls back to memory: replay.FallbackReplayCache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
+import sqlite3
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, TypeDecorator,
     create_engine, distinct, event, func, select,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
+from . import metrics
 from .clock import system_clock
-from .errors import BadRequest, UnknownCard
+from .errors import BadRequest, ServiceUnavailable, UnknownCard
 from .feedback import FeedbackItem
 from .pipeline import ShownCard
+from .replay import ReplayStoreUnavailable, token_key
 from .settings import SettingsError
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-TIMEOUT_SECONDS = 5  # connect, lock and statement timeouts: a slow database fails the call, not the worker
+# A database that does not answer fails the call quickly, never the worker: no call waits seconds on a lock.
+CONNECT_TIMEOUT_SECONDS = 2  # PostgreSQL connect and pool checkout (libpq's smallest connect_timeout is 2)
+LOCK_TIMEOUT_MS = 500  # SQLite busy timeout, PostgreSQL lock_timeout
+STATEMENT_TIMEOUT_MS = 5000  # PostgreSQL statement_timeout (the feedback report reads the most)
+FEEDBACK_RETRY_AFTER_SECONDS = 5  # Retry-After of a 503 to feedback while the database is down
+WRITE_QUEUE_SECONDS = 1.0  # SQLite: how long a thread may wait for this process's other writers
 FUTURE_TOLERANCE = timedelta(minutes=5)  # an outcomeTimestamp later than this after receipt is refused
 REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are deleted
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
@@ -103,8 +122,16 @@ feedback = Table(
 FEEDBACK_ITEM_KEY = ["card_uuid", "outcome", "outcome_timestamp"]  # UNIQUE uq_feedback_item
 
 
+class WriterQueueTimeout(Exception):
+    """SQLite: this process's other threads kept the write turn too long (the database is busy)."""
+
+
 class StoreUnavailable(SettingsError):
     """The database at CRAMP_DATABASE_URL cannot be opened or migrated; the message says why (no URL)."""
+
+
+# What a database that cannot answer raises (connection refused or lost, lock or pool timeout, busy).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, WriterQueueTimeout)
 
 
 @dataclass(frozen=True)
@@ -163,10 +190,11 @@ class CardStore:
         self.clock = clock
         self._replay_inserts = 0
         self.engine = _create_engine(database_url, must_exist=must_exist)
+        self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
         if migrate:
             try:
                 self.migrate()
-            except OperationalError as exc:
+            except UNAVAILABLE as exc:
                 raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot open the database ({_reason(exc)})") from None
 
     # --- schema ----------------------------------------------------------------------------------
@@ -213,13 +241,12 @@ class CardStore:
         if not rows:
             return
         try:
-            with self.engine.begin() as connection:
+            with self._writing() as connection:
                 for row in rows:
                     connection.execute(_insert_ignore(connection, cards_shown, ["card_uuid"]), row)
-        except OperationalError as exc:
+        except UNAVAILABLE as exc:
             # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
-            log.error("cards shown not recorded: database unavailable",
-                      extra={"cards": len(rows), "error": _reason(exc)})
+            _unavailable("record_shown", "cards shown not recorded: database unavailable", exc, cards=len(rows))
 
     def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
         query = (
@@ -235,43 +262,55 @@ class CardStore:
         try:
             with self._reading() as connection:
                 return connection.execute(query).first() is not None
-        except OperationalError as exc:
-            log.error("suppression not checked: database unavailable; the card is shown",
-                      extra={"rule": rule, "error": _reason(exc)})
+        except UNAVAILABLE as exc:
+            _unavailable("suppression_check", "suppression not checked: database unavailable; the card is shown",
+                         exc, rule=rule)
             return False
 
-    # --- JWT replay protection (auth.ReplayCache) ----------------------------------------------------
+    # --- JWT replay protection (replay.ReplayCache) --------------------------------------------------
     def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
-        """Record the token id; True when it was already used and has not expired (a replay)."""
-        key = hashlib.sha256(f"{issuer}\x00{jti}".encode("utf-8")).hexdigest()
+        """Record the token id; True when it was already used and has not expired (a replay).
+
+        ``ReplayStoreUnavailable`` when the database does not answer.
+        """
+        key = token_key(jti, issuer)
         now = self.clock()
-        expires = datetime.fromtimestamp(expires_at, timezone.utc)
-        with self.engine.begin() as connection:
-            connection.execute(jwt_seen.delete().where(jwt_seen.c.token_key == key, jwt_seen.c.expires_at < now))
-            inserted = connection.execute(
-                _insert_ignore(connection, jwt_seen, ["token_key"]), {"token_key": key, "expires_at": expires}
-            ).rowcount
-            self._replay_inserts += 1
-            if self._replay_inserts % REPLAY_PURGE_EVERY == 0:
-                connection.execute(jwt_seen.delete().where(jwt_seen.c.expires_at < now))
-        return inserted == 0
+        row = {"token_key": key, "expires_at": datetime.fromtimestamp(expires_at, timezone.utc)}
+        try:
+            with self._writing() as connection:
+                connection.execute(jwt_seen.delete().where(jwt_seen.c.token_key == key, jwt_seen.c.expires_at < now))
+                inserted = _inserted(connection, jwt_seen, ["token_key"], row)
+                self._replay_inserts += 1
+                if self._replay_inserts % REPLAY_PURGE_EVERY == 0:
+                    connection.execute(jwt_seen.delete().where(jwt_seen.c.expires_at < now))
+        except UNAVAILABLE as exc:
+            raise ReplayStoreUnavailable(_error_type(exc)) from None
+        return not inserted
 
     # --- feedback --------------------------------------------------------------------------------
     def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> FeedbackResult:
         """Store ``items`` (all or none), each at most once; committed before this returns.
 
         ``UnknownCard`` when an item names a card this service never issued; ``BadRequest`` when it names
-        a suggestion that card did not carry or an outcomeTimestamp in the future.
+        a suggestion that card did not carry or an outcomeTimestamp in the future; ``ServiceUnavailable``
+        (503) when the database does not answer: nothing was stored, the client should send it again.
         """
         if not items:
             return FeedbackResult(0, 0)
         received_at = self.clock()
         stored = 0
-        with self.engine.begin() as connection:
-            issued = _issued_cards(connection, {item.card for item in items})
-            for index, item in enumerate(items):
-                row = _feedback_row(index, item, issued.get(item.card), service_id, received_at)
-                stored += connection.execute(_insert_ignore(connection, feedback, FEEDBACK_ITEM_KEY), row).rowcount
+        try:
+            with self._writing() as connection:
+                issued = _issued_cards(connection, {item.card for item in items})
+                for index, item in enumerate(items):
+                    row = _feedback_row(index, item, issued.get(item.card), service_id, received_at)
+                    stored += _inserted(connection, feedback, FEEDBACK_ITEM_KEY, row)
+        except UNAVAILABLE as exc:
+            _unavailable("feedback", "feedback not stored: database unavailable; answered 503", exc, items=len(items))
+            raise ServiceUnavailable(
+                "The feedback could not be stored (database unavailable); nothing was stored. Send it again.",
+                retry_after=FEEDBACK_RETRY_AFTER_SECONDS,
+            ) from None
         return FeedbackResult(received=len(items), stored=stored)
 
     # --- report ----------------------------------------------------------------------------------
@@ -307,14 +346,48 @@ class CardStore:
             for (rule, version), count in sorted(shown.items())
         ]
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction, committed on leaving the block.
+
+        On SQLite this process's threads take turns on a lock first: handing over a Python lock is
+        immediate, where SQLite's busy handler polls in steps of up to 100 ms and could time out a queue of
+        threads whose transactions take a few ms each. SQLite's busy timeout then bounds only the wait for
+        other processes.
+        """
+        if self._write_turn is None:
+            with self.engine.begin() as connection:
+                yield connection
+            return
+        if not self._write_turn.acquire(timeout=WRITE_QUEUE_SECONDS):
+            raise WriterQueueTimeout(f"no turn to write within {WRITE_QUEUE_SECONDS} s")
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            self._write_turn.release()
+
     def _reading(self) -> Connection:
         """A connection for reads (on SQLite a deferred BEGIN: it takes no write lock)."""
         return self.engine.connect().execution_options(cramp_read_only=True)
 
 
-def _reason(exc: OperationalError) -> str:
+def _reason(exc: Exception) -> str:
     """The driver's message, without the SQL statement or its parameters."""
-    return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0][:200]}" if exc.orig else type(exc).__name__
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0][:200]}" if orig else type(exc).__name__
+
+
+def _error_type(exc: Exception) -> str:
+    """The driver's exception type (``OperationalError``, ``QueuePool``'s ``TimeoutError``...): safe to log."""
+    orig = getattr(exc, "orig", None)
+    return type(orig if orig is not None else exc).__name__
+
+
+def _unavailable(operation: str, message: str, exc: Exception, **details: Any) -> None:
+    """Log (with the exception type, never the SQL or its parameters) and count a call the database missed."""
+    metrics.record_ledger_unavailable(operation)
+    log.error(message, extra={**details, "error_type": _error_type(exc), "error": _reason(exc)})
 
 
 def _issued_cards(connection: Connection, uuids: Iterable[str]) -> dict[str, Any]:
@@ -357,12 +430,17 @@ def _feedback_row(index: int, item: FeedbackItem, card: Any, service_id: str, re
 
 
 def _insert_ignore(connection: Connection, table: Table, key: list[str]) -> Any:
-    """INSERT ... ON CONFLICT (key) DO NOTHING, on SQLite and PostgreSQL alike."""
+    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key, on SQLite (>= 3.35) and PostgreSQL alike."""
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing(index_elements=key)
+    return insert(table).on_conflict_do_nothing(index_elements=key).returning(*(table.c[name] for name in key))
+
+
+def _inserted(connection: Connection, table: Table, key: list[str], row: dict) -> bool:
+    """Insert ``row`` unless one with the same ``key`` exists; True when this call stored it."""
+    return connection.execute(_insert_ignore(connection, table, key), row).first() is not None
 
 
 def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
@@ -375,26 +453,27 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
         in_memory = url.database in (None, "", ":memory:")
         if must_exist and not in_memory and not Path(url.database).is_file():
             raise StoreUnavailable(f"CRAMP_DATABASE_URL: no SQLite database at {url.database}")
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise SettingsError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or later is needed (RETURNING)")
         engine = create_engine(
             url,
             pool_pre_ping=True,
-            connect_args={"timeout": TIMEOUT_SECONDS, "check_same_thread": False},
+            connect_args={"timeout": LOCK_TIMEOUT_MS / 1000, "check_same_thread": False},
             **({"poolclass": StaticPool} if in_memory else {}),
         )
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_sqlite)
         return engine
     if backend == "postgresql":
-        ms = TIMEOUT_SECONDS * 1000
         return create_engine(
             url,
             pool_pre_ping=True,
-            pool_timeout=TIMEOUT_SECONDS,
+            pool_timeout=CONNECT_TIMEOUT_SECONDS,
             pool_recycle=1800,
             connect_args={
-                "connect_timeout": TIMEOUT_SECONDS,
-                "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
-                f"-c idle_in_transaction_session_timeout={6 * ms}",
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+                f"-c idle_in_transaction_session_timeout={6 * STATEMENT_TIMEOUT_MS}",
             },
         )
     raise SettingsError(f"CRAMP_DATABASE_URL: unsupported database {backend!r} (use sqlite:/// or postgresql+psycopg://)")
@@ -403,7 +482,7 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own: _begin_sqlite does
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {TIMEOUT_SECONDS * 1000}")
+    cursor.execute(f"PRAGMA busy_timeout = {LOCK_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = FULL")  # a commit is on disk before it returns
     cursor.execute("PRAGMA foreign_keys = ON")

@@ -48,26 +48,43 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ready: the rules are loaded and, when the engine keeps a card store, its database answers."""
+    """Ready once the rules are loaded. A database or replay store that does not answer is reported in
+    ``degraded`` but keeps the answer 200: the service still answers hook calls (STATUS.md), and a database
+    blip must not take every replica out of a load balancer."""
     problems = _readiness_problems()
     if problems:
         body = operation_outcome("Not ready: " + "; ".join(problems) + ".", code="transient")
         return _json_response(body, 503, "application/fhir+json")
-    return jsonify(status="ready")
+    degraded = _degradations()
+    return jsonify(status="ready", degraded=degraded) if degraded else jsonify(status="ready")
 
 
 def _readiness_problems() -> list[str]:
     engine = current_app.extensions.get("leg_cramp_engine")
     if engine is None or engine.ruleset is None or not engine.discovery().get("services"):
         return ["rules: not loaded"]
+    return []
+
+
+def _degradations() -> list[str]:
+    """What does not answer: the card store's database, the shared JWT replay store."""
+    degraded = []
+    engine = current_app.extensions.get("leg_cramp_engine")
     store = getattr(engine, "ledger", None) or current_app.extensions.get("leg_cramp_store")
-    if not callable(getattr(store, "ping", None)):
-        return []
-    try:
-        reachable = store.ping() is not False
-    except Exception as exc:  # a driver's message may hold the database URL: report only its type
-        return [f"database: not reachable ({type(exc).__name__})"]
-    return [] if reachable else ["database: not reachable"]
+    if callable(getattr(store, "ping", None)):
+        try:
+            reachable = store.ping() is not False
+        except Exception as exc:  # a driver's message may hold the database URL: report only its type
+            degraded.append(f"database: not reachable ({type(exc).__name__}); cards are not recorded, "
+                            "feedback is refused with 503")
+        else:
+            if not reachable:
+                degraded.append("database: not reachable")
+    authenticator = current_app.extensions.get("leg_cramp_authenticator")
+    replay = getattr(getattr(authenticator, "replay_cache", None), "degradation", None)
+    if replay:
+        degraded.append(replay)
+    return degraded
 
 
 @bp.get("/metrics")

@@ -5,6 +5,7 @@ tests that ``test_feedback.py`` (SQLite) and ``test_feedback_postgres.py`` (Post
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,17 +16,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import MetaData, select
 
 from cds_service.app import create_app
 from cds_service.clock import fixed_clock
+from cds_service.feedback import parse_feedback
 from cds_service.settings import Settings
-from cds_service.store import CardStore
+from cds_service.store import CardStore, FeedbackResult
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fhir_fixtures"
@@ -85,6 +88,50 @@ def track_stores(monkeypatch: pytest.MonkeyPatch) -> list[CardStore]:
 
     monkeypatch.setattr(CardStore, "__init__", init)
     return opened
+
+
+# --- PostgreSQL (127.0.0.1:5432) ------------------------------------------------------------------------
+POSTGRES_ADMIN_DSN = os.environ.get("CRAMP_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+
+
+def postgres_unavailable(message: str) -> None:
+    """Skip (or fail, with CRAMP_REQUIRE_POSTGRES=1 as .ci/run sets) when PostgreSQL can't be used."""
+    if os.environ.get("CRAMP_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{message} (CRAMP_REQUIRE_POSTGRES=1 makes this a failure)", pytrace=False)
+    pytest.skip(f"{message}; set CRAMP_REQUIRE_POSTGRES=1 to make this a failure")
+
+
+def postgres_admin_connection():
+    try:
+        import psycopg
+    except ImportError:
+        postgres_unavailable("psycopg is not installed (pip install '.[postgres]')")
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        postgres_unavailable(f"PostgreSQL not reachable at {POSTGRES_ADMIN_DSN!r}: "
+                             f"{str(error).strip().splitlines()[0]}")
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int, str]]:
+    """A new, empty database: yields (host, port, name); closes every CardStore opened, then drops it."""
+    admin = postgres_admin_connection()
+    name = f"cramp_test_{uuid.uuid4().hex[:12]}"
+    info = admin.info
+    admin.execute(f'CREATE DATABASE "{name}"')
+    stores = track_stores(monkeypatch)
+    try:
+        yield info.host, info.port, name
+    finally:
+        for store in stores:
+            store.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def postgres_url(host: str, port: int, name: str) -> str:
+    return f"postgresql+psycopg://postgres@{host}:{port}/{name}"
 
 
 class Service:
@@ -224,6 +271,13 @@ class FeedbackContract:
         later = overridden(card["uuid"], at=NOW + timedelta(minutes=2))
         assert service.feedback(later).status_code == 200
         assert len(feedback_rows(service.store)) == 2
+
+    def test_feedback_stored_count_counts_new_items_only(self, service, card) -> None:
+        first, second = (parse_feedback({"feedback": [overridden(card["uuid"], at=NOW + timedelta(minutes=m))]})
+                         for m in (1, 2))
+        assert service.store.record_feedback(SERVICE_ID, first) == FeedbackResult(received=1, stored=1)
+        assert service.store.record_feedback(SERVICE_ID, first + second) == FeedbackResult(received=2, stored=1)
+        assert service.store.record_feedback(SERVICE_ID, first + second).duplicates == 2
 
     def test_feedback_accepted_with_its_suggestions(self, service, card) -> None:
         suggestion_ids = [s["uuid"] for s in card["suggestions"]]

@@ -3,57 +3,28 @@
 
 Each test gets a fresh database, dropped afterwards. When PostgreSQL does not answer, the tests are skipped
 with a message, unless CRAMP_REQUIRE_POSTGRES=1 (as .ci/run sets), which turns that into a failure.
-Another server: CRAMP_TEST_POSTGRES (a libpq connection string; default below).
+Another server: CRAMP_TEST_POSTGRES (a libpq connection string; default in feedback_support.py).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import datetime, timezone
 from typing import Iterator
 
 import pytest
-from feedback_support import FeedbackContract, ServerProcess, cramps_request, feedback_rows, overridden, track_stores
+from feedback_support import (
+    FeedbackContract, ServerProcess, cramps_request, feedback_rows, fresh_postgres_database, overridden, postgres_url,
+)
 
 from cds_service.store import CardStore
 
 pytestmark = pytest.mark.postgres
 
-ADMIN_DSN = os.environ.get("CRAMP_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test")
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CRAMP_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"{message} (CRAMP_REQUIRE_POSTGRES=1 makes this a failure)", pytrace=False)
-    pytest.skip(f"{message}; set CRAMP_REQUIRE_POSTGRES=1 to make this a failure")
-
-
-def _admin_connection():
-    try:
-        import psycopg
-    except ImportError:
-        _unavailable("psycopg is not installed (pip install '.[postgres]')")
-    try:
-        return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        _unavailable(f"PostgreSQL not reachable at {ADMIN_DSN!r}: {str(error).strip().splitlines()[0]}")
-
 
 @pytest.fixture
 def database_url(monkeypatch) -> Iterator[str]:
-    admin = _admin_connection()
-    name = f"cramp_test_{uuid.uuid4().hex[:12]}"
-    info = admin.info
-    admin.execute(f'CREATE DATABASE "{name}"')
-    stores = track_stores(monkeypatch)
-    try:
-        yield f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{name}"
-    finally:
-        for store in stores:
-            store.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        yield postgres_url(host, port, name)
 
 
 class TestFeedbackOnPostgres(FeedbackContract):

@@ -3,12 +3,15 @@ that shares the database (default) or Redis (CRAMP_REDIS_URL)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from conftest import minimal_request
+from feedback_support import fresh_postgres_database, postgres_url
 from security_support import TestIssuer, secure_app
 from cds_service.store import CardStore
 
@@ -73,3 +76,47 @@ def test_replayed_jwt_is_refused_across_replicas_with_redis(tmp_path):
     headers = issuer.headers(SERVICE)
     assert first.post(SERVICE, json=minimal_request(), headers=headers).status_code == 200
     assert second.post(SERVICE, json=minimal_request(), headers=headers).status_code == 401
+
+
+# --- PostgreSQL (the real driver: psycopg 3 reports rowcount -1 for INSERT ... ON CONFLICT DO NOTHING) ---
+@pytest.fixture
+def postgres_database(monkeypatch):
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        yield postgres_url(host, port, name)
+
+
+@pytest.mark.postgres
+def test_one_token_four_times_to_one_replica_on_postgres(tmp_path, postgres_database):
+    issuer = TestIssuer.create()
+    client = secure_app(tmp_path, issuer, database_url=postgres_database).test_client()
+    headers = issuer.headers(SERVICE)
+    statuses = [client.post(SERVICE, json=minimal_request(), headers=headers).status_code for _ in range(4)]
+    assert statuses == [200, 401, 401, 401]
+
+
+@pytest.mark.postgres
+def test_one_token_at_two_replicas_at_once_on_postgres_is_accepted_once(tmp_path, postgres_database):
+    issuer = TestIssuer.create()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    replicas = _two_replicas(tmp_path, issuer, database_url=postgres_database)
+    body = minimal_request()
+    rounds = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(25):
+            headers = issuer.headers(SERVICE)
+            start = threading.Barrier(2)
+
+            def post(replica, headers=headers, start=start):
+                start.wait()
+                return replica.post(SERVICE, json=body, headers=headers).status_code
+
+            rounds.append(sorted(pool.map(post, replicas)))
+    assert rounds == [[200, 401]] * 25
+
+
+@pytest.mark.postgres
+def test_store_replay_answers_on_postgres(postgres_database):
+    store = CardStore(postgres_database, "secret")
+    expires = datetime.now(timezone.utc).timestamp() + 60
+    assert [store.seen_before("jti-pg", "https://ehr.example", expires) for _ in range(3)] == [False, True, True]
