@@ -16,10 +16,11 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics, request_context
 from .auth import (
-    WWW_AUTHENTICATE, AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache, endpoint_url,
+    AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache, endpoint_urls, www_authenticate,
 )
 from .errors import PayloadTooLarge, ServiceError, operation_outcome
 from .fhir_client import FhirFetcher
+from .header_limits import header_over_limit
 from .logs import configure_logging
 from .pipeline import Engine
 from .reload import EngineSwitch, load_ruleset_keeping_last_valid
@@ -53,6 +54,9 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
 ) -> Flask:
     settings = settings or Settings()
+    # Settings required outside development mode, checked before anything is touched (SettingsError, naming them)
+    settings.patient_key_secret_or_default()
+    settings.required_public_base_urls()
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -77,6 +81,7 @@ def create_app(
     request_context.init_app(app)
     metrics.init_app(app)
     _register_error_handlers(app)
+    _register_header_limits(app)  # before authentication: an oversized header is a 431, not a 401
     _register_request_hooks(app, settings)
     if settings.development_mode:
         log.warning(DEV_MODE_WARNING)
@@ -116,6 +121,8 @@ def _needs_authentication(settings: Settings) -> bool:
 
 
 def _register_authentication(app: Flask, settings: Settings) -> None:
+    # The JWT audience comes from configuration only: the Host and X-Forwarded-* headers are the caller's.
+    public_base_urls = settings.required_public_base_urls()  # SettingsError: refuse to start without them
     authenticator = _build_authenticator(settings, app.extensions["leg_cramp_store"])
     app.extensions["leg_cramp_authenticator"] = authenticator
 
@@ -123,12 +130,13 @@ def _register_authentication(app: Flask, settings: Settings) -> None:
     def authenticate_client() -> Response | None:
         if not _needs_authentication(settings):
             return None
-        audience = endpoint_url(request.base_url, request.path, settings.public_base_url)
+        audiences = endpoint_urls(public_base_urls, request.path)
         try:
-            client = authenticator.authenticate(request.headers.get("Authorization"), audience)
+            client = authenticator.authenticate(request.headers.get("Authorization"), audiences)
         except AuthenticationError as exc:
-            log.warning("CDS client rejected", extra={"reason": exc.reason, "path": request.path})
-            return Response(status=401, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+            log.warning("CDS client rejected",
+                        extra={"reason": exc.reason, "category": exc.category, "path": request.path})
+            return Response(status=401, headers={"WWW-Authenticate": www_authenticate(exc.category)})
         request.environ["leg_cramp.client"] = client.issuer
         return None
 
@@ -146,7 +154,8 @@ def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, stor
     # version of it (a gunicorn worker forked after a HUP): see reload.py.
     ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
     kwargs = {"clock": clock} if clock else {}
-    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store, **kwargs)
+    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store,
+                  max_resources=settings.max_resources, **kwargs)
 
 
 def _register_rules_reload(app: Flask, path: Path) -> None:
@@ -154,7 +163,8 @@ def _register_rules_reload(app: Flask, path: Path) -> None:
     (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md)."""
     def build(ruleset: RuleSet) -> Engine:
         old = switch.engine
-        return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger)
+        return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
+                      max_resources=old.max_resources)
 
     switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
     app.extensions["leg_cramp_engines"] = switch
@@ -195,6 +205,18 @@ def _register_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception) -> Response:
         log.exception("unexpected error", extra={"path": request.path})
         return _error_response(500, operation_outcome("Internal error; it has been logged.", code="exception"))
+
+
+def _register_header_limits(app: Flask) -> None:
+    """Headers over the documented limits (header_limits.py): 431 with an OperationOutcome. gunicorn's own
+    limits are higher (gunicorn_conf.py), so the application is the one that answers."""
+    @app.before_request
+    def refuse_oversized_headers() -> Response | None:
+        problem = header_over_limit(request.environ)
+        if problem is None:
+            return None
+        log.info("request refused", extra={"status": 431, "reason": problem, "path": request.path})
+        return _error_response(431, operation_outcome(problem, code="too-long"))
 
 
 def _register_request_hooks(app: Flask, settings: Settings) -> None:

@@ -3,12 +3,12 @@
 The HTTP layer makes one call per request::
 
     authenticator = ClientAuthenticator.from_settings(settings)          # once, in create_app
-    audience = endpoint_url(request.base_url, request.path, settings.public_base_url)
+    audiences = endpoint_urls(settings.required_public_base_urls(), request.path)   # never from the request
     try:
-        client = authenticator.authenticate(request.headers.get("Authorization"), audience)
+        client = authenticator.authenticate(request.headers.get("Authorization"), audiences)
     except AuthenticationError as exc:
         log.warning("CDS client rejected: %s", exc.reason)             # never the token itself
-        return "", 401, {"WWW-Authenticate": WWW_AUTHENTICATE}
+        return "", 401, {"WWW-Authenticate": www_authenticate(exc.category)}
 
 What is checked, in order (docs/security.md says the same for deployers):
 
@@ -20,8 +20,8 @@ What is checked, in order (docs/security.md says the same for deployers):
    URL is on the client's ``allowed_jku`` list, else from its ``jwks_url`` / ``jwks_file`` / inline
    ``jwks``. The key's type, curve, ``alg`` and ``use`` must fit the token's ``alg``.
 5. The signature is verified (PyJWT; no hand-rolled cryptography).
-6. Claims, with an injectable clock and leeway: ``aud`` is this endpoint's external URL (string, or an
-   array containing it); ``exp`` required, not past; ``iat`` required, not in the future; ``nbf`` honoured;
+6. Claims, with an injectable clock and leeway: ``aud`` is this endpoint's external URL, one of the
+   configured base URLs + the path called (string, or an array containing it); ``exp`` required, not past; ``iat`` required, not in the future; ``nbf`` honoured;
    lifetime ``exp - iat`` at most ``max_lifetime``; ``tenant`` equals the client's when configured;
    ``jti`` required.
 7. ``jti`` not seen before for this issuer (``ReplayCache``), checked last so that rejected tokens never
@@ -29,7 +29,8 @@ What is checked, in order (docs/security.md says the same for deployers):
 
 Exceptions::
 
-    AuthenticationError        a request is not authenticated; ``reason`` is for logs -> bare 401
+    AuthenticationError        a request is not authenticated; ``reason`` is for logs, ``category`` (one of
+                               ``CATEGORIES``) for the 401's ``WWW-Authenticate`` -> bare 401
     TrustedClientsError        (ValueError) the trusted-clients configuration is invalid; names file and field
 
 Thread safety: ``ClientAuthenticator``, ``JWKSCache`` and ``MemoryReplayCache`` may be shared by threads.
@@ -54,10 +55,12 @@ import yaml
 
 from .replay import MemoryReplayCache, RedisReplayCache, ReplayCache  # (moved to replay.py; re-exported)
 
+from .header_limits import MAX_TOKEN_BYTES
+
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "DEFAULT_ALGORITHMS",
-    "WWW_AUTHENTICATE",
+    "CATEGORIES",
     "AuthenticationError",
     "ClientAuthenticator",
     "JWKSCache",
@@ -67,16 +70,20 @@ __all__ = [
     "TrustedClient",
     "TrustedClientsError",
     "VerifiedClient",
-    "endpoint_url",
+    "endpoint_urls",
     "load_trusted_clients",
+    "www_authenticate",
 ]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-#: The answer to any failure: a bare 401 carrying this header and no body detail.
-WWW_AUTHENTICATE = 'Bearer realm="cds-services", error="invalid_token"'
+#: Coarse reasons a token is refused, the only detail a 401 gives (``error_description``; STATUS.md):
+#: missing (no bearer token), malformed (not a well-formed CDS client JWT), issuer (untrusted ``iss``, or
+#: another tenant), signature (algorithm, key or signature), audience (``aud`` not this endpoint),
+#: expired (outside its validity: ``exp`` past, ``iat``/``nbf`` ahead, lifetime too long), replayed (``jti``).
+CATEGORIES = ("missing", "malformed", "issuer", "signature", "audience", "expired", "replayed")
 
 #: Algorithms a client may be configured with. HMAC (HS*) and ``none`` are never among them.
 ASYMMETRIC_ALGORITHMS: frozenset[str] = frozenset(
@@ -88,7 +95,7 @@ DEFAULT_ALGORITHMS: tuple[str, ...] = ("ES384", "RS384")
 _EC_CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
-_MAX_TOKEN_CHARS = 16 * 1024
+_MAX_TOKEN_CHARS = MAX_TOKEN_BYTES  # docs/security.md: tokens up to 16 KiB; the headers limits fit them
 _MAX_JTI_CHARS = 512
 _MAX_JWKS_BYTES = 512 * 1024
 _MIN_RSA_BITS = 2048
@@ -99,15 +106,26 @@ _CLIENT_FIELDS = ("issuer", "jwks_url", "jwks_file", "jwks", "allowed_jku", "alg
 
 
 class AuthenticationError(Exception):
-    """The request is not authenticated. ``reason`` is for the log, never for the HTTP response.
+    """The request is not authenticated. ``reason`` is for the log, never for the HTTP response;
+    ``category`` (one of ``CATEGORIES``) is all the response says (``www_authenticate``).
 
     Reasons never contain the token; values taken from the token (``iss``, ``kid``...) are clipped.
     """
 
-    def __init__(self, reason: str, *, issuer: str | None = None) -> None:
+    def __init__(self, reason: str, category: str, *, issuer: str | None = None) -> None:
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown authentication failure category {category!r}")
         super().__init__(reason)
         self.reason = reason
+        self.category = category
         self.issuer = issuer
+
+
+def www_authenticate(category: str) -> str:
+    """The 401's ``WWW-Authenticate`` (RFC 6750 section 3): the error and the coarse category, nothing more."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown authentication failure category {category!r}")
+    return f'Bearer error="invalid_token", error_description="{category}"'
 
 
 class TrustedClientsError(ValueError):
@@ -382,7 +400,7 @@ class JWKSCache:
                 entry = self._load(source, entry, now)  # unknown kid: perhaps the client rotated its keys
             key = entry.keys.get(kid)
         if key is None:
-            raise AuthenticationError(f"unknown kid {_clip(kid)} in JWKS {_clip(source, 120)}")
+            raise AuthenticationError(f"unknown kid {_clip(kid)} in JWKS {_clip(source, 120)}", "signature")
         return key
 
     def _lock_for(self, source: str) -> threading.Lock:
@@ -446,15 +464,11 @@ class VerifiedClient:
     sub: str | None = None
 
 
-def endpoint_url(request_base_url: str, path: str, public_base_url: str | None = None) -> str:
-    """The URL the client called, as the JWT ``aud`` must name it.
-
-    Behind a proxy, ``public_base_url`` (e.g. ``https://cds.example.org/cramp``) + the request ``path``;
-    otherwise the request's own URL without query (Flask: ``request.base_url``).
-    """
-    if public_base_url:
-        return public_base_url.rstrip("/") + "/" + path.lstrip("/")
-    return request_base_url.split("?", 1)[0].split("#", 1)[0]
+def endpoint_urls(public_base_urls: Iterable[str], path: str) -> tuple[str, ...]:
+    """The URLs a JWT ``aud`` may name for a call to ``path``: each configured external base URL (e.g.
+    ``https://cds.example.org/cramp``) + the path. Never derived from the request's Host or X-Forwarded-*
+    headers, which the caller controls."""
+    return tuple(base.rstrip("/") + "/" + path.lstrip("/") for base in public_base_urls)
 
 
 def _is_number(value: object) -> bool:
@@ -514,7 +528,11 @@ class ClientAuthenticator:
         """From ``Settings.trusted_clients_path`` (required: there is no implicit trust)."""
         if settings.trusted_clients_path is None:
             raise TrustedClientsError("no trusted-clients file configured", field="CRAMP_TRUSTED_CLIENTS_FILE")
-        return cls.from_file(settings.trusted_clients_path, **kwargs)
+        try:
+            return cls.from_file(settings.trusted_clients_path, **kwargs)
+        except TrustedClientsError as exc:  # one line that names the variable, the file and the field
+            where = f"CRAMP_TRUSTED_CLIENTS_FILE: {exc.path or settings.trusted_clients_path}"
+            raise TrustedClientsError(exc.message, path=where, field=exc.field) from None
 
     @property
     def clients(self) -> tuple[TrustedClient, ...]:
@@ -524,11 +542,13 @@ class ClientAuthenticator:
     def replay_cache(self) -> ReplayCache:
         return self._replay
 
-    def authenticate(self, authorization_header: str | None, audience: str) -> VerifiedClient:
-        """Verify the bearer JWT for a call to ``audience`` (this endpoint's external URL).
+    def authenticate(self, authorization_header: str | None, audience: str | Iterable[str]) -> VerifiedClient:
+        """Verify the bearer JWT for a call to ``audience``: this endpoint's external URL, or several (one
+        per configured base URL; the token must name one of them).
 
-        Returns who called; raises ``AuthenticationError`` (answer: bare 401, ``WWW_AUTHENTICATE``).
+        Returns who called; raises ``AuthenticationError`` (answer: bare 401, ``www_authenticate``).
         """
+        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
         token = self._bearer_token(authorization_header)
         header, claims = self._unverified_parts(token)
         alg, kid = header["alg"], header["kid"]
@@ -536,35 +556,35 @@ class ClientAuthenticator:
         issuer = claims.get("iss")
         client = self._clients.get(issuer) if isinstance(issuer, str) else None
         if client is None:
-            raise AuthenticationError(f"untrusted iss {_clip(issuer)}")
+            raise AuthenticationError(f"untrusted iss {_clip(issuer)}", "issuer")
         if alg not in client.algorithms:
-            raise AuthenticationError(f"alg {_clip(alg)} not allowed for this issuer", issuer=issuer)
+            raise AuthenticationError(f"alg {_clip(alg)} not allowed for this issuer", "signature", issuer=issuer)
 
         key = self._jwks.get_key(self._key_source(client, header.get("jku")), kid)
         if not _key_fits(key, alg):
-            raise AuthenticationError(f"key {_clip(kid)} does not fit alg {alg}", issuer=issuer)
+            raise AuthenticationError(f"key {_clip(kid)} does not fit alg {alg}", "signature", issuer=issuer)
         try:
             decoded = jwt.api_jws.decode_complete(token, key=key.key, algorithms=[alg])
             payload = json.loads(decoded["payload"])
         except (jwt.PyJWTError, ValueError) as exc:
-            raise AuthenticationError(f"signature not verified ({type(exc).__name__})", issuer=issuer) from None
+            raise AuthenticationError(f"signature not verified ({type(exc).__name__})", "signature", issuer=issuer) from None
         if not isinstance(payload, dict) or payload.get("iss") != issuer:
-            raise AuthenticationError("signed payload differs from the parsed one", issuer=issuer)
+            raise AuthenticationError("signed payload differs from the parsed one", "signature", issuer=issuer)
 
-        return self._check_claims(client, payload, audience)
+        return self._check_claims(client, payload, audiences)
 
     # -- steps
 
     @staticmethod
     def _bearer_token(authorization_header: str | None) -> str:
         if not authorization_header:
-            raise AuthenticationError("no Authorization header")
+            raise AuthenticationError("no Authorization header", "missing")
         scheme, _, token = authorization_header.strip().partition(" ")
         if scheme.lower() != "bearer":
-            raise AuthenticationError("Authorization scheme is not Bearer")
+            raise AuthenticationError("Authorization scheme is not Bearer", "missing")
         token = token.strip()
         if len(token) > _MAX_TOKEN_CHARS or not _COMPACT_JWS.match(token):
-            raise AuthenticationError("bearer token is not a compact JWS")
+            raise AuthenticationError("bearer token is not a compact JWS", "malformed")
         return token
 
     @staticmethod
@@ -574,20 +594,20 @@ class ClientAuthenticator:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError):
-            raise AuthenticationError("malformed JWT") from None
+            raise AuthenticationError("malformed JWT", "malformed") from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
-            raise AuthenticationError("malformed JWT")
+            raise AuthenticationError("malformed JWT", "malformed")
         alg = header.get("alg")
         if alg not in ASYMMETRIC_ALGORITHMS:  # 'none', HS*, anything unknown: before any key is touched
-            raise AuthenticationError(f"alg {_clip(alg)} refused")
+            raise AuthenticationError(f"alg {_clip(alg)} refused", "signature")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise AuthenticationError("no kid in JWT header")
+            raise AuthenticationError("no kid in JWT header", "malformed")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
-            raise AuthenticationError(f"typ {_clip(typ)} is not JWT")
+            raise AuthenticationError(f"typ {_clip(typ)} is not JWT", "malformed")
         if "crit" in header or header.get("b64") is False:
-            raise AuthenticationError("critical JWS extensions are not supported")
+            raise AuthenticationError("critical JWS extensions are not supported", "malformed")
         return header, claims
 
     @staticmethod
@@ -596,49 +616,50 @@ class ClientAuthenticator:
             return f"url:{jku}"
         source = client.configured_source
         if source is None:
-            raise AuthenticationError(f"jku {_clip(jku)} is not allowlisted for this issuer", issuer=client.issuer)
+            raise AuthenticationError(f"jku {_clip(jku)} is not allowlisted for this issuer", "signature", issuer=client.issuer)
         return source
 
-    def _check_claims(self, client: TrustedClient, claims: dict[str, Any], audience: str) -> VerifiedClient:
+    def _check_claims(self, client: TrustedClient, claims: dict[str, Any], audiences: tuple[str, ...]) -> VerifiedClient:
         issuer = client.issuer
         now, leeway = self._clock(), self.leeway
 
         aud = claims.get("aud")
-        audiences = aud if isinstance(aud, list) else [aud]
-        if audience not in [value for value in audiences if isinstance(value, str)]:
-            raise AuthenticationError(f"aud {_clip(aud)} is not {_clip(audience)}", issuer=issuer)
+        named = aud if isinstance(aud, list) else [aud]
+        if not set(audiences) & {value for value in named if isinstance(value, str)}:
+            expected = " or ".join(_clip(value) for value in audiences) or "(no audience configured)"
+            raise AuthenticationError(f"aud {_clip(aud)} is not {expected}", "audience", issuer=issuer)
 
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
         if not _is_number(exp):
-            raise AuthenticationError("exp missing or not a number", issuer=issuer)
+            raise AuthenticationError("exp missing or not a number", "malformed", issuer=issuer)
         if not _is_number(iat):
-            raise AuthenticationError("iat missing or not a number", issuer=issuer)
+            raise AuthenticationError("iat missing or not a number", "malformed", issuer=issuer)
         if now > exp + leeway:
-            raise AuthenticationError(f"expired (exp {exp}, now {now:.0f})", issuer=issuer)
+            raise AuthenticationError(f"expired (exp {exp}, now {now:.0f})", "expired", issuer=issuer)
         if iat > now + leeway:
-            raise AuthenticationError(f"iat {iat} is in the future (now {now:.0f})", issuer=issuer)
+            raise AuthenticationError(f"iat {iat} is in the future (now {now:.0f})", "expired", issuer=issuer)
         if nbf is not None:
             if not _is_number(nbf):
-                raise AuthenticationError("nbf not a number", issuer=issuer)
+                raise AuthenticationError("nbf not a number", "malformed", issuer=issuer)
             if nbf > now + leeway:
-                raise AuthenticationError(f"not yet valid (nbf {nbf}, now {now:.0f})", issuer=issuer)
+                raise AuthenticationError(f"not yet valid (nbf {nbf}, now {now:.0f})", "expired", issuer=issuer)
         if exp - iat > self.max_lifetime:
-            raise AuthenticationError(f"lifetime {exp - iat:.0f} s exceeds {self.max_lifetime:.0f} s", issuer=issuer)
+            raise AuthenticationError(f"lifetime {exp - iat:.0f} s exceeds {self.max_lifetime:.0f} s", "expired", issuer=issuer)
 
         tenant = claims.get("tenant")
         if tenant is not None and not isinstance(tenant, str):
-            raise AuthenticationError("tenant not a string", issuer=issuer)
+            raise AuthenticationError("tenant not a string", "malformed", issuer=issuer)
         if client.tenant is not None and tenant != client.tenant:
-            raise AuthenticationError(f"tenant {_clip(tenant)} is not the configured one", issuer=issuer)
+            raise AuthenticationError(f"tenant {_clip(tenant)} is not the configured one", "issuer", issuer=issuer)
 
         sub = claims.get("sub")
         if sub is not None and not isinstance(sub, str):
-            raise AuthenticationError("sub not a string", issuer=issuer)
+            raise AuthenticationError("sub not a string", "malformed", issuer=issuer)
 
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI_CHARS:
-            raise AuthenticationError("jti missing or invalid", issuer=issuer)
+            raise AuthenticationError("jti missing or invalid", "malformed", issuer=issuer)
         if self._replay.seen_before(jti, issuer, float(exp) + leeway):
-            raise AuthenticationError(f"jti {_clip(jti)} replayed", issuer=issuer)
+            raise AuthenticationError(f"jti {_clip(jti)} replayed", "replayed", issuer=issuer)
 
         return VerifiedClient(issuer=issuer, jti=jti, tenant=tenant, sub=sub)

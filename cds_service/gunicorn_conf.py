@@ -16,6 +16,9 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
     CRAMP_KEEPALIVE    seconds an idle client connection stays open (default 0: closed after each response)
     CRAMP_ACCESS_LOG   true: one access-log line per request on stderr (default false)
     CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 0: never; see README, Benchmarks)
+    CRAMP_FORWARDED_ALLOW_IPS
+                       proxies (addresses or networks, comma-separated) whose X-Forwarded-* headers are
+                       trusted (default: none; "*" and gunicorn's own FORWARDED_ALLOW_IPS are refused)
     CRAMP_LOG_LEVEL    also sets gunicorn's own log level (default INFO)
     PROMETHEUS_MULTIPROC_DIR
                        where the workers write their metrics for /metrics to add up (default: a fresh
@@ -24,18 +27,21 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
 
 Gunicorn's own logs (start, workers, errors, access) are JSON lines like the service's (``logconfig_dict``).
 
-An invalid value raises ``SettingsError`` naming the variable.
+An invalid value, or a number outside its range, raises ``SettingsError`` naming the variable. Header
+limits: ``header_limits.py``.
 """
 
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import shutil
 import tempfile
 from typing import Any, Mapping
 
-from cds_service.settings import SettingsError
+from cds_service.header_limits import SERVER_HEADER_FIELD_BYTES, SERVER_REQUEST_LINE_BYTES
+from cds_service.settings import SettingsError, env_int
 from cds_service.reload import gunicorn_on_reload, gunicorn_post_worker_init
 
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -57,26 +63,40 @@ def default_workers(cpu_count: int | None = None) -> int:
     return min(cores + 1, MAX_DEFAULT_WORKERS)
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
-    return value
+# Ranges of the numeric variables (settings.env_int refuses anything outside, naming the variable).
+WORKERS_RANGE = (1, 64)
+THREADS_RANGE = (1, 64)
+KEEPALIVE_RANGE = (0, 300)  # seconds
+MAX_REQUESTS_RANGE = (0, 10_000_000)  # 0: never recycle
 
 
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise SettingsError(f"{name}: expected a whole number (0 or more), got {raw!r}")
-    return int(raw)
+def _bind(env: Mapping[str, str]) -> str:
+    """CRAMP_BIND: HOST:PORT (IPv6 as [::1]:PORT) with a port from 1 to 65535, or unix:PATH."""
+    raw = env.get("CRAMP_BIND", "").strip() or DEFAULT_BIND
+    if raw.startswith("unix:"):
+        return raw
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"CRAMP_BIND: expected HOST:PORT with a port from 1 to 65535, got {raw!r}")
+    return raw
+
+
+def _forwarded_allow_ips(env: Mapping[str, str]) -> str:
+    """The proxies whose X-Forwarded-* headers gunicorn trusts: CRAMP_FORWARDED_ALLOW_IPS, addresses or
+    networks, comma-separated; none by default. The service needs none of those headers (the JWT audience
+    comes from CRAMP_PUBLIC_BASE_URL), so trust is opt-in and never "*"."""
+    if env.get("FORWARDED_ALLOW_IPS", "").strip():
+        raise SettingsError("FORWARDED_ALLOW_IPS: not read by this service; name your proxies in "
+                            "CRAMP_FORWARDED_ALLOW_IPS instead (addresses or networks, never *)")
+    raw = env.get("CRAMP_FORWARDED_ALLOW_IPS", "")
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(f"CRAMP_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network "
+                                "(trust only your proxies' addresses; * is refused)") from None
+    return ",".join(entries)
 
 
 def _worker_class(env: Mapping[str, str]) -> str:
@@ -162,13 +182,15 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every gunicorn setting this service uses, from ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
     return {
-        "bind": [env.get("CRAMP_BIND", "").strip() or DEFAULT_BIND],
-        "workers": _positive_int(env, "CRAMP_WORKERS", default_workers()),
+        "bind": [_bind(env)],
+        "workers": env_int(env, "CRAMP_WORKERS", default_workers(), minimum=WORKERS_RANGE[0],
+                           maximum=WORKERS_RANGE[1]),
         # gthread with 1 thread by default: one call at a time per worker, as CPU-bound calls want. Where
         # EHRs send no prefetch, raise CRAMP_THREADS so that a slow FHIR call (bounded by
         # CRAMP_FHIR_DEADLINE_SECONDS) holds one thread, not a whole worker.
         "worker_class": _worker_class(env),
-        "threads": _positive_int(env, "CRAMP_THREADS", DEFAULT_THREADS),
+        "threads": env_int(env, "CRAMP_THREADS", DEFAULT_THREADS, minimum=THREADS_RANGE[0],
+                           maximum=THREADS_RANGE[1]),
         # A worker silent for this long is killed and replaced.
         "timeout": 30,
         # On SIGTERM, workers stop accepting and finish in-flight requests for up to this long.
@@ -177,11 +199,13 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # (a load balancer's pooled connections) requests queue behind a busy worker while others idle.
         # Closed after each response, every request goes back to the shared listen queue and the next free
         # worker takes it (2-core load test, README: paced p99 from 62-118 ms down to 24-33 ms).
-        "keepalive": _non_negative_int(env, "CRAMP_KEEPALIVE", DEFAULT_KEEPALIVE),
+        "keepalive": env_int(env, "CRAMP_KEEPALIVE", DEFAULT_KEEPALIVE, minimum=KEEPALIVE_RANGE[0],
+                             maximum=KEEPALIVE_RANGE[1]),
         # Recycle workers now and then (bounds any slow leak); the jitter keeps them from restarting together.
         # No recycling by default: a worker's restart (~1 s of imports) stalls the requests queued on it,
         # which was the p99 tail under load; the 10-minute soak shows no memory growth to recycle for.
-        "max_requests": _non_negative_int(env, "CRAMP_MAX_REQUESTS", 0),
+        "max_requests": env_int(env, "CRAMP_MAX_REQUESTS", 0, minimum=MAX_REQUESTS_RANGE[0],
+                                maximum=MAX_REQUESTS_RANGE[1]),
         "max_requests_jitter": 100,
         # Heartbeat files in memory, not on a possibly slow or read-only disk.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
@@ -195,8 +219,13 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Gunicorn >= 25.1 opens a runtime-control socket under $HOME by default; a service has no use for it.
         # (Older gunicorn ignores the unknown name.)
         "control_socket_disable": True,
-        # Client X-Forwarded-* headers are trusted from a proxy on this host only (gunicorn's default).
-        "forwarded_allow_ips": env.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+        # X-Forwarded-* headers are trusted only from the proxies named in CRAMP_FORWARDED_ALLOW_IPS (none by
+        # default). Nothing security-relevant depends on them: the JWT audience is configuration.
+        "forwarded_allow_ips": _forwarded_allow_ips(env),
+        # Header limits above the application's (header_limits.py): a 16 KiB JWT fits, and a header over the
+        # application's limit gets its 431 OperationOutcome, not gunicorn's bare one.
+        "limit_request_line": SERVER_REQUEST_LINE_BYTES,
+        "limit_request_field_size": SERVER_HEADER_FIELD_BYTES,
         # Server hooks: the metrics directory (see above).
         "on_starting": on_starting,
         "child_exit": child_exit,
@@ -227,6 +256,8 @@ capture_output = _options["capture_output"]
 proc_name = _options["proc_name"]
 control_socket_disable = _options["control_socket_disable"]
 forwarded_allow_ips = _options["forwarded_allow_ips"]
+limit_request_line = _options["limit_request_line"]
+limit_request_field_size = _options["limit_request_field_size"]
 logconfig_dict = _options["logconfig_dict"]
 # on_starting, child_exit and on_exit are the functions defined above.
 on_reload = gunicorn_on_reload

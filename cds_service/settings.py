@@ -6,13 +6,21 @@ Every variable is prefixed ``CRAMP_``; ``docs/configuration.md`` lists them all.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES_RANGE = (1024, 1024 * 1024 * 1024)  # 1 KiB (no request is smaller) .. 1 GiB
+DEFAULT_MAX_RESOURCES = 20_000
+MAX_RESOURCES_RANGE = (1, 1_000_000)
+DEFAULT_FHIR_DEADLINE_SECONDS = 3.0
+# Above zero, and under gunicorn's 30 s worker timeout (gunicorn_conf.py), which would kill the worker first.
+FHIR_DEADLINE_SECONDS_RANGE = (0.1, 25.0)
 MIN_SECRET_LENGTH = 16
 # Development mode without CRAMP_PATIENT_KEY_SECRET: one random secret per process (forked workers share it).
 _DEVELOPMENT_PATIENT_KEY_SECRET = secrets.token_hex(32)
@@ -34,14 +42,68 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise SettingsError(f"{name}: expected true/false, got {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """The whole number in ``env[name]`` (``default`` when unset or empty), within [minimum, maximum].
+
+    Anything else raises ``SettingsError`` with one line naming the variable and its range.
+    """
+    raw = (env.get(name) or "").strip()
+    if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+        value = None
+    if value is None or not minimum <= value <= maximum:
+        raise SettingsError(f"{name}: expected a whole number from {minimum} to {maximum}, got {raw!r}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    """The number in ``env[name]`` (``default`` when unset or empty), within [minimum, maximum]; NaN and
+    infinities are refused. Anything else raises ``SettingsError`` naming the variable and its range."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise SettingsError(f"{name}: expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+    return value
+
+
+def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(f"{name}: no such file: {raw}")
+    return path
+
+
+def parse_base_urls(raw: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``CRAMP_PUBLIC_BASE_URL``: one or more external base URLs (comma-separated), without a trailing
+    slash. Each is http(s)://host[:port][/path], with no credentials, query or fragment."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    urls = []
+    for item in (entry.strip() for entry in items):
+        if not item:
+            continue
+        try:
+            parts = urlsplit(item)
+            parts.port  # noqa: B018  (raises ValueError for a bad port)
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.password or parts.query or parts.fragment or "?" in item or "#" in item):
+            raise SettingsError(
+                f"CRAMP_PUBLIC_BASE_URL: {item!r} is not an http(s) base URL such as https://cds.example.org"
+            )
+        urls.append(item.rstrip("/"))
+    return tuple(urls)
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -65,10 +127,14 @@ class Settings:
     # Origins allowed by CORS ("*" by default: the CDS Hooks Sandbox is a browser app).
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Most resources one request's prefetch may hold (all Bundles together); more is a 413 naming the cap.
+    max_resources: int = DEFAULT_MAX_RESOURCES
     # Trusted CDS clients (JWT issuers): path to a YAML/JSON file; see docs/security.md.
     trusted_clients_path: Path | None = None
-    # The service's externally visible base URL (for the JWT `aud` check behind a proxy).
-    public_base_url: str | None = None
+    # The service's external base URLs (CRAMP_PUBLIC_BASE_URL, comma-separated): a JWT's `aud` must be one
+    # of them + the path called. Required outside development mode; never taken from the request.
+    # A string is split on commas (``Settings(public_base_urls="https://a, https://b")``).
+    public_base_urls: tuple[str, ...] = ()
     # Require the client JWT on discovery too (the spec says clients send it; some, like the Sandbox, don't).
     auth_discovery: bool = False
     # Redis for the JWT replay cache (jti), shared by replicas; without it the database holds it.
@@ -76,22 +142,17 @@ class Settings:
     # FHIR servers the service may call (URL prefixes); see docs/configuration.md.
     fhir_server_allowlist: tuple[str, ...] = ()
     fhir_allow_http_loopback: bool = False
-    fhir_deadline_seconds: float = 3.0
+    fhir_deadline_seconds: float = DEFAULT_FHIR_DEADLINE_SECONDS
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_base_urls", parse_base_urls(self.public_base_urls))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         rules = env.get("CRAMP_RULES_FILE")
-        clients = env.get("CRAMP_TRUSTED_CLIENTS_FILE")
-        deadline_raw = env.get("CRAMP_FHIR_DEADLINE_SECONDS", "3")
-        try:
-            deadline = float(deadline_raw)
-        except ValueError:
-            raise SettingsError(
-                f"CRAMP_FHIR_DEADLINE_SECONDS: expected a number, got {deadline_raw!r}"
-            ) from None
         secret = env.get("CRAMP_PATIENT_KEY_SECRET") or None
         if secret is not None and len(secret) < MIN_SECRET_LENGTH:
             raise SettingsError(f"CRAMP_PATIENT_KEY_SECRET: must be at least {MIN_SECRET_LENGTH} characters")
@@ -101,14 +162,19 @@ class Settings:
             rules_path=Path(rules) if rules else None,
             database_url=env.get("CRAMP_DATABASE_URL", cls.database_url),
             cors_origins=_list(env, "CRAMP_CORS_ORIGINS") or ("*",),
-            max_body_bytes=_int(env, "CRAMP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            trusted_clients_path=Path(clients) if clients else None,
-            public_base_url=env.get("CRAMP_PUBLIC_BASE_URL") or None,
+            max_body_bytes=env_int(env, "CRAMP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
+                                   minimum=MAX_BODY_BYTES_RANGE[0], maximum=MAX_BODY_BYTES_RANGE[1]),
+            max_resources=env_int(env, "CRAMP_MAX_RESOURCES", DEFAULT_MAX_RESOURCES,
+                                  minimum=MAX_RESOURCES_RANGE[0], maximum=MAX_RESOURCES_RANGE[1]),
+            trusted_clients_path=_existing_file(env, "CRAMP_TRUSTED_CLIENTS_FILE"),
+            public_base_urls=parse_base_urls(env.get("CRAMP_PUBLIC_BASE_URL", "")),
             auth_discovery=_flag(env, "CRAMP_AUTH_DISCOVERY"),
             redis_url=env.get("CRAMP_REDIS_URL") or None,
             fhir_server_allowlist=_list(env, "CRAMP_FHIR_ALLOWLIST"),
             fhir_allow_http_loopback=_flag(env, "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK"),
-            fhir_deadline_seconds=deadline,
+            fhir_deadline_seconds=env_float(env, "CRAMP_FHIR_DEADLINE_SECONDS", DEFAULT_FHIR_DEADLINE_SECONDS,
+                                            minimum=FHIR_DEADLINE_SECONDS_RANGE[0],
+                                            maximum=FHIR_DEADLINE_SECONDS_RANGE[1]),
             log_level=env.get("CRAMP_LOG_LEVEL", "INFO").upper(),
         )
 
@@ -123,6 +189,16 @@ class Settings:
             "CRAMP_PATIENT_KEY_SECRET: required outside development mode (a long random string that every "
             "replica shares, e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
+
+    def required_public_base_urls(self) -> tuple[str, ...]:
+        """The external base URLs the JWT audience is checked against; SettingsError when none is configured
+        outside development mode (the audience must never come from the request's Host or X-Forwarded-*)."""
+        if not self.public_base_urls and not self.development_mode:
+            raise SettingsError(
+                "CRAMP_PUBLIC_BASE_URL: required outside development mode (the external base URL EHRs call, "
+                "e.g. https://cds.example.org; several comma-separated)"
+            )
+        return self.public_base_urls
 
     def with_changes(self, **changes: object) -> "Settings":
         return replace(self, **changes)  # type: ignore[arg-type]

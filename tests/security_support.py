@@ -94,7 +94,7 @@ def write_trusted_clients(directory: Path, issuer: TestIssuer, **client_fields: 
 def secure_settings(directory: Path, issuer: TestIssuer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "trusted_clients_path": write_trusted_clients(directory, issuer),
-        "public_base_url": PUBLIC_BASE_URL,
+        "public_base_urls": PUBLIC_BASE_URL,
         "database_url": "sqlite://",
         "patient_key_secret": PATIENT_KEY_SECRET,
         "fhir_server_allowlist": (FHIR_SERVER,),

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.auth import (
-    WWW_AUTHENTICATE,
+    CATEGORIES,
     AuthenticationError,
     ClientAuthenticator,
     JWKSCache,
@@ -35,8 +35,9 @@ from cds_service.auth import (
     TrustedClient,
     TrustedClientsError,
     VerifiedClient,
-    endpoint_url,
+    endpoint_urls,
     load_trusted_clients,
+    www_authenticate,
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -243,59 +244,64 @@ def _attacker_same_kid(keys: dict[str, SigningKey], attacker: SigningKey) -> str
     return bearer(sign(attacker, claims(tenant="tenant-a")))
 
 
-ATTACKS: list[tuple[str, Callable[..., str | None], str]] = [
-    ("no header", _no_header, r"no Authorization"),
-    ("empty header", lambda keys: "", r"no Authorization"),
-    ("not Bearer", _not_bearer, r"not Bearer"),
-    ("Bearer without token", lambda keys: "Bearer ", r"compact JWS"),
-    ("malformed: one part", lambda keys: "Bearer abc", r"compact JWS"),
-    ("malformed: two parts", lambda keys: "Bearer abc.def", r"compact JWS"),
-    ("malformed: garbage parts", lambda keys: "Bearer abc.def.ghi", r"malformed"),
-    ("malformed: JWE (five parts)", lambda keys: "Bearer a.b.c.d.e", r"compact JWS"),
-    ("malformed: header not JSON", lambda keys: f"Bearer {b64url(b'not json')}.{b64url(b'{}')}.{b64url(b'sig')}", r"malformed"),
-    ("alg none", _alg_none, r"compact JWS|'none' refused"),
-    ("alg none with a signature", _alg_none_with_signature, r"'none' refused"),
-    ("HS384 keyed with the public key PEM", _hs384_with_public_key, r"'HS384' refused"),
-    ("HS384 keyed with the JWK JSON", _hs384_with_jwk_json, r"'HS384' refused"),
-    ("unknown kid", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), kid="who-knows")), r"unknown kid"),
-    ("no kid", lambda keys: bearer(jwt.encode(claims(tenant="tenant-a"), keys["es384-1"].private, algorithm="ES384")), r"no kid"),
-    ("unknown iss", lambda keys: _valid(keys, iss="https://evil.example"), r"untrusted iss"),
-    ("no iss", lambda keys: _valid(keys, iss=None), r"untrusted iss"),
-    ("expired", lambda keys: _valid(keys, iat=int(NOW) - 600, exp=int(NOW) - 61), r"expired"),
-    ("no exp", lambda keys: _valid(keys, exp=None), r"exp missing"),
-    ("exp not a number", lambda keys: _valid(keys, exp="1800000300"), r"exp missing"),
-    ("iat in the future", lambda keys: _valid(keys, iat=int(NOW) + 61, exp=int(NOW) + 300), r"iat .* future"),
-    ("no iat", lambda keys: _valid(keys, iat=None), r"iat missing"),
-    ("nbf in the future", lambda keys: _valid(keys, nbf=int(NOW) + 120), r"not yet valid"),
-    ("lifetime over an hour", lambda keys: _valid(keys, iat=int(NOW) - 10, exp=int(NOW) + 7200), r"lifetime"),
-    ("wrong aud", lambda keys: _valid(keys, aud="https://cds.example.org/cds-services/other"), r"aud"),
-    ("aud with a query", lambda keys: _valid(keys, aud=AUDIENCE + "?x=1"), r"aud"),
-    ("aud array without us", lambda keys: _valid(keys, aud=["https://a.example", "https://b.example"]), r"aud"),
-    ("no aud", lambda keys: _valid(keys, aud=None), r"aud"),
-    ("no jti", lambda keys: _valid(keys, jti=None), r"jti"),
-    ("empty jti", lambda keys: _valid(keys, jti=""), r"jti"),
-    ("tampered payload", _tampered_payload, r"signature not verified"),
-    ("tampered signature", _tampered_signature, r"signature not verified"),
-    ("wrong tenant", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-b"))), r"tenant"),
-    ("missing tenant", lambda keys: bearer(sign(keys["es384-1"], claims())), r"tenant"),
-    ("typ not JWT", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), typ="at+jwt")), r"typ"),
-    ("crit header", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), crit=["exp"], exp=1)), r"malformed"),
+ATTACKS: list[tuple[str, Callable[..., str | None], str, str]] = [
+    ("no header", _no_header, r"no Authorization", "missing"),
+    ("empty header", lambda keys: "", r"no Authorization", "missing"),
+    ("not Bearer", _not_bearer, r"not Bearer", "missing"),
+    ("Bearer without token", lambda keys: "Bearer ", r"compact JWS", "malformed"),
+    ("malformed: one part", lambda keys: "Bearer abc", r"compact JWS", "malformed"),
+    ("malformed: two parts", lambda keys: "Bearer abc.def", r"compact JWS", "malformed"),
+    ("malformed: garbage parts", lambda keys: "Bearer abc.def.ghi", r"malformed", "malformed"),
+    ("malformed: JWE (five parts)", lambda keys: "Bearer a.b.c.d.e", r"compact JWS", "malformed"),
+    ("malformed: header not JSON", lambda keys: f"Bearer {b64url(b'not json')}.{b64url(b'{}')}.{b64url(b'sig')}", r"malformed", "malformed"),
+    ("alg none", _alg_none, r"compact JWS|'none' refused", "malformed"),
+    ("alg none with a signature", _alg_none_with_signature, r"'none' refused", "signature"),
+    ("HS384 keyed with the public key PEM", _hs384_with_public_key, r"'HS384' refused", "signature"),
+    ("HS384 keyed with the JWK JSON", _hs384_with_jwk_json, r"'HS384' refused", "signature"),
+    ("unknown kid", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), kid="who-knows")), r"unknown kid", "signature"),
+    ("no kid", lambda keys: bearer(jwt.encode(claims(tenant="tenant-a"), keys["es384-1"].private, algorithm="ES384")), r"no kid", "malformed"),
+    ("unknown iss", lambda keys: _valid(keys, iss="https://evil.example"), r"untrusted iss", "issuer"),
+    ("no iss", lambda keys: _valid(keys, iss=None), r"untrusted iss", "issuer"),
+    ("expired", lambda keys: _valid(keys, iat=int(NOW) - 600, exp=int(NOW) - 61), r"expired", "expired"),
+    ("no exp", lambda keys: _valid(keys, exp=None), r"exp missing", "malformed"),
+    ("exp not a number", lambda keys: _valid(keys, exp="1800000300"), r"exp missing", "malformed"),
+    ("iat in the future", lambda keys: _valid(keys, iat=int(NOW) + 61, exp=int(NOW) + 300), r"iat .* future", "expired"),
+    ("no iat", lambda keys: _valid(keys, iat=None), r"iat missing", "malformed"),
+    ("nbf in the future", lambda keys: _valid(keys, nbf=int(NOW) + 120), r"not yet valid", "expired"),
+    ("lifetime over an hour", lambda keys: _valid(keys, iat=int(NOW) - 10, exp=int(NOW) + 7200), r"lifetime", "expired"),
+    ("wrong aud", lambda keys: _valid(keys, aud="https://cds.example.org/cds-services/other"), r"aud", "audience"),
+    ("aud with a query", lambda keys: _valid(keys, aud=AUDIENCE + "?x=1"), r"aud", "audience"),
+    ("aud array without us", lambda keys: _valid(keys, aud=["https://a.example", "https://b.example"]), r"aud", "audience"),
+    ("no aud", lambda keys: _valid(keys, aud=None), r"aud", "audience"),
+    ("no jti", lambda keys: _valid(keys, jti=None), r"jti", "malformed"),
+    ("empty jti", lambda keys: _valid(keys, jti=""), r"jti", "malformed"),
+    ("tampered payload", _tampered_payload, r"signature not verified", "signature"),
+    ("tampered signature", _tampered_signature, r"signature not verified", "signature"),
+    ("wrong tenant", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-b"))), r"tenant", "issuer"),
+    ("missing tenant", lambda keys: bearer(sign(keys["es384-1"], claims())), r"tenant", "issuer"),
+    ("typ not JWT", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), typ="at+jwt")), r"typ", "malformed"),
+    ("crit header", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), crit=["exp"], exp=1)), r"malformed", "malformed"),
 ]
 
 
-@pytest.mark.parametrize(("make_header", "reason"), [(a, r) for _, a, r in ATTACKS], ids=[n for n, _, _ in ATTACKS])
-def test_auth_rejects_attack(setup: Setup, no_network, make_header: Callable[..., str | None], reason: str) -> None:
+@pytest.mark.parametrize(("make_header", "reason", "category"), [(a, r, c) for _, a, r, c in ATTACKS],
+                         ids=[n for n, _, _, _ in ATTACKS])
+def test_auth_rejects_attack(
+    setup: Setup, no_network, make_header: Callable[..., str | None], reason: str, category: str
+) -> None:
     header = make_header(setup.keys)
-    with pytest.raises(AuthenticationError, match=reason):
+    with pytest.raises(AuthenticationError, match=reason) as caught:
         setup.authenticator.authenticate(header, AUDIENCE)
+    assert caught.value.category == category
     assert not no_network.calls, "an attack must not make the service fetch anything"
 
 
 def test_auth_rejects_replayed_jti(setup: Setup, es384_key: SigningKey) -> None:
     token = sign(es384_key, claims(tenant="tenant-a"))
     setup.authenticate(token)
-    with pytest.raises(AuthenticationError, match="replayed"):
+    with pytest.raises(AuthenticationError, match="replayed") as caught:
         setup.authenticate(token)
+    assert caught.value.category == "replayed"
     # The same jti in a freshly signed token is a replay too.
     again = sign(es384_key, claims(tenant="tenant-a", jti=jwt.decode(token, options={"verify_signature": False})["jti"]))
     with pytest.raises(AuthenticationError, match="replayed"):
@@ -601,20 +607,65 @@ def test_auth_rejects_sandbox_token_for_another_tenant() -> None:
 
 
 @pytest.mark.parametrize(
-    ("base_url", "path", "public", "expected"),
+    ("bases", "path", "expected"),
     [
-        ("http://127.0.0.1:3001/cds-services/x", "/cds-services/x", None, "http://127.0.0.1:3001/cds-services/x"),
-        ("http://10.0.0.5:8000/cds-services/x", "/cds-services/x", "https://cds.example.org/cramp/",
-         "https://cds.example.org/cramp/cds-services/x"),
-        ("http://h/cds-services/x?y=1", "/cds-services/x", None, "http://h/cds-services/x"),
+        (("https://cds.example.org",), "/cds-services/x", ("https://cds.example.org/cds-services/x",)),
+        (("https://cds.example.org/cramp/",), "/cds-services/x", ("https://cds.example.org/cramp/cds-services/x",)),
+        (("https://a.example", "http://127.0.0.1:8080"), "/cds-services/x/feedback",
+         ("https://a.example/cds-services/x/feedback", "http://127.0.0.1:8080/cds-services/x/feedback")),
+        ((), "/cds-services/x", ()),
     ],
 )
-def test_endpoint_url(base_url: str, path: str, public: str | None, expected: str) -> None:
-    assert endpoint_url(base_url, path, public) == expected
+def test_endpoint_urls(bases: tuple[str, ...], path: str, expected: tuple[str, ...]) -> None:
+    assert endpoint_urls(bases, path) == expected
 
 
-def test_www_authenticate_header() -> None:
-    assert WWW_AUTHENTICATE == 'Bearer realm="cds-services", error="invalid_token"'
+def test_auth_accepts_any_of_several_audiences_and_none_other(setup: Setup, es384_key: SigningKey) -> None:
+    internal = "https://cds.internal.example/cds-services/leg-cramp"
+    for aud in (AUDIENCE, internal, [internal, "https://x.example"]):
+        token = sign(es384_key, claims(tenant="tenant-a", aud=aud))
+        assert setup.authenticator.authenticate(bearer(token), (AUDIENCE, internal)).issuer == ISSUER
+    with pytest.raises(AuthenticationError, match="aud") as caught:
+        setup.authenticator.authenticate(bearer(sign(es384_key, claims(tenant="tenant-a"))), ())
+    assert caught.value.category == "audience"
+
+
+# The header of each category, from real 401 responses of the app as production runs it (one request per
+# category). The format is RFC 6750's; the description is the category and nothing else.
+CATEGORY_REQUESTS = {
+    "missing": lambda issuer, url: {},
+    "malformed": lambda issuer, url: {"Authorization": "Bearer abc.def"},
+    "issuer": lambda issuer, url: {"Authorization": f"Bearer {issuer.token(url, iss='https://evil.example')}"},
+    "signature": lambda issuer, url: {"Authorization": f"Bearer {issuer.token(url, header={'kid': 'nope'})}"},
+    "audience": lambda issuer, url: {"Authorization": f"Bearer {issuer.token('/cds-services/other')}"},
+    "expired": lambda issuer, url: {"Authorization": f"Bearer {issuer.token(url, iat=1, exp=2)}"},
+    "replayed": None,  # below: the second use of one token
+}
+
+
+def test_www_authenticate_header(tmp_path: Path) -> None:
+    from conftest import SERVICE_URL, minimal_request
+    from security_support import TestIssuer, secure_app
+
+    assert set(CATEGORY_REQUESTS) == set(CATEGORIES)
+    issuer = TestIssuer.create()
+    client = secure_app(tmp_path, issuer).test_client()
+    seen = {}
+    for category, make_headers in CATEGORY_REQUESTS.items():
+        if make_headers is None:
+            headers = issuer.headers(SERVICE_URL)
+            assert client.post(SERVICE_URL, json=minimal_request(), headers=headers).status_code == 200
+        else:
+            headers = make_headers(issuer, SERVICE_URL)
+        response = client.post(SERVICE_URL, json=minimal_request(), headers=headers)
+        assert response.status_code == 401 and response.get_data() == b""
+        assert response.headers["X-Request-ID"]
+        seen[category] = response.headers["WWW-Authenticate"]
+    assert seen == {category: f'Bearer error="invalid_token", error_description="{category}"'
+                    for category in CATEGORIES}
+    assert seen == {category: www_authenticate(category) for category in CATEGORIES}
+    with pytest.raises(ValueError):
+        www_authenticate("token abc.def.ghi")
 
 
 # ------------------------------------------------------------------------------------ replay caches

@@ -63,8 +63,11 @@ def secure_service(ec_key, tmp_path_factory) -> Iterator[str]:
     _, jwk = ec_key
     clients = tmp_path_factory.mktemp("clients") / "clients.yaml"
     clients.write_text(yaml.safe_dump({"clients": [{"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
-    settings = Settings(database_url="sqlite://", trusted_clients_path=clients, patient_key_secret="x" * 32)
-    url, stop = _serve(create_app(settings, clock=fixed_clock(NOW)))
+    apps: list = []  # the server's URL is the app's public base URL (the JWT audience), known once it listens
+    url, stop = _serve(lambda environ, start_response: apps[0](environ, start_response))
+    settings = Settings(database_url="sqlite://", trusted_clients_path=clients, patient_key_secret="x" * 32,
+                        public_base_urls=url)
+    apps.append(create_app(settings, clock=fixed_clock(NOW)))
     yield url
     stop()
 

@@ -31,9 +31,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds_service.app import DEV_MODE_WARNING, SECURITY_HEADERS, create_app
-from cds_service.auth import WWW_AUTHENTICATE
+from cds_service.auth import CATEGORIES
+from cds_service.header_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES, MAX_TOKEN_BYTES
 from cds_service.logs import JsonFormatter
-from cds_service.settings import Settings
+from cds_service.settings import Settings, SettingsError
 from conftest import SERVICE_ID, SERVICE_URL, minimal_request, patient_resource, searchset
 from security_support import (
     FHIR_SERVER,
@@ -76,10 +77,17 @@ def assert_security_headers(response) -> None:
         assert response.headers.get(name) == value, f"{response.status_code}: {name} missing"
 
 
-def assert_bare_401(response) -> None:
-    assert response.status_code == 401
+def assert_bare_401(response, category: str | None = None) -> None:
+    """An empty 401 whose WWW-Authenticate names RFC 6750's invalid_token and a coarse category (the one
+    given, when given), with the request id an integrator can look the full reason up by."""
+    assert response.status_code == 401, response.get_data(as_text=True)
     assert response.get_data() == b""
-    assert response.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+    match = re.fullmatch(r'Bearer error="invalid_token", error_description="([a-z]+)"',
+                         response.headers["WWW-Authenticate"])
+    assert match and match[1] in CATEGORIES, response.headers["WWW-Authenticate"]
+    if category is not None:
+        assert match[1] == category, response.headers["WWW-Authenticate"]
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", response.headers["X-Request-ID"])
     assert_security_headers(response)
 
 
@@ -120,45 +128,69 @@ def _attacker(issuer: TestIssuer, **header: Any) -> str:
 
 
 NOW = int(time.time())
-ATTACKS: dict[str, Callable[[TestIssuer], str | None]] = {
-    "no Authorization header": lambda i: None,
-    "not the Bearer scheme": lambda i: "Basic " + base64.b64encode(b"user:pass").decode(),
-    "malformed token": lambda i: "Bearer not-a.jwt",
-    "three parts but not JSON": lambda i: "Bearer abc.def.ghi",
-    "alg none": lambda i: f"Bearer {_alg_none(i)}",
-    "HS384 signed with the public key as secret": lambda i: f"Bearer {_forge_hs384_with_public_key(i)}",
-    "unknown kid": lambda i: f"Bearer {i.token(SERVICE_URL, header={'kid': 'unknown-kid'})}",
-    "unknown iss": lambda i: f"Bearer {i.token(SERVICE_URL, iss='https://evil.example/oauth2')}",
-    "jku not allowlisted (attacker's key)": lambda i: f"Bearer {_attacker(i, jku='https://evil.example/jwks.json')}",
-    "signed by another key with the same kid": lambda i: f"Bearer {_attacker(i)}",
-    "expired": lambda i: f"Bearer {i.token(SERVICE_URL, iat=NOW - 3600, exp=NOW - 3000)}",
-    "iat in the future": lambda i: f"Bearer {i.token(SERVICE_URL, iat=NOW + 3600, exp=NOW + 3900)}",
-    "nbf in the future": lambda i: f"Bearer {i.token(SERVICE_URL, nbf=NOW + 3600)}",
-    "lifetime over an hour": lambda i: f"Bearer {i.token(SERVICE_URL, exp=NOW + 86400)}",
-    "wrong aud (another service)": lambda i: f"Bearer {i.token('/cds-services/other-service')}",
-    "wrong aud (the feedback endpoint)": lambda i: f"Bearer {i.token(FEEDBACK_URL)}",
-    "aud of another host": lambda i: f"Bearer {i.token(SERVICE_URL, aud='https://evil.example' + SERVICE_URL)}",
-    "no jti": lambda i: f"Bearer {i.token(SERVICE_URL, jti=None)}",
-    "tampered payload": lambda i: f"Bearer {_tampered(i)}",
-    "oversized token": lambda i: "Bearer " + "a" * 20000 + ".b.c",
+# attack -> (the Authorization header it sends, the category its 401 names in WWW-Authenticate)
+ATTACKS: dict[str, tuple[Callable[[TestIssuer], str | None], str]] = {
+    "no Authorization header": (lambda i: None, "missing"),
+    "not the Bearer scheme": (lambda i: "Basic " + base64.b64encode(b"user:pass").decode(), "missing"),
+    "malformed token": (lambda i: "Bearer not-a.jwt", "malformed"),
+    "three parts but not JSON": (lambda i: "Bearer abc.def.ghi", "malformed"),
+    "alg none": (lambda i: f"Bearer {_alg_none(i)}", "malformed"),  # "none" leaves no signature: not a JWS
+    "HS384 signed with the public key as secret": (lambda i: f"Bearer {_forge_hs384_with_public_key(i)}",
+                                                   "signature"),
+    "unknown kid": (lambda i: f"Bearer {i.token(SERVICE_URL, header={'kid': 'unknown-kid'})}", "signature"),
+    "unknown iss": (lambda i: f"Bearer {i.token(SERVICE_URL, iss='https://evil.example/oauth2')}", "issuer"),
+    "jku not allowlisted (attacker's key)": (lambda i: f"Bearer {_attacker(i, jku='https://evil.example/jwks.json')}",
+                                             "signature"),
+    "signed by another key with the same kid": (lambda i: f"Bearer {_attacker(i)}", "signature"),
+    "expired": (lambda i: f"Bearer {i.token(SERVICE_URL, iat=NOW - 3600, exp=NOW - 3000)}", "expired"),
+    "iat in the future": (lambda i: f"Bearer {i.token(SERVICE_URL, iat=NOW + 3600, exp=NOW + 3900)}", "expired"),
+    "nbf in the future": (lambda i: f"Bearer {i.token(SERVICE_URL, nbf=NOW + 3600)}", "expired"),
+    "lifetime over an hour": (lambda i: f"Bearer {i.token(SERVICE_URL, exp=NOW + 86400)}", "expired"),
+    "wrong aud (another service)": (lambda i: f"Bearer {i.token('/cds-services/other-service')}", "audience"),
+    "wrong aud (the feedback endpoint)": (lambda i: f"Bearer {i.token(FEEDBACK_URL)}", "audience"),
+    "aud of another host": (lambda i: f"Bearer {i.token(SERVICE_URL, aud='https://evil.example' + SERVICE_URL)}",
+                            "audience"),
+    "no jti": (lambda i: f"Bearer {i.token(SERVICE_URL, jti=None)}", "malformed"),
+    "tampered payload": (lambda i: f"Bearer {_tampered(i)}", "signature"),
+    "token one byte over 16 KiB": (lambda i: "Bearer " + "a" * (MAX_TOKEN_BYTES - 3) + ".b.c", "malformed"),
 }
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS), ids=list(ATTACKS))
 def test_attack_is_refused_with_a_bare_401_and_no_outbound_request(attack: str, client, issuer, no_network) -> None:
-    authorization = ATTACKS[attack](issuer)
+    make_header, category = ATTACKS[attack]
+    authorization = make_header(issuer)
     headers = {"Authorization": authorization} if authorization is not None else {}
     response = client.post(SERVICE_URL, json=minimal_request(), headers=headers)
-    assert_bare_401(response)
+    assert_bare_401(response, category)
     assert no_network.attempts == []
 
 
-@pytest.mark.parametrize("attack", ["no Authorization header", "alg none", "expired", "wrong aud (another service)"])
-def test_feedback_endpoint_is_protected_too(attack: str, client, issuer, no_network) -> None:
-    authorization = ATTACKS[attack](issuer)
+def test_every_401_category_is_reachable_and_none_other_exists() -> None:
+    assert {category for _, category in ATTACKS.values()} | {"replayed"} == set(CATEGORIES)
+
+
+def test_the_401_says_nothing_of_the_token_or_the_keys(client, issuer) -> None:
+    token = issuer.token(SERVICE_URL, aud="https://evil.example" + SERVICE_URL)
+    response = client.post(SERVICE_URL, json=minimal_request(), headers={"Authorization": f"Bearer {token}",
+                                                                         "X-Request-ID": "trace-401"})
+    assert_bare_401(response, "audience")
+    assert response.headers["X-Request-ID"] == "trace-401"
+    everything = " ".join(f"{name}: {value}" for name, value in response.headers.items())
+    for secret in (*token.split("."), KID, "evil.example", issuer.issuer, SERVICE_URL):
+        assert secret not in everything
+
+
+# Tokens of the table are minted for the service endpoint, so at the feedback endpoint a valid-looking one
+# fails on its audience first (aud is checked before the validity window).
+@pytest.mark.parametrize(("attack", "category"), [("no Authorization header", "missing"), ("alg none", "malformed"),
+                                                  ("expired", "audience"), ("wrong aud (another service)", "audience")])
+def test_feedback_endpoint_is_protected_too(attack: str, category: str, client, issuer, no_network) -> None:
+    make_header, _ = ATTACKS[attack]
+    authorization = make_header(issuer)
     headers = {"Authorization": authorization} if authorization is not None else {}
     response = client.post(FEEDBACK_URL, json={"feedback": []}, headers=headers)
-    assert_bare_401(response)
+    assert_bare_401(response, category)
 
 
 def test_a_valid_token_is_accepted_once_then_replay_is_refused(client, issuer, no_network) -> None:
@@ -167,18 +199,78 @@ def test_a_valid_token_is_accepted_once_then_replay_is_refused(client, issuer, n
     assert first.status_code == 200, first.get_data(as_text=True)
     assert_security_headers(first)
     replayed = client.post(SERVICE_URL, json=minimal_request(), headers={"Authorization": f"Bearer {token}"})
-    assert_bare_401(replayed)
+    assert_bare_401(replayed, "replayed")
     assert no_network.attempts == []
 
 
-def test_the_audience_is_the_public_url_not_the_host_header(client, issuer) -> None:
-    # Behind a proxy the Host header says nothing trustworthy: aud must name CRAMP_PUBLIC_BASE_URL + path.
-    token = issuer.token(SERVICE_URL, aud="http://evil.example" + SERVICE_URL)
-    response = client.post(SERVICE_URL, json=minimal_request(), headers={"Authorization": f"Bearer {token}"},
-                           base_url="http://evil.example")
-    assert_bare_401(response)
-    assert client.post(SERVICE_URL, json=minimal_request(), headers=issuer.headers(SERVICE_URL),
-                       base_url="http://evil.example").status_code == 200
+# The audience attack of issue 11 item 2: a token minted for another service, sent with that service's
+# Host (and, over https, X-Forwarded-Proto) so that a request-derived audience would match it.
+HOST_ATTACKS = {
+    "https, other Host, X-Forwarded-Proto": ("https://other-cds.example",
+                                             {"Host": "other-cds.example", "X-Forwarded-Proto": "https"}),
+    "plain http, only Host changed": ("http://other-cds.example", {"Host": "other-cds.example"}),
+    "X-Forwarded-Host": ("https://other-cds.example",
+                         {"X-Forwarded-Host": "other-cds.example", "X-Forwarded-Proto": "https"}),
+}
+
+
+@pytest.mark.parametrize("attack", list(HOST_ATTACKS), ids=list(HOST_ATTACKS))
+def test_the_audience_never_follows_the_request(attack: str, client, issuer) -> None:
+    minted_for, headers = HOST_ATTACKS[attack]
+    token = issuer.token(SERVICE_URL, aud=minted_for + SERVICE_URL)
+    base_url = minted_for if "Host" in headers else "http://localhost"
+    response = client.post(SERVICE_URL, json=minimal_request(), base_url=base_url,
+                           headers={"Authorization": f"Bearer {token}", **headers})
+    assert_bare_401(response, "audience")
+    # The same request with a token for the configured public URL is served whatever the Host says.
+    served = client.post(SERVICE_URL, json=minimal_request(), base_url=base_url,
+                         headers={**issuer.headers(SERVICE_URL), **headers})
+    assert served.status_code == 200, served.get_data(as_text=True)
+
+
+def test_a_token_for_any_configured_public_url_is_accepted(tmp_path: Path, issuer) -> None:
+    urls = ("https://cds.example.org", "https://cds-internal.example.org/cramp")
+    client = secure_app(tmp_path, issuer, public_base_urls=", ".join(urls)).test_client()
+    for url in urls:
+        response = client.post(SERVICE_URL, json=minimal_request(),
+                               headers=issuer.headers(SERVICE_URL, aud=url + SERVICE_URL))
+        assert response.status_code == 200, response.get_data(as_text=True)
+    token = issuer.token(SERVICE_URL, aud=PUBLIC_BASE_URL + SERVICE_URL)  # not configured here
+    assert_bare_401(client.post(SERVICE_URL, json=minimal_request(), headers={"Authorization": f"Bearer {token}"}),
+                    "audience")
+
+
+def test_outside_development_mode_the_public_base_url_is_required(tmp_path: Path, issuer) -> None:
+    with pytest.raises(SettingsError, match=r"^CRAMP_PUBLIC_BASE_URL: required outside development mode"):
+        secure_app(tmp_path, issuer, public_base_urls=())
+    # development mode authenticates nobody, so it needs no audience
+    assert create_app(Settings(development_mode=True, database_url="sqlite://")).test_client() \
+        .post(SERVICE_URL, json=minimal_request()).status_code == 200
+
+
+# ------------------------------------------------------------------------------ header limits
+
+
+def test_a_16_kib_token_gets_past_the_header_limits(client, issuer) -> None:
+    token = "a" * (MAX_TOKEN_BYTES - 4) + ".b.c"  # exactly 16 KiB, not a real JWT
+    response = client.post(SERVICE_URL, json=minimal_request(), headers={"Authorization": f"Bearer {token}"})
+    assert_bare_401(response, "malformed")
+
+
+@pytest.mark.parametrize("place", ["Authorization", "X-Padding", "many headers"])
+def test_headers_over_the_limit_are_431_with_an_operation_outcome(place: str, client, issuer, no_network) -> None:
+    headers = issuer.headers(SERVICE_URL)
+    if place == "Authorization":
+        headers["Authorization"] = "Bearer " + "a" * MAX_HEADER_FIELD_BYTES
+    elif place == "X-Padding":
+        headers["X-Padding"] = "p" * MAX_HEADER_FIELD_BYTES
+    else:
+        headers.update({f"X-Pad-{n}": "p" * 8000 for n in range(MAX_HEADER_BYTES // 8000 + 1)})
+    response = client.post(SERVICE_URL, json=minimal_request(), headers=headers)
+    outcome = assert_operation_outcome(response, 431)
+    assert outcome["issue"][0]["code"] == "too-long"
+    assert "limit" in outcome["issue"][0]["diagnostics"]
+    assert response.headers["X-Request-ID"]
 
 
 def test_refusals_log_the_reason_never_the_token(client, issuer, caplog: pytest.LogCaptureFixture) -> None:
@@ -352,17 +444,18 @@ def test_an_allowlisted_server_that_redirects_is_not_followed(client, issuer, no
 def test_default_settings_require_authentication(no_network) -> None:
     assert Settings().development_mode is False
     assert Settings.from_env({}).development_mode is False
-    app = create_app(Settings(database_url="sqlite://", patient_key_secret=PATIENT_KEY_SECRET))
+    app = create_app(Settings(database_url="sqlite://", patient_key_secret=PATIENT_KEY_SECRET,
+                              public_base_urls=PUBLIC_BASE_URL))
     client = app.test_client()
-    assert_bare_401(client.post(SERVICE_URL, json=minimal_request()))
-    assert_bare_401(client.post(FEEDBACK_URL, json={"feedback": []}))
+    assert_bare_401(client.post(SERVICE_URL, json=minimal_request()), "missing")
+    assert_bare_401(client.post(FEEDBACK_URL, json={"feedback": []}), "missing")
     assert client.get("/healthz").status_code == 200
 
 
 def test_default_settings_trust_nobody(tmp_path: Path, issuer: TestIssuer) -> None:
     client = create_app(Settings(database_url="sqlite://", patient_key_secret=PATIENT_KEY_SECRET,
-                                 public_base_url=PUBLIC_BASE_URL)).test_client()
-    assert_bare_401(client.post(SERVICE_URL, json=minimal_request(), headers=issuer.headers(SERVICE_URL)))
+                                 public_base_urls=PUBLIC_BASE_URL)).test_client()
+    assert_bare_401(client.post(SERVICE_URL, json=minimal_request(), headers=issuer.headers(SERVICE_URL)), "issuer")
 
 
 def test_dockerfile_does_not_enable_development_mode() -> None:
