@@ -9,6 +9,10 @@ from datetime import datetime, timezone
 from .request_context import current_request_id
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Libraries whose DEBUG and INFO lines carry what must never be logged: request URLs (a FHIR search URL holds
+# the patient id: urllib3 logged "GET /fhir/Condition?patient=<id>"), SQL parameters, headers. They are held
+# at WARNING whatever CRAMP_LOG_LEVEL says (issue 11 item 7); their warnings and errors still show.
+QUIET_LIBRARIES = ("urllib3", "requests", "charset_normalizer", "sqlalchemy", "psycopg", "redis", "flask_cors")
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +34,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
+    _quiet_libraries(level)
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level)
         return
@@ -37,3 +42,10 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
     root.setLevel(level)
+
+
+def _quiet_libraries(level: str) -> None:
+    number = logging.getLevelName(str(level).upper())  # "DEBUG" -> 10; an unknown name -> a string
+    floor = max(logging.WARNING, number if isinstance(number, int) else logging.WARNING)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(floor)

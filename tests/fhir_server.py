@@ -172,16 +172,19 @@ class LoopbackFhir:
     ``resources``: FHIR resources, any patients; a search returns the ones whose ``subject`` or ``patient``
     is ``Patient/{id}``, as one searchset page. ``drip`` (seconds per byte) applies to every answer, or to
     the resource types in ``drip_types`` when given; ``drip_headers`` drips the status line and headers too
-    (else they are sent at once and only the body drips). ``delay`` adds seconds before each answer.
+    (else they are sent at once and only the body drips). ``delay`` adds seconds before each answer;
+    ``require_token``: 401 without ``Authorization: Bearer <it>``.
     """
 
     def __init__(self, resources: list[dict[str, Any]] | None = None, *, drip: float | None = None,
-                 drip_types: tuple[str, ...] = (), drip_headers: bool = False, delay: float = 0.0) -> None:
+                 drip_types: tuple[str, ...] = (), drip_headers: bool = False, delay: float = 0.0,
+                 require_token: str | None = None) -> None:
         import http.server
         import threading
 
         self.resources = list(resources or [])
         self.drip, self.drip_types, self.drip_headers, self.delay = drip, drip_types, drip_headers, delay
+        self.require_token = require_token
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path with query, headers)
         self.open_connections = 0
         self.stopping = threading.Event()
@@ -206,6 +209,8 @@ class LoopbackFhir:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 owner.requests.append((self.path, dict(self.headers)))
                 status, body, resource_type = owner.answer(self.path)
+                if owner.require_token and self.headers.get("Authorization") != f"Bearer {owner.require_token}":
+                    status, body = 401, b'{"resourceType": "OperationOutcome", "issue": []}'
                 if owner.delay:
                     owner.stopping.wait(owner.delay)
                 dripping = owner.drip is not None and (not owner.drip_types or resource_type in owner.drip_types)
