@@ -12,6 +12,7 @@ import hmac
 import io
 import sqlite3
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -151,3 +152,19 @@ def test_report_html_escapes_reason_text() -> None:
     row = ReportRow("r<1>", "v&1", 2, 0, 1, (ReasonCount("s", "c", "<b>x</b>", 1),))
     html = render_html([row], now=NOW)
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html and "r&lt;1&gt;" in html
+
+
+def test_settings_without_a_database_url_write_into_the_test_directory_not_the_working_tree() -> None:
+    # issue 11 item 12: the product default stays ./leg-cramp-cds.sqlite3, relative to where it runs;
+    # tests run in a temporary directory of their own (conftest.py), so it is never the checkout's.
+    repo = Path(__file__).resolve().parents[1]
+    default = repo / "leg-cramp-cds.sqlite3"
+    before = default.stat().st_mtime_ns if default.exists() else None
+    settings = Settings(development_mode=True)
+    assert settings.database_url == "sqlite:///leg-cramp-cds.sqlite3"
+    app = create_app(settings)
+    assert app.test_client().post("/cds-services/leg-cramp-patient-view", json=dvt_request()).status_code == 200
+    app.extensions["leg_cramp_store"].close()
+    assert (Path.cwd() / "leg-cramp-cds.sqlite3").is_file()
+    assert repo not in Path.cwd().parents and Path.cwd() != repo
+    assert (default.stat().st_mtime_ns if default.exists() else None) == before
