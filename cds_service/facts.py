@@ -92,6 +92,13 @@ class MedicationRecord:
     classes: frozenset[str]
     method: str | None  # "code", "text", or None when not mapped
     counted: bool  # status / intent / period make it a current medication
+    # each ingredient with its own classes (drugs.DrugMatch.by_ingredient): Dyazide is
+    # (("hydrochlorothiazide", {"thiazide"}), ("triamterene", {"potassium-sparing"}))
+    by_ingredient: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def ingredients_in(self, drug_class: str) -> tuple[str, ...]:
+        """The ingredients that put this medication in ``drug_class``, sorted."""
+        return tuple(name for name, classes in self.by_ingredient if drug_class in classes)
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,7 @@ def _medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: Dru
         classes=match.classes if match else frozenset(),
         method=match.method if match else None,
         counted=_is_current_medication(resource, ruleset, today),
+        by_ingredient=match.by_ingredient if match else (),
     )
 
 
