@@ -31,6 +31,7 @@ READ_TYPES = (
     "Medication",
     "Observation",
     "Procedure",
+    "ServiceRequest",
 )
 
 
@@ -52,6 +53,7 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
                                 "effectiveDateTime", "effectivePeriod", "dateAsserted"),
         "Medication": ("code",),
         "Procedure": ("status", "category", "code", "performedDateTime", "performedPeriod"),
+        "ServiceRequest": ("status", "intent", "code", "authoredOn"),
     }.items()
 }
 PROJECT = True  # False: validate whole resources (tests compare the two)
@@ -85,6 +87,7 @@ class Chart:
     medications: dict[str, Any] = field(default_factory=dict)  # "Medication/<id>" -> Medication
     observations: list[Any] = field(default_factory=list)
     procedures: list[Any] = field(default_factory=list)
+    service_requests: list[Any] = field(default_factory=list)
     procedures_sent: bool = False
     skipped: list[SkippedRecord] = field(default_factory=list)
     not_checked: tuple[str, ...] = ()  # optional prefetch keys whose data could not be had
@@ -97,6 +100,7 @@ _LISTS = {
     "MedicationStatement": "medication_statements",
     "Observation": "observations",
     "Procedure": "procedures",
+    "ServiceRequest": "service_requests",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from .chart import Chart, SkippedRecord
 from .drugs import DrugTable
-from .ruleset import RuleSet
+from .ruleset import RuleSet, normalize_code
 
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
 
@@ -44,6 +44,9 @@ class Provenance:
     code: str | None = None
     display: str | None = None
     date: date | None = None
+    # Recognised by its name (RULES.md text fallback), not by a code: ``display`` is the text that matched.
+    text_matched: bool = False
+    status: str | None = None  # Procedure / ServiceRequest status (a duplex done, or ordered)
 
     def describe(self) -> str:
         when = self.date.isoformat() if self.date else "undated"
@@ -72,6 +75,7 @@ class ConditionRecord:
     date: date | None
     age_days: int | None
     side: str | None
+    method: str = "code"  # "text": no coding is in any value set, the concepts come from its text
 
     def source_for(self, concept: str) -> Provenance:
         system, code, display = self.matched.get(concept, (None, None, None))
@@ -82,6 +86,7 @@ class ConditionRecord:
             code or self.provenance.code,
             display or self.provenance.display,
             self.date,
+            text_matched=self.method == "text",
         )
 
 
@@ -182,7 +187,11 @@ def record_date(resource: Any) -> date | None:
     elif kind == "MedicationStatement":
         candidates = [resource.effectiveDateTime, _period_start(resource.effectivePeriod), resource.dateAsserted]
     elif kind == "Procedure":
-        candidates = [resource.performedDateTime, _period_start(resource.performedPeriod)]
+        period = resource.performedPeriod
+        candidates = [resource.performedDateTime, getattr(period, "end", None) if period is not None else None,
+                      _period_start(period)]
+    elif kind == "ServiceRequest":
+        candidates = [resource.authoredOn]
     else:
         candidates = []
     for candidate in candidates:
@@ -230,6 +239,10 @@ def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> Condition
     codings = codings_of(resource.code)
     # One index probe per coding instead of asking every value set (ruleset.ConceptIndex): same answers.
     matched: dict[str, Coding] = ruleset.concepts.first_matches(codings)
+    method = "code"
+    if not matched and not any(ruleset.concepts.holds(system, code) for system, code, _ in codings):
+        matched = _text_matches(resource.code, ruleset)
+        method = "text" if matched else method
     clinical = _codes(resource.clinicalStatus)
     verification = _codes(resource.verificationStatus)
     if clinical:
@@ -249,17 +262,29 @@ def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> Condition
         date=when,
         age_days=age_in_days(when, today),
         side=_side_of(codings, resource.bodySite, ruleset),
+        method=method,
     )
+
+
+def _text_matches(concept: Any, ruleset: RuleSet) -> dict[str, Coding]:
+    """RULES.md, Text fallback for Conditions: concept -> (no system, no code, the text that matched), from
+    ``code.text`` and each ``coding.display``, each text on its own. The rule set's validation keeps every
+    concept that can raise a critical card out of the terms."""
+    if concept is None:
+        return {}
+    texts = [getattr(concept, "text", None), *(display for _, _, display in codings_of(concept))]
+    return {name: (None, None, text) for name, text in ruleset.condition_text.match(texts).items()}
 
 
 def _side_of(codings: list[Coding], body_sites: Any, ruleset: RuleSet) -> str | None:
     laterality = ruleset.laterality
+    codings = [(system, normalize_code(system, code), display) for system, code, display in codings if code]
     for side, pairs in laterality.code_sides:
         if any((system, code) in pairs for system, code, _ in codings):
             return side
     for system, prefix, sides in laterality.last_character_sides:
         for c_system, code, _ in codings:
-            if c_system == system and code and code.startswith(prefix):
+            if c_system == system and code.startswith(prefix) and len(code) > len(prefix):
                 return sides.get(code[-1])
     for site in body_sites or []:
         site_codings = codings_of(site)
@@ -351,7 +376,9 @@ def _observation_values(chart: Chart, ruleset: RuleSet, today: date, passed_over
             if value is not None:
                 latest[kind] = value
                 break
-            passed_over.append(f"Observation/{resource.id} ({when.isoformat()}): value or unit not usable")
+            # named as a clinician reads it (cards show this line): the test and its date, never the id
+            _, code, display = _first_display(resource.code)
+            passed_over.append(f"{display or kind} ({code or 'no code'}), {when.isoformat()}: value or unit not usable")
     return latest
 
 
@@ -496,23 +523,31 @@ def _add_smoking(facts: dict[str, Fact], f: PatientFacts) -> None:
             facts["current_smoker"] = Fact("current_smoker", (source,))
 
 
+def is_recent_acute_dvt(record: ConditionRecord, recent_days: int) -> bool:
+    """An active acute-DVT record dated within the recent window (RULES.md A.1)."""
+    return ("dvt_acute" in record.concepts and record.active and record.valid
+            and record.age_days is not None and record.age_days <= recent_days)
+
+
 def _add_dvt_facts(facts: dict[str, Fact], f: PatientFacts, ruleset: RuleSet) -> None:
+    """Previous DVT: a chronic / history code whatever its clinicalStatus, or an acute DVT that is not a
+    recent active one (dated before the window, undated, or not active: Revision 2026-12 point 1)."""
     recent = ruleset.spec.windows.recent_days
     previous: list[Provenance] = []
+    acute: list[Provenance] = []
     for record in f.conditions:
         if not record.valid:
             continue
         if "dvt_history" in record.concepts:
             previous.append(record.source_for("dvt_history"))
-        elif "dvt_acute" in record.concepts and record.age_days is not None and record.age_days > recent:
+        elif is_recent_acute_dvt(record, recent):
+            acute.append(record.source_for("dvt_acute"))
+        elif "dvt_acute" in record.concepts:
             previous.append(record.source_for("dvt_acute"))
     if previous:
         facts["previous_dvt"] = Fact("previous_dvt", tuple(previous))
-    acute = [
-        c for c in f.active_conditions("dvt_acute") if c.age_days is not None and c.age_days <= recent
-    ]
     if acute:
-        facts["recent_acute_dvt"] = Fact("recent_acute_dvt", tuple(c.source_for("dvt_acute") for c in acute))
+        facts["recent_acute_dvt"] = Fact("recent_acute_dvt", tuple(acute))
 
 
 # ---------------------------------------------------------------- entry point
@@ -542,6 +577,7 @@ def extract_facts(chart: Chart, ruleset: RuleSet, drugs: DrugTable, now: datetim
     facts.medication_mapping = Counter(m.method or "unmapped" for m in facts.medications)
     facts.facts = _concept_facts(facts, ruleset)
     _add_recent_surgery(facts, chart, ruleset, today)
+    _add_duplex_on_record(facts, chart, ruleset, today)
     facts.ever_recorded = _ever_recorded(facts, chart, ruleset)
     return facts
 
@@ -563,17 +599,47 @@ def _ever_recorded(facts: PatientFacts, chart: Chart, ruleset: RuleSet) -> froze
     return frozenset(ever)
 
 
+def _dated_within(resource: Any, today: date, window: int) -> date | None:
+    when = record_date(resource)
+    days = age_in_days(when, today)
+    return when if days is not None and days <= window else None
+
+
 def _add_recent_surgery(facts: PatientFacts, chart: Chart, ruleset: RuleSet, today: date) -> None:
+    """RULES.md Recent surgery: a completed Procedure, category surgical, in the last 28 days."""
     category = ruleset.value_set("surgical_procedure_category")
     window = ruleset.spec.windows.recent_surgery_days
+    statuses = ruleset.spec.procedures.surgery_statuses
     sources = []
     for procedure in chart.procedures:
-        if procedure.status != "completed" or category.first_match(codings_of(procedure.category)) is None:
+        if procedure.status not in statuses or category.first_match(codings_of(procedure.category)) is None:
             continue
-        when = record_date(procedure)
-        days = age_in_days(when, today)
-        if days is not None and days <= window:
+        when = _dated_within(procedure, today, window)
+        if when is not None:
             system, code, display = _first_display(procedure.code)
-            sources.append(Provenance("Procedure", str(procedure.id), system, code, display, when))
+            sources.append(Provenance("Procedure", str(procedure.id), system, code, display, when,
+                                      status=procedure.status))
     if sources:
         facts.facts["recent_surgery"] = Fact("recent_surgery", tuple(sources))
+
+
+def _add_duplex_on_record(facts: PatientFacts, chart: Chart, ruleset: RuleSet, today: date) -> None:
+    """RULES.md Venous duplex on record: a completed Procedure, or an active / on-hold / completed
+    ServiceRequest, coded in ``venous_duplex``, dated within 180 days. Latest first."""
+    spec = ruleset.spec.procedures
+    duplex = ruleset.value_set("venous_duplex")
+    sources = []
+    candidates = [(r, spec.duplex_procedure_statuses) for r in chart.procedures] + \
+        [(r, spec.duplex_service_request_statuses) for r in chart.service_requests]
+    for resource, statuses in candidates:
+        hit = duplex.first_match(codings_of(resource.code))
+        if resource.status not in statuses or hit is None:
+            continue
+        when = _dated_within(resource, today, spec.duplex_window_days)
+        if when is not None:
+            system, code, display = hit
+            sources.append(Provenance(resource.get_resource_type(), str(resource.id), system, code,
+                                      display or getattr(resource.code, "text", None), when, status=resource.status))
+    if sources:
+        sources.sort(key=lambda source: source.date or date.min, reverse=True)
+        facts.facts["venous_duplex_on_record"] = Fact("venous_duplex_on_record", tuple(sources))

@@ -1,6 +1,6 @@
 """Patients from a FHIR server, for ``rules simulate``: ``Patient?_count=`` pages, then for each patient
 the searches of the patient-view prefetch (Condition, MedicationRequest with its Medications,
-MedicationStatement, Observation, Procedure), following ``next`` links on the same server only.
+MedicationStatement, Observation, Procedure, ServiceRequest), following ``next`` links on the same server only.
 
 One ``requests.Session`` with retries on the adapter and a timeout on every call. The service itself
 never uses this module (the hook path fetches through the prefetch ``Fetcher``).
@@ -23,6 +23,7 @@ PER_PATIENT_QUERIES = (
     "MedicationStatement?patient={id}&_count=200",
     "Observation?patient={id}&code={loinc}&_count=200",
     "Procedure?patient={id}&_count=200",
+    "ServiceRequest?patient={id}&_count=200",
 )
 
 

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
 from . import metrics
+from .card_ids import legacy_ids
 from .card_model import CdsResponse, wire_json
 from .cards import CardRenderer, load_card_content
 from .chart import build_chart
@@ -198,4 +199,6 @@ class Engine:
         settings = self.ruleset.spec.cards.get(rule)
         if self.ledger is None or settings is None or settings.suppress_days == 0 or settings.indicator == "critical":
             return False  # critical cards are never suppressed (RULES.md)
-        return self.ledger.overridden_since(patient_key, rule, now - timedelta(days=settings.suppress_days))
+        since = now - timedelta(days=settings.suppress_days)
+        # An override recorded under the id a card had before it was split (card_ids.legacy_ids) counts too.
+        return any(self.ledger.overridden_since(patient_key, recorded, since) for recorded in (rule, *legacy_ids(rule)))

@@ -20,6 +20,8 @@ TEMPLATE_TYPES = {
     "medicationRequests": "MedicationRequest",
     "medicationStatements": "MedicationStatement",
     "observations": "Observation",
+    "procedures": "Procedure",
+    "serviceRequests": "ServiceRequest",
 }
 
 
@@ -87,8 +89,6 @@ def record_from_bundle(bundle: dict[str, Any], source: str = "<bundle>") -> Pati
     medications = [r for r in resources if r.get("resourceType") == "Medication"]
     if medications:
         prefetch["medicationRequests"]["entry"] += [{"resource": m, "search": {"mode": "include"}} for m in medications]
-    procedures = [r for r in resources if r.get("resourceType") == "Procedure"]
-    prefetch["procedures"] = searchset(procedures)
     return PatientRecord(str(patient["id"]), source, prefetch)
 
 

@@ -48,6 +48,9 @@ def chart_templates(ruleset: RuleSet) -> tuple[PrefetchTemplate, ...]:
         ),
         PrefetchTemplate("medicationStatements", "MedicationStatement?patient={{context.patientId}}", required=False),
         PrefetchTemplate("observations", f"Observation?patient={{{{context.patientId}}}}&code={loinc}", required=False),
+        # Recent surgery (a Wells item) and a venous duplex done or ordered (RULES.md, Revision 2026-12 point 4)
+        PrefetchTemplate("procedures", "Procedure?patient={{context.patientId}}", required=False),
+        PrefetchTemplate("serviceRequests", "ServiceRequest?patient={{context.patientId}}", required=False),
     )
 
 
@@ -69,8 +72,8 @@ def _order_service(service_id: str, hook: str, ruleset: RuleSet) -> CdsService:
         title="Leg cramps: quinine, and drugs associated with cramps, at ordering",
         description=(
             f"When the clinician {when} orders, judges {judged}: warns that quinine is not recommended for leg "
-            "cramps (FDA warning), and tells when a diuretic, long-acting beta-agonist or statin is ordered for "
-            "a patient with documented leg cramps."
+            "cramps (FDA warning), and tells when a potassium-sparing or thiazide diuretic, or a long-acting "
+            "beta-agonist, is ordered for a patient with documented leg cramps."
         ),
         templates=order_templates(ruleset),
         usage_requirements="Patient data is required; conditions (the cramp record) are optional.",
@@ -89,9 +92,10 @@ class ServiceRegistry:
                 hook="patient-view",
                 title="Leg cramps: venous workup, conservative care and DVT red flags",
                 description=(
-                    "Reads conditions, medications and a few observations to judge leg-cramp risk; suggests "
-                    "venous duplex ultrasound when cramps come with signs of venous disease, conservative care "
-                    "otherwise, and flags a possible DVT. Every card cites the records behind it."
+                    "Reads conditions, medications, a few observations, procedures and service requests to judge "
+                    "leg-cramp risk; suggests venous duplex ultrasound when cramps come with signs of venous "
+                    "disease and none is on record, conservative care otherwise; flags a possible DVT, and a "
+                    "recent DVT with no anticoagulant. Every card cites the records behind it."
                 ),
                 templates=chart_templates(ruleset),
                 usage_requirements="Patient and Condition data are required; medications and observations refine the advice.",

@@ -30,11 +30,24 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-CARD_IDS = ("possible-dvt", "venous-duplex-workup", "conservative-care", "elevated-cramp-risk")
+from .card_ids import LEGACY_DRUG_ORDER, ORDER_CARD_IDS, PATIENT_VIEW_CARD_IDS, is_drug_order_card
+from .text_match import TextMatcher, text_problems
+
+# The card ids are defined once, in card_ids.py; these names stay for the modules that import them here.
+CARD_IDS = PATIENT_VIEW_CARD_IDS
 # Cards of the order hooks (order-select, order-sign; order_rules.py): settings in ``cards`` like the above.
-ORDER_CARD_IDS = ("quinine-for-cramps", "cramp-associated-drug-order")
-# The order classes order_rules.py and the order cards know, and the drug-table classes (drugs.py) they group.
-ORDER_CLASSES = ("quinine", "diuretic", "laba", "statin")
+# The order classes order_rules.py and the order cards know (RULES.md, Order hooks: the classes with a clear
+# association in Garrison 2012), and the drug-table classes (drugs.py) they group.
+ORDER_CLASSES = ("quinine", "potassium-sparing", "thiazide", "laba")
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+# Value sets whose concepts can raise a ``critical`` card (A: acute / previous DVT, the signs, the Wells
+# items): the Condition text fallback may never yield them (RULES.md, Text fallback for Conditions).
+CRITICAL_VALUE_SETS = ("dvt_acute", "dvt_history", "leg_edema_one_side_by_code", "leg_edema_snomed_sided_by_body_site",
+                       "leg_redness_cellulitis", "leg_pain", "active_cancer", "paralysis")
+# FHIR R4 status codes (Procedure.status, ServiceRequest.status), for the ``procedures`` section.
+PROCEDURE_STATUSES = ("preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
+                      "entered-in-error", "unknown")
+SERVICE_REQUEST_STATUSES = ("draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown")
 DRUG_TABLE_CLASSES = ("loop", "thiazide", "potassium-sparing", "laba", "statin", "anticoagulant", "quinine",
                       "carbonic-anhydrase-inhibitor")
 _CODE_REF = re.compile(r"^(?P<alias>[a-z0-9_]+)\|(?P<code>[^\s|]+)$")
@@ -62,6 +75,7 @@ REQUIRED_VALUE_SETS = (
     "leg_redness_cellulitis", "leg_pain", "active_cancer", "paralysis", "peripheral_artery_disease",
     "high_cholesterol", "diabetes", "liver_disease", "hypothyroidism", "hypokalemia", "hypomagnesemia",
     "dehydration", "surgical_procedure_category", "pregnancy_status_pregnant", "pregnancy_status_not_pregnant",
+    "venous_duplex",
 )
 CARD_TEXT_KEYS = ("summary", "source_url")
 
@@ -169,10 +183,30 @@ class Contributors(_Strict):
     lab_check: LabCheck
 
 
+class Procedures(_Strict):
+    """RULES.md, Concept boundaries: recent surgery (a Wells item) and a venous duplex on record (stops B).
+    The surgery window is ``windows.recent_surgery_days``; the codes are the value sets
+    ``surgical_procedure_category`` (Procedure.category) and ``venous_duplex``."""
+
+    surgery_statuses: list[str] = Field(min_length=1)
+    duplex_window_days: int = Field(ge=0)
+    duplex_procedure_statuses: list[str] = Field(min_length=1)
+    duplex_service_request_statuses: list[str] = Field(min_length=1)
+
+
+class ConditionText(_Strict):
+    """RULES.md, Text fallback for Conditions: value-set name -> terms matched in ``code.text`` and each
+    ``coding.display`` when no coding is in any value set; a text holding a cue is not matched."""
+
+    source: str = Field(min_length=1)
+    terms: dict[str, list[str]]
+    cues: list[str]
+
+
 class OrderRules(_Strict):
     """RULES.md, Order hooks: which draft MedicationRequests are judged, and which order classes each order
-    card judges (``quinine-for-cramps``: for anyone; ``cramp-associated-drug-order``: with documented cramps,
-    one card per order class)."""
+    card judges (``quinine-for-cramps``: for anyone; ``cramp-associated-drug-order-<class>``: with documented
+    cramps, one card per drug class)."""
 
     statuses: list[str] = Field(min_length=1)
     order_classes: dict[str, list[str]]  # order class -> drug-table classes
@@ -204,6 +238,8 @@ class RuleSetSpec(_Strict):
     red_flag: RedFlag
     venous_index: VenousIndex
     contributors: Contributors
+    procedures: Procedures
+    condition_text: ConditionText
     order_rules: OrderRules
     cards: dict[str, CardSettings]
 
@@ -217,9 +253,18 @@ def _check_code_ref(entry: str, systems: dict[str, str]) -> str | None:
     return None
 
 
+def normalize_code(system: str | None, code: str) -> str:
+    """A code as the value sets hold it: ICD-10-CM without its dot, in upper case (RULES.md, Codes: ``R252``,
+    ``r25.2`` and ``R25.2`` are one code); other systems exactly as given."""
+    if system == ICD10CM:
+        return code.replace(".", "").strip().upper()
+    return code
+
+
 @dataclass(frozen=True)
 class ValueSet:
-    """A compiled value set: exact codes, prefixes and category ranges per system URI."""
+    """A compiled value set: exact codes, prefixes and category ranges per system URI (codes normalised by
+    ``normalize_code``, here and at lookup)."""
 
     name: str
     codes: frozenset[tuple[str, str]]
@@ -230,6 +275,7 @@ class ValueSet:
     def contains(self, system: str | None, code: str | None) -> bool:
         if not system or not code:
             return False
+        code = normalize_code(system, code)
         if any(system == ex_system and code.startswith(ex_code) for ex_system, ex_code in self.excludes):
             return False
         if (system, code) in self.codes:
@@ -283,6 +329,7 @@ class ConceptIndex:
         """The value sets that hold this coding (``ValueSet.contains``)."""
         if not system or not code:
             return frozenset()
+        code = normalize_code(system, code)
         found = set(self._exact.get((system, code), ()))
         for length in self._prefix_lengths:
             found.update(self._prefixes.get((system, code[:length]), ()))
@@ -343,8 +390,14 @@ class RuleSet:
         return self.spec.code_systems[alias]
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        alias, code = ref.split("|", 1)
-        return self.spec.code_systems[alias], code
+        """``alias|code`` as (system URI, code normalised as the value sets hold it)."""
+        return _resolved(ref, self.spec.code_systems)
+
+    @cached_property
+    def condition_text(self) -> TextMatcher:
+        """The Condition text fallback (RULES.md): terms per value set and the negation / uncertainty cues."""
+        spec = self.spec.condition_text
+        return TextMatcher(spec.terms, spec.cues)
 
     @cached_property
     def laterality(self) -> "CompiledLaterality":
@@ -370,10 +423,17 @@ class RuleSet:
         return table
 
 
+def _resolved(ref: str, systems: dict[str, str]) -> tuple[str, str]:
+    """``alias|code`` as (system URI, normalised code)."""
+    alias, code = ref.split("|", 1)
+    system = systems[alias]
+    return system, normalize_code(system, code)
+
+
 def _compile(name: str, spec: ValueSetSpec, systems: dict[str, str],
              file_codes: frozenset[tuple[str, str]] = frozenset()) -> ValueSet:
     def pairs(entries: list[str]) -> list[tuple[str, str]]:
-        return [(systems[e.split("|", 1)[0]], e.split("|", 1)[1]) for e in entries]
+        return [_resolved(e, systems) for e in entries]
 
     ranges = []
     for system, span in pairs(spec.ranges):
@@ -381,7 +441,7 @@ def _compile(name: str, spec: ValueSetSpec, systems: dict[str, str],
         ranges.append((system, low, high or low))
     return ValueSet(
         name=name,
-        codes=frozenset(pairs(spec.codes)) | file_codes,
+        codes=frozenset(pairs(spec.codes)) | {(system, normalize_code(system, code)) for system, code in file_codes},
         prefixes=tuple(pairs(spec.prefixes)),
         ranges=tuple(ranges),
         excludes=tuple(pairs(spec.exclude)),
@@ -445,15 +505,50 @@ def _semantic_problems(spec: RuleSetSpec) -> list[tuple[Path_, str]]:
         if reachable < block.threshold:
             problems.append(((section, "threshold"), f"no combination of items can reach it "
                              f"(threshold {block.threshold:g}, all items together score {reachable:g})"))
+    problems += _procedure_problems(spec)
+    problems += _condition_text_problems(spec)
     known_cards = (*CARD_IDS, *ORDER_CARD_IDS)
     missing_cards = [card for card in known_cards if card not in spec.cards]
     if missing_cards:
         problems.append((("cards",), f"missing settings for {', '.join(missing_cards)}"))
     for card in sorted(set(spec.cards) - set(known_cards)):
-        problems.append((("cards", card), f"unknown card id (expected one of {', '.join(known_cards)})"))
+        problems.append((("cards", card), _unknown_card_message(card, known_cards)))
     problems += _order_rule_problems(spec.order_rules)
     problems += card_text_problems(spec)
     problems += card_text_problems(spec, card_ids=ORDER_CARD_IDS)
+    return problems
+
+
+def _unknown_card_message(card: str, known: tuple[str, ...]) -> str:
+    if card == LEGACY_DRUG_ORDER:
+        split = ", ".join(c for c in ORDER_CARD_IDS if c.startswith(LEGACY_DRUG_ORDER))
+        return f"{card} is now one card per drug class: set {split} instead (Revision 2026-12)"
+    return f"unknown card id (expected one of {', '.join(known)})"
+
+
+def _procedure_problems(spec: RuleSetSpec) -> list[tuple[Path_, str]]:
+    rules = spec.procedures
+    problems: list[tuple[Path_, str]] = []
+    for key, known in (("surgery_statuses", PROCEDURE_STATUSES), ("duplex_procedure_statuses", PROCEDURE_STATUSES),
+                       ("duplex_service_request_statuses", SERVICE_REQUEST_STATUSES)):
+        for index, status in enumerate(getattr(rules, key)):
+            if status not in known:
+                problems.append((("procedures", key, index),
+                                 f"unknown status {status!r} (FHIR R4: {', '.join(known)})"))
+    return problems
+
+
+def _condition_text_problems(spec: RuleSetSpec) -> list[tuple[Path_, str]]:
+    text = spec.condition_text
+    problems: list[tuple[Path_, str]] = [(("condition_text", *path), message)
+                                         for path, message in text_problems(text.terms, text.cues)]
+    for name in text.terms:
+        where = ("condition_text", "terms", name)
+        if name not in spec.value_sets:
+            problems.append((where, f"no value set named {name!r}"))
+        elif name in CRITICAL_VALUE_SETS:
+            problems.append((where, f"{name} can raise a critical card: free text may never yield it "
+                             f"(not allowed: {', '.join(CRITICAL_VALUE_SETS)})"))
     return problems
 
 
@@ -475,8 +570,7 @@ def _order_rule_problems(rules: OrderRules) -> list[tuple[Path_, str]]:
     judged: dict[str, str] = {}
     for card, order_classes in rules.cards.items():
         if card not in ORDER_CARD_IDS:
-            problems.append((("order_rules", "cards", card),
-                             f"unknown order card id (expected one of {', '.join(ORDER_CARD_IDS)})"))
+            problems.append((("order_rules", "cards", card), _unknown_card_message(card, ORDER_CARD_IDS)))
             continue
         for index, order_class in enumerate(order_classes):
             where = ("order_rules", "cards", card, index)
@@ -491,30 +585,35 @@ def _order_rule_problems(rules: OrderRules) -> list[tuple[Path_, str]]:
 
 def card_text_problems(spec: RuleSetSpec, folder: Any = None,
                        card_ids: tuple[str, ...] = CARD_IDS) -> list[tuple[Path_, str]]:
-    """Every enabled card needs its wording: ``cards/<card id>.yaml`` in the ``cards`` package, a mapping
-    with at least ``summary`` and ``source_url``. Used by ``rules validate``, at service start and on reload
-    (``parse_ruleset`` runs it, for ``CARD_IDS`` and for ``ORDER_CARD_IDS``)."""
+    """Every enabled card needs its wording: ``cards/<card id>.yaml`` in the ``cards`` package, a mapping with
+    at least ``summary`` and ``source_url``; a drug-order card's file also needs an ``order_classes`` entry
+    for each order class the card judges (``order_rules.cards``). Used by ``rules validate``, at service start and on reload (``parse_ruleset`` runs
+    it, for ``CARD_IDS`` and for ``ORDER_CARD_IDS``)."""
     folder = folder if folder is not None else resources.files("cards")
     problems: list[tuple[Path_, str]] = []
     for card_id, settings in spec.cards.items():
         if not settings.enabled or card_id not in card_ids:
             continue
-        entry = folder.joinpath(f"{card_id}.yaml")
+        name = card_id
+        entry = folder.joinpath(f"{name}.yaml")
         where = ("cards", card_id)
         try:
             text = yaml.safe_load(entry.read_text(encoding="utf-8"))
         except (OSError, FileNotFoundError):
-            problems.append((where, f"card text missing: no cards/{card_id}.yaml in the cards package"))
+            problems.append((where, f"card text missing: no cards/{name}.yaml in the cards package"))
             continue
         except yaml.YAMLError:
-            problems.append((where, f"card text cards/{card_id}.yaml is not valid YAML"))
+            problems.append((where, f"card text cards/{name}.yaml is not valid YAML"))
             continue
         if not isinstance(text, dict):
-            problems.append((where, f"card text cards/{card_id}.yaml is not a mapping"))
+            problems.append((where, f"card text cards/{name}.yaml is not a mapping"))
             continue
         absent = [key for key in CARD_TEXT_KEYS if not text.get(key)]
+        if is_drug_order_card(card_id):
+            classes = text.get("order_classes") if isinstance(text.get("order_classes"), dict) else {}
+            absent += [f"order_classes.{c}" for c in spec.order_rules.cards.get(card_id, []) if c not in classes]
         if absent:
-            problems.append((where, f"card text cards/{card_id}.yaml lacks {', '.join(absent)}"))
+            problems.append((where, f"card text cards/{name}.yaml lacks {', '.join(absent)}"))
     return problems
 
 

@@ -90,17 +90,68 @@ def observation(loinc: str, *, value: float | None = None, unit: str | None = No
     return resource
 
 
+CPT = "http://www.ama-assn.org/go/cpt"
+
+
+def text_condition(text: str | None = None, *, displays: tuple[str, ...] = (), code: tuple[str, str] | None = None,
+                   age: int | None = 100, status: str | None = "active") -> dict[str, Any]:
+    """A Condition known by its text (``code.text``, each ``coding.display``), optionally with a coding in no
+    value set (``code``: system, code)."""
+    resource = condition("R69", age=age, status=status)
+    codings = [{"display": display} for display in displays]
+    if code is not None:
+        codings.insert(0, {"system": code[0], "code": code[1]})
+    resource["code"] = {"coding": codings} if codings else {}
+    if text is not None:
+        resource["code"]["text"] = text
+    return resource
+
+
+def procedure(code: tuple[str, str] = (SNOMED, "80146002"), *, age: int | None = 10, status: str = "completed",
+              surgical: bool = False, period_end_age: int | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Procedure", "id": f"pr{next(_ids)}", "status": status,
+                                "subject": {"reference": f"Patient/{PATIENT_ID}"},
+                                "code": {"coding": [{"system": code[0], "code": code[1], "display": f"code {code[1]}"}]}}
+    if surgical:
+        resource["category"] = {"coding": [{"system": SNOMED, "code": "387713003"}]}
+    if period_end_age is not None:
+        resource["performedPeriod"] = {"start": days_ago(period_end_age + 40), "end": days_ago(period_end_age)}
+    elif age is not None:
+        resource["performedDateTime"] = days_ago(age)
+    return resource
+
+
+def service_request(code: tuple[str, str] = (CPT, "93970"), *, age: int | None = 10,
+                    status: str = "active") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "ServiceRequest", "id": f"sr{next(_ids)}", "status": status,
+                                "intent": "order", "subject": {"reference": f"Patient/{PATIENT_ID}"},
+                                "code": {"coding": [{"system": code[0], "code": code[1], "display": f"code {code[1]}"}]}}
+    if age is not None:
+        resource["authoredOn"] = days_ago(age)
+    return resource
+
+
 def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
-def hook_request(resources: list[dict[str, Any]] = (), *, birth_date: str = "1980-01-01") -> dict[str, Any]:
-    by_key = {"conditions": [], "medicationRequests": [], "medicationStatements": [], "observations": []}
+def hook_request(resources: list[dict[str, Any]] = (), *, birth_date: str | None = "1980-01-01",
+                 omit: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A patient-view request with every prefetch key filled (an empty Bundle when no resource has that
+    type), except the keys in ``omit``: those are not sent (so, with no fhirServer, not checked)."""
+    by_key = {"conditions": [], "medicationRequests": [], "medicationStatements": [], "observations": [],
+              "procedures": [], "serviceRequests": []}
     key_of = {"Condition": "conditions", "MedicationRequest": "medicationRequests",
-              "MedicationStatement": "medicationStatements", "Observation": "observations"}
+              "MedicationStatement": "medicationStatements", "Observation": "observations",
+              "Procedure": "procedures", "ServiceRequest": "serviceRequests"}
     for resource in resources:
         by_key[key_of[resource["resourceType"]]].append(resource)
-    prefetch: dict[str, Any] = {"patient": {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": birth_date}}
+    for key in omit:
+        by_key.pop(key, None)
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": PATIENT_ID}
+    if birth_date is not None:
+        patient["birthDate"] = birth_date
+    prefetch: dict[str, Any] = {"patient": patient}
     prefetch.update({key: bundle(items) for key, items in by_key.items()})
     return {"hook": "patient-view", "hookInstance": "00000000-0000-4000-8000-000000000001",
             "context": {"userId": "Practitioner/x", "patientId": PATIENT_ID}, "prefetch": prefetch}

@@ -36,6 +36,8 @@ import pytest
 import yaml
 
 from card_kinds import card_id, explanation
+from cds_service.card_ids import (DRUG_ORDER_CARD_IDS, DRUG_ORDER_LABA, DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_THIAZIDE,
+                                  LEGACY_DRUG_ORDER, ORDER_CARD_IDS, QUININE_FOR_CRAMPS)
 from cds_service.app import create_app
 from cds_service.card_model import Card, CdsResponse
 from cds_service.clock import fixed_clock
@@ -90,7 +92,7 @@ def test_order_fixtures_cover_both_cards_and_both_hooks():
     for folder in ORDER_SCENARIOS:
         ids |= {c["id"] for c in yaml.safe_load((folder / "expected.yaml").read_text())["cards"]}
         hooks.add(json.loads((folder / "request.json").read_text())["hook"])
-    assert ids == {"quinine-for-cramps", "cramp-associated-drug-order"}
+    assert QUININE_FOR_CRAMPS in ids and ids & set(DRUG_ORDER_CARD_IDS) and ids <= set(ORDER_CARD_IDS)
     assert hooks == {"order-select", "order-sign"}
     assert len(ORDER_SCENARIOS) >= 8
 
@@ -111,23 +113,26 @@ def test_order_fixture_matches_hand_worked_expectation(folder: Path, no_network)
     assert "Fixture" not in text  # the patient's name never comes back
 
 
-def test_drug_order_card_names_class_association_and_cramp_record(no_network):
+def test_combination_gives_one_card_per_class_and_no_statin_card(no_network):
+    """Maxzide (hydrochlorothiazide + triamterene, by text) and atorvastatin (by code) for a crampy patient:
+    the thiazide card and the potassium-sparing card, each naming its own class; nothing for the statin."""
     body = json.loads((FIXTURES / "order-03-maxzide-text-atorvastatin-code" / "request.json").read_text())
     cards = _app().test_client().post(SIGN_URL, json=body).get_json()["cards"]
-    diuretic, statin = cards
-    assert "Diuretic" in diuretic["summary"] and "Garrison 2012" in diuretic["detail"]
-    for ratio in ("2.12", "1.48", "1.20"):
-        assert ratio in diuretic["detail"]
-    assert explanation(diuretic)["items"][0]["drugClasses"] == ["potassium-sparing", "thiazide"]
-    assert "Condition/c1, 2024-10-02: Sleep related leg cramps (ICD-10-CM G47.62)" in diuretic["detail"]
-    assert "name in the text" in diuretic["detail"] and "| code |" in statin["detail"]
-    assert "1.16" in statin["detail"] and "Statin" in statin["summary"]
+    assert sorted(card_id(c) for c in cards) == sorted([DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_THIAZIDE])
+    by_id = {card_id(c): c for c in cards}
+    assert explanation(by_id[DRUG_ORDER_THIAZIDE])["items"][0]["drugClasses"] == ["thiazide"]
+    assert explanation(by_id[DRUG_ORDER_POTASSIUM_SPARING])["items"][0]["drugClasses"] == ["potassium-sparing"]
+    assert "1.48" in by_id[DRUG_ORDER_THIAZIDE]["detail"] and "2.12" in by_id[DRUG_ORDER_POTASSIUM_SPARING]["detail"]
+    for card in cards:
+        assert "Garrison 2012" in card["detail"] and "1.16" not in card["detail"] and "1.20" not in card["detail"]
 
 
 def test_quinine_card_without_conditions_says_what_was_not_checked(no_network):
     body = json.loads((FIXTURES / "order-08-quinine-conditions-missing" / "request.json").read_text())
     card = _app().test_client().post(SELECT_URL, json=body).get_json()["cards"][0]
     assert "Could not be checked: conditions" in card["detail"]
+    result = Engine.default(clock=fixed_clock(NOW)).invoke("leg-cramp-order-select", body)
+    assert [(o.card_id, o.not_checked) for o in result.evaluation.shown] == [(QUININE_FOR_CRAMPS, ("conditions",))]
     assert "FDA" in card["summary"] and "malaria" in card["detail"]
 
 
@@ -290,10 +295,10 @@ def test_one_card_per_class_and_quinine_first(client, no_network):
               med_request("s1", "Advair Diskus"), med_request("q1", "Qualaquin 324 mg")]
     cards = assert_valid_cards(client.post(SIGN_URL, json=order_request(orders=orders,
                                                                         conditions=[cramp_condition()])).get_json())
+    # Lasix and furosemide 80 MG (loop diuretics) give no card (RULES.md: ASR 1.20, not significant)
     assert [(card_id(c), classes_named(c)) for c in cards] == [
-        ("quinine-for-cramps", ["quinine"]), ("cramp-associated-drug-order", ["diuretic"]),
-        ("cramp-associated-drug-order", ["laba"])]
-    assert explanation(cards[1])["items"][0]["records"] == ["MedicationRequest/f1", "MedicationRequest/f2"]
+        ("quinine-for-cramps", ["quinine"]), (DRUG_ORDER_LABA, ["laba"])]
+    assert explanation(cards[1])["items"][0]["records"] == ["MedicationRequest/s1"]
 
 
 def test_invalid_draft_order_is_skipped_and_reported(client, no_network):
@@ -301,7 +306,7 @@ def test_invalid_draft_order_is_skipped_and_reported(client, no_network):
               med_request("other", "furosemide", subject={"reference": "Patient/someone-else"})]
     cards = assert_valid_cards(client.post(SIGN_URL, json=order_request(orders=orders,
                                                                         conditions=[cramp_condition()])).get_json())
-    assert [classes_named(c) for c in cards] == [["laba"]]
+    assert [(card_id(c), classes_named(c)) for c in cards] == [(DRUG_ORDER_LABA, ["laba"])]
     assert "Skipped 2 unreadable record(s)" in cards[0]["detail"]
     assert "MedicationRequest/bad (invalid FHIR R4 (authoredOn" in cards[0]["detail"]
     assert "MedicationRequest/other (refers to another patient)" in cards[0]["detail"]
@@ -348,9 +353,11 @@ class OverriddenLedger:
     def patient_key(self, patient_id: str) -> str:
         return "key"
 
+    overridden = ("quinine-for-cramps",)
+
     def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
         self.asked.append((rule, since))
-        return rule == "quinine-for-cramps"
+        return rule in self.overridden
 
     def record_shown(self, cards: list[Any]) -> None:
         self.shown += cards
@@ -359,13 +366,31 @@ class OverriddenLedger:
 def test_overridden_order_card_is_suppressed_for_its_days(no_network):
     ledger = OverriddenLedger()
     engine = Engine(load_default_ruleset(), Engine.default().drugs, clock=fixed_clock(NOW), ledger=ledger)
-    orders = [med_request("q1", "Qualaquin"), med_request("a1", code="259255")]
+    orders = [med_request("q1", "Qualaquin"), med_request("a1", code="316049")]
     result = engine.invoke("leg-cramp-order-sign", order_request(orders=orders, conditions=[cramp_condition()]))
-    assert [card_id(c) for c in result.response["cards"]] == ["cramp-associated-drug-order"]
+    assert [card_id(c) for c in result.response["cards"]] == [DRUG_ORDER_THIAZIDE]
     days = {rule: (fixed_clock(NOW)() - since).days for rule, since in ledger.asked}
-    assert days == {"quinine-for-cramps": 30, "cramp-associated-drug-order": 90}
+    # the class card is checked under its own id and under the id overrides were recorded under before
+    assert days == {"quinine-for-cramps": 30, DRUG_ORDER_THIAZIDE: 90, LEGACY_DRUG_ORDER: 90}
     assert [(s.rule, s.service_id, s.indicator) for s in ledger.shown] == [
-        ("cramp-associated-drug-order", "leg-cramp-order-sign", "info")]
+        (DRUG_ORDER_THIAZIDE, "leg-cramp-order-sign", "info")]
+
+
+def test_override_under_the_former_single_id_suppresses_every_class_card(no_network):
+    """Feedback recorded before 2026-12 under cramp-associated-drug-order carries over to each class id."""
+    ledger = OverriddenLedger()
+    ledger.overridden = (LEGACY_DRUG_ORDER,)
+    engine = Engine(load_default_ruleset(), Engine.default().drugs, clock=fixed_clock(NOW), ledger=ledger)
+    orders = [med_request("t1", "chlorthalidone 25 MG"), med_request("k1", "spironolactone 25 MG"),
+              med_request("l1", "salmeterol 50 MCG inhaler")]
+    body = order_request(orders=orders, conditions=[cramp_condition()])
+    result = engine.invoke("leg-cramp-order-sign", copy.deepcopy(body))
+    assert [o.card_id for o in result.evaluation.shown] == [DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_THIAZIDE,
+                                                            DRUG_ORDER_LABA]
+    assert result.response == {"cards": []}
+    ledger.overridden = (DRUG_ORDER_THIAZIDE,)  # an override of one class hides only that class
+    result = engine.invoke("leg-cramp-order-sign", copy.deepcopy(body))
+    assert [card_id(c) for c in result.response["cards"]] == [DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_LABA]
 
 
 # ------------------------------------------------------------------------------- rule set
@@ -378,25 +403,30 @@ def _default_yaml() -> dict[str, Any]:
 
 def test_default_order_rules_hold_rules_md():
     spec = load_default_ruleset().spec
-    assert spec.order_rules.order_classes == {"quinine": ["quinine"], "diuretic": ["loop", "thiazide", "potassium-sparing"],
-                                              "laba": ["laba"], "statin": ["statin"]}
-    assert spec.order_rules.cards == {"quinine-for-cramps": ["quinine"],
-                                      "cramp-associated-drug-order": ["diuretic", "laba", "statin"]}
+    assert spec.order_rules.order_classes == {"quinine": ["quinine"], "potassium-sparing": ["potassium-sparing"],
+                                              "thiazide": ["thiazide"], "laba": ["laba"]}
+    assert spec.order_rules.cards == {"quinine-for-cramps": ["quinine"], DRUG_ORDER_POTASSIUM_SPARING: ["potassium-sparing"],
+                                      DRUG_ORDER_THIAZIDE: ["thiazide"], DRUG_ORDER_LABA: ["laba"]}
     assert spec.cards["quinine-for-cramps"].indicator == "warning"
-    assert spec.cards["cramp-associated-drug-order"].indicator == "info"
+    assert {spec.cards[c].indicator for c in DRUG_ORDER_CARD_IDS} == {"info"}
 
 
 INVALID_ORDER_RULES = [
     ("unknown order class", lambda d: d["order_rules"]["order_classes"].update(nsaid=["nsaid"]),
      "order_rules.order_classes.nsaid", "unknown order class"),
-    ("unknown drug class", lambda d: d["order_rules"]["order_classes"]["diuretic"].append("osmotic"),
-     "order_rules.order_classes.diuretic[3]", "unknown drug class 'osmotic'"),
+    ("unknown drug class", lambda d: d["order_rules"]["order_classes"]["thiazide"].append("osmotic"),
+     "order_rules.order_classes.thiazide[1]", "unknown drug class 'osmotic'"),
     ("card judges an undefined class", lambda d: d["order_rules"]["cards"]["quinine-for-cramps"].append("nsaid"),
      "order_rules.cards.quinine-for-cramps[1]", "not in order_rules.order_classes"),
-    ("class judged twice", lambda d: d["order_rules"]["cards"]["quinine-for-cramps"].append("statin"),
-     "order_rules.cards.quinine-for-cramps[1]", "already judged"),
+    # (yaml.safe_dump sorts the keys: the thiazide card is read before the quinine card)
+    ("class judged twice", lambda d: d["order_rules"]["cards"][DRUG_ORDER_THIAZIDE].append("quinine"),
+     "order_rules.cards.quinine-for-cramps[0]", f"already judged by {DRUG_ORDER_THIAZIDE}"),
+    ("statins as an order class", lambda d: d["order_rules"]["order_classes"].update(statin=["statin"]),
+     "order_rules.order_classes.statin", "unknown order class"),
+    ("the former single card id", lambda d: d["order_rules"]["cards"].update({LEGACY_DRUG_ORDER: ["laba"]}),
+     f"order_rules.cards.{LEGACY_DRUG_ORDER}", "one card per drug class"),
     ("unknown order card", lambda d: d["order_rules"]["cards"].update({"nsaid-card": ["quinine"]}),
-     "order_rules.cards.nsaid-card", "unknown order card id"),
+     "order_rules.cards.nsaid-card", "unknown card id"),
     ("missing order card settings", lambda d: d["cards"].pop("quinine-for-cramps"), "cards",
      "missing settings for quinine-for-cramps"),
     ("unknown key", lambda d: d["order_rules"].update(colour="red"), "order_rules.colour", "unknown key"),
@@ -413,12 +443,66 @@ def test_invalid_order_rules_name_path_and_problem(name, change, path, message):
     assert any(p == path and message in m for p, m in info.value.problems), info.value.problems
 
 
-def test_acetazolamide_can_be_made_a_diuretic_by_the_rule_set(no_network):
-    """Rule parameters are data: an admin who adds carbonic-anhydrase-inhibitor gets the card."""
+def test_order_classes_are_rule_set_data(no_network):
+    """Rule parameters are data: an admin who puts loop diuretics in the thiazide order class gets that card
+    for furosemide; the default gives none."""
     data = _default_yaml()
-    data["order_rules"]["order_classes"]["diuretic"].append("carbonic-anhydrase-inhibitor")
+    data["order_rules"]["order_classes"]["thiazide"].append("loop")
     engine = Engine(parse_ruleset(yaml.safe_dump(data), "custom.yaml"), Engine.default().drugs, clock=fixed_clock(NOW))
-    body = order_request(orders=[med_request("a1", "acetazolamide 250 MG")], conditions=[cramp_condition()])
+    body = order_request(orders=[med_request("f1", "furosemide 40 MG")], conditions=[cramp_condition()])
     assert [card_id(c) for c in engine.invoke("leg-cramp-order-sign", copy.deepcopy(body)).response["cards"]] == [
-        "cramp-associated-drug-order"]
+        DRUG_ORDER_THIAZIDE]
     assert Engine.default(clock=fixed_clock(NOW)).invoke("leg-cramp-order-sign", body).response == {"cards": []}
+
+
+# ------------------------------------------------------------------------------- classes (Revision 2026-12 point 5)
+
+CLASS_TABLE = [
+    # draft order, the cards it gives a patient with documented cramps (hand-read from RULES.md, Order hooks)
+    ("spironolactone (aldosterone antagonist)", "spironolactone 25 MG Oral Tablet", [DRUG_ORDER_POTASSIUM_SPARING]),
+    ("eplerenone (aldosterone antagonist)", "eplerenone 25 MG Oral Tablet", [DRUG_ORDER_POTASSIUM_SPARING]),
+    ("amiloride", "amiloride 5 MG Oral Tablet", [DRUG_ORDER_POTASSIUM_SPARING]),
+    ("hydrochlorothiazide", "hydrochlorothiazide 25 MG Oral Tablet", [DRUG_ORDER_THIAZIDE]),
+    ("chlorthalidone (thiazide-like)", "chlorthalidone 25 MG Oral Tablet", [DRUG_ORDER_THIAZIDE]),
+    ("indapamide (thiazide-like)", "indapamide 1.25 MG Oral Tablet", [DRUG_ORDER_THIAZIDE]),
+    ("metolazone (thiazide-like)", "metolazone 5 MG Oral Tablet", [DRUG_ORDER_THIAZIDE]),
+    ("Dyazide: each class", "Dyazide 37.5/25 oral capsule", [DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_THIAZIDE]),
+    ("salmeterol", "salmeterol 50 MCG/ACTUAT inhaler", [DRUG_ORDER_LABA]),
+    ("formoterol", "formoterol 20 MCG/2ML inhalation solution", [DRUG_ORDER_LABA]),
+    ("vilanterol combination", "fluticasone furoate / vilanterol inhaler", [DRUG_ORDER_LABA]),
+    ("furosemide (loop): none", "furosemide 40 MG Oral Tablet", []),
+    ("bumetanide (loop): none", "bumetanide 1 MG Oral Tablet", []),
+    ("atorvastatin (statin): none", "atorvastatin 20 MG Oral Tablet", []),
+    ("simvastatin (statin): none", "simvastatin 20 MG Oral Tablet", []),
+    ("acetazolamide: none", "acetazolamide 250 MG Oral Tablet", []),
+]
+
+
+@pytest.mark.parametrize("name, text, cards", CLASS_TABLE, ids=[r[0] for r in CLASS_TABLE])
+def test_cramp_associated_classes(name, text, cards, no_network):
+    engine = Engine.default(clock=fixed_clock(NOW))
+    body = order_request(orders=[med_request("o1", text)], conditions=[cramp_condition()])
+    result = engine.invoke("leg-cramp-order-sign", body)
+    assert [card_id(c) for c in result.response["cards"]] == cards
+    assert [o.order_class for o in result.evaluation.shown] == [c.removeprefix(LEGACY_DRUG_ORDER + "-") for c in cards]
+
+
+CRAMP_RECORDS = [
+    ("undotted ICD-10-CM", {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R252"}]}, True),
+    ("lower case", {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "g47.62"}]}, True),
+    ("text only", {"text": "Nocturnal leg cramps"}, True),
+    ("display only, uncoded", {"coding": [{"display": "Leg cramps at night"}]}, True),
+    ("negated text", {"text": "No leg cramps"}, False),
+    ("uncertain text", {"text": "? leg cramps"}, False),
+]
+
+
+@pytest.mark.parametrize("name, code, fires", CRAMP_RECORDS, ids=[r[0] for r in CRAMP_RECORDS])
+def test_cramp_record_read_on_order_hooks(name, code, fires, no_network):
+    """Text-matched and undotted cramp records count on the order hooks like coded ones."""
+    cramps = cramp_condition() | {"code": code}
+    body = order_request(orders=[med_request("t1", "chlorthalidone 25 MG")], conditions=[cramps])
+    result = Engine.default(clock=fixed_clock(NOW)).invoke("leg-cramp-order-sign", body)
+    assert [card_id(c) for c in result.response["cards"]] == ([DRUG_ORDER_THIAZIDE] if fires else [])
+    if fires:
+        assert result.evaluation.shown[0].cramps[0].resource_id == "c1"

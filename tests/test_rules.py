@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chart_builder import LOINC, NOW, SNOMED, condition, hook_request, med_request, med_statement, observation
+from chart_builder import (CPT, ICD10, LOINC, NOW, SNOMED, condition, hook_request, med_request, med_statement,
+                           observation, procedure, service_request, text_condition)
 from cds_service.clock import fixed_clock
 from cds_service.hook_request import parse_hook_request
 from cds_service.pipeline import Engine
@@ -18,6 +19,10 @@ def engine():
 def run(engine, resources, **patient):
     service = engine.registry.get("leg-cramp-patient-view")
     return engine.run(service, parse_hook_request(hook_request(resources, **patient)))
+
+
+def shown(result):
+    return [o.card_id for o in result.evaluation.shown]
 
 
 def items(outcome):
@@ -78,12 +83,41 @@ FACT_TABLE = [
     ("Mg 1.7 mg/dL is not", [observation("19123-9", value=1.7, unit="mg/dL")], "low_magnesium", False),
     ("Mg 0.69 mmol/L is low", [observation("2601-3", value=0.69, unit="mmol/L")], "low_magnesium", True),
     ("Mg 1.3 mEq/L is low (0.65 mmol/L)", [observation("2601-3", value=1.3, unit="mEq/L")], "low_magnesium", True),
+    # Revision 2026-12 point 7: each unit compared in its own unit
+    ("Mg 1.69 mg/dL is low", [observation("19123-9", value=1.69, unit="mg/dL")], "low_magnesium", True),
+    ("Mg 1.7 mg/dL on the mmol/L code is not low", [observation("2601-3", value=1.7, unit="mg/dL")], "low_magnesium", False),
+    ("Mg 1.7 mg/dl (lower case) is not low", [observation("19123-9", value=1.7, unit="mg/dl")], "low_magnesium", False),
+    ("Mg 0.70 mmol/L is not low", [observation("2601-3", value=0.70, unit="mmol/L")], "low_magnesium", False),
+    ("Mg 0.69 mmol/L on the mg/dL code is low", [observation("19123-9", value=0.69, unit="mmol/L")], "low_magnesium", True),
+    ("Mg 1.40 mEq/L is not low (0.70 mmol/L)", [observation("2601-3", value=1.40, unit="mEq/L")], "low_magnesium", False),
+    ("Mg <1.7 mg/dL comparator is low", [observation("19123-9", value=1.7, unit="mg/dL", comparator="<")],
+     "low_magnesium", True),
+    ("Mg 2.0 mg/dL is not low", [observation("19123-9", value=2.0, unit="mg/dL")], "low_magnesium", False),
     ("hypokalaemia diagnosis is low potassium", [condition("E87.6")], "low_potassium", True),
     ("Z86.718 resolved still previous DVT", [condition("Z86.718", status="resolved")], "previous_dvt", True),
     ("refuted DVT history is not", [condition("Z86.718", verification="refuted")], "previous_dvt", False),
     ("acute DVT 15 days ago is previous DVT", [condition("I82.401", age=15)], "previous_dvt", True),
     ("acute DVT 14 days ago is recent, not previous", [condition("I82.401", age=14)], "previous_dvt", False),
     ("superficial thrombophlebitis is not DVT", [condition("I80.01", age=3)], "recent_acute_dvt", False),
+    # Revision 2026-12 point 1: previous DVT
+    ("I82.91 chronic is previous DVT", [condition("I82.91", age=3)], "previous_dvt", True),
+    ("I82.91 is not a recent acute DVT", [condition("I82.91", age=3)], "recent_acute_dvt", False),
+    ("undated acute DVT is previous DVT", [condition("I82.401", age=None)], "previous_dvt", True),
+    ("undated acute DVT is not recent", [condition("I82.401", age=None)], "recent_acute_dvt", False),
+    ("resolved recent acute DVT is previous DVT", [condition("I82.401", age=3, status="resolved")], "previous_dvt", True),
+    ("inactive recent acute DVT is not recent", [condition("I82.401", age=3, status="inactive")], "recent_acute_dvt", False),
+    ("remission acute DVT is previous DVT", [condition("I82.401", age=3, status="remission")], "previous_dvt", True),
+    ("refuted acute DVT is neither", [condition("I82.401", age=30, verification="refuted")], "previous_dvt", False),
+    ("SNOMED 161508001 is previous DVT", [condition("161508001", status="resolved")], "previous_dvt", True),
+    ("O22.31 is a current pregnancy", [condition("O22.31", age=3)], "pregnancy", True),
+    ("O87.1 (puerperium) is not pregnancy", [condition("O87.1", age=3)], "pregnancy", False),
+    # Revision 2026-12 point 2: ICD-10-CM with or without the dot, any case
+    ("R252 undotted is documented cramps", [condition("R252")], "documented_leg_cramps", True),
+    ("r25.2 lower case is documented cramps", [condition("r25.2")], "documented_leg_cramps", True),
+    ("e119 undotted lower case is diabetes", [condition("e119")], "diabetes", True),
+    ("N1832 undotted is CKD 3b", [condition("N1832")], "ckd_stage_3_5", True),
+    ("C4491 undotted skin cancer still excluded", [condition("C4491")], "active_cancer", False),
+    ("i82401 undotted recent acute DVT", [condition("i82401", age=2)], "recent_acute_dvt", True),
 ]
 
 
@@ -119,7 +153,77 @@ def test_one_ingredient_counts_once_however_many_records(engine):
     assert items(result.evaluation.contributors) == {"thiazide_diuretic": 1.5}
 
 
-# ---------------------------------------------------------------- A: possible DVT
+# ---------------------------------------------------------------- A.1: untreated DVT (Revision 2026-12 point 1)
+UNTREATED_TABLE = [
+    # name, chart, omitted prefetch keys, card shown, "anticoagulant not checked" keys
+    ("I82.401 recent, no anticoagulant", [condition("I82.401", age=5)], (), "untreated-dvt", ()),
+    ("I82.4Y1 recent", [condition("I82.4Y1", age=1)], (), "untreated-dvt", ()),
+    ("O22.31 DVT in pregnancy", [condition("O22.31", age=3)], (), "untreated-dvt", ()),
+    ("O87.1 DVT in the puerperium", [condition("O87.1", age=3)], (), "untreated-dvt", ()),
+    ("I80.11 femoral thrombophlebitis", [condition("I80.11", age=3)], (), "untreated-dvt", ()),
+    ("I80.201 deep thrombophlebitis", [condition("I80.201", age=3)], (), "untreated-dvt", ()),
+    ("I82.90 unspecified vein", [condition("I82.90", age=3)], (), "untreated-dvt", ()),
+    ("SNOMED 132281000119108", [condition("132281000119108", age=3)], (), "untreated-dvt", ()),
+    ("undotted i82411", [condition("i82411", age=3)], (), "untreated-dvt", ()),
+    ("aspirin is no anticoagulant", [condition("I82.401", age=3), med_statement(text="aspirin 81 mg")], (),
+     "untreated-dvt", ()),
+    ("on enoxaparin: no A.1", [condition("I82.401", age=3), med_statement(text="enoxaparin 40 mg")], (), None, ()),
+    ("I80.3 unspecified vessels is not DVT", [condition("I80.3", age=3)], (), None, ()),
+    ("15 days old: previous, not recent", [condition("I82.401", age=15)], (), None, ()),
+    ("resolved: previous, not A.1", [condition("I82.401", age=3, status="resolved")], (), None, ()),
+    ("medication statements not checked", [condition("I82.401", age=5)], ("medicationStatements",), "untreated-dvt",
+     ("medicationStatements",)),
+    ("both medication keys not checked", [condition("I82.401", age=5)], ("medicationRequests", "medicationStatements"),
+     "untreated-dvt", ("medicationRequests", "medicationStatements")),
+    ("anticoagulant found though a key was not checked",
+     [condition("I82.401", age=5), med_request(rxcui="1364435")], ("medicationStatements",), None, ()),
+    ("A.1 wins over two signs: one card",
+     [condition("I82.401", age=5), condition("R22.41", age=3), condition("M79.661", age=2)], (), "untreated-dvt", ()),
+    ("anticoagulated DVT and two signs: possible DVT",
+     [condition("I82.401", age=5), condition("R22.41", age=3), condition("M79.661", age=2),
+      med_statement(text="Xarelto 20 mg")], (), "possible-dvt", ()),
+]
+
+
+@pytest.mark.parametrize("name, resources, omit, card, unchecked", UNTREATED_TABLE, ids=[r[0] for r in UNTREATED_TABLE])
+def test_untreated_dvt_table(engine, name, resources, omit, card, unchecked):
+    result = run(engine, [CRAMPS, *resources], omit=omit)
+    red_flag = result.evaluation.red_flag
+    if card is None:
+        assert not red_flag.fired
+        assert shown(result)[0] not in ("untreated-dvt", "possible-dvt")
+        return
+    assert shown(result) == [card]
+    assert red_flag.card_id == card and red_flag.fired
+    if card == "untreated-dvt":
+        assert red_flag.anticoagulant_not_checked == unchecked
+        assert red_flag.findings[0].item == "recent_acute_dvt"
+        assert {m.resource_id for m in red_flag.medications_read} == {
+            r["id"] for r in resources if r["resourceType"].startswith("Medication")}
+
+
+def test_untreated_dvt_card_has_no_suggestion_and_its_own_summary(engine):
+    result = run(engine, [condition("I82.401", age=5), med_statement(text="aspirin 81 mg")])
+    (card,) = result.response["cards"]
+    assert card["source"]["topic"]["code"] == "untreated-dvt" and card["indicator"] == "critical"
+    assert card["summary"] == "Recent DVT on record and no anticoagulant found: review treatment"
+    assert not card.get("suggestions")  # neither a D-dimer nor a duplex once the DVT is diagnosed
+    unchecked = run(engine, [condition("I82.401", age=5)], omit=("medicationRequests",)).response["cards"][0]
+    assert unchecked["summary"] == "Recent DVT on record, anticoagulant not checked: review treatment"
+
+
+def test_untreated_dvt_is_never_suppressed(engine):
+    class AlwaysOverridden:
+        def patient_key(self, patient_id): return "k"
+        def overridden_since(self, patient_key, rule, since): return True
+        def record_shown(self, cards): pass
+    suppressing = Engine(engine.ruleset, engine.drugs, clock=engine.clock, ledger=AlwaysOverridden())
+    assert shown(run(suppressing, [condition("I82.401", age=5)])) == ["untreated-dvt"]
+    assert [c["source"]["topic"]["code"] for c in run(suppressing, [condition("I82.401", age=5)]).response["cards"]] \
+        == ["untreated-dvt"]
+
+
+# ---------------------------------------------------------------- A.2 / A.3: possible DVT
 RED_FLAG_TABLE = [
     ("acute DVT recent, no anticoagulant", [condition("I82.401", age=5)], ["acute_dvt"], "right"),
     ("acute DVT recent on apixaban text", [condition("I82.402", age=5), med_statement(text="Eliquis 5 mg")], [], None),

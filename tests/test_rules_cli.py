@@ -58,7 +58,7 @@ def test_rules_validate_ok(runner, tmp_path):
     path = write_rules(tmp_path, default_text())
     result = runner.invoke(main, ["rules", "validate", str(path)])
     assert result.exit_code == 0, result.output
-    assert result.output == f"OK: {path} (version 2026.11.1, 35 value sets)\n"
+    assert result.output == f"OK: {path} (version 2026.12.1, 36 value sets)\n"
 
 
 # (name, replace old -> new in the default text, needle locating the expected line, path, message)
@@ -100,7 +100,7 @@ def test_rules_validate_missing_card_text(tmp_path):
     spec = load_default_ruleset().spec
     folder = tmp_path / "cards"
     folder.mkdir()
-    for card in ("possible-dvt", "venous-duplex-workup", "conservative-care"):
+    for card in ("untreated-dvt", "possible-dvt", "venous-duplex-workup", "conservative-care"):
         (folder / f"{card}.yaml").write_text("summary: x\nsource_url: https://example.org\n")
     problems = card_text_problems(spec, folder)
     assert problems == [(("cards", "elevated-cramp-risk"),
@@ -142,7 +142,7 @@ def test_rules_explain_fixture_shows_facts_records_items_and_outcome(runner, tmp
                                   str(FIXTURE_06 / "request.json")])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "Patient/fixture-06" in out and "version 2026.11.1" in out and "as of 2026-06-15" in out
+    assert "Patient/fixture-06" in out and "version 2026.12.1" in out and "as of 2026-06-15" in out
     assert "Condition/c1, 2024-09-15: Cramp and spasm (ICD-10-CM R25.2)" in out
     assert "venous-duplex-workup: FIRED, score 9 vs threshold 3" in out
     for item, points in (("venous_skin_changes", 4), ("venous_insufficiency", 3), ("age_50_or_over", 1),
@@ -284,7 +284,7 @@ def test_rules_simulate_fhir_server_source(runner):
 
     responses.get(f"{base}/Patient", json=searchset("Patient", f"{base}/Patient?page=2"))
     responses.get(f"{base}/Patient?page=2", json={"resourceType": "Bundle", "type": "searchset", "entry": []})
-    for kind in ("Condition", "MedicationRequest", "MedicationStatement", "Observation", "Procedure"):
+    for kind in ("Condition", "MedicationRequest", "MedicationStatement", "Observation", "Procedure", "ServiceRequest"):
         responses.get(f"{base}/{kind}", json=searchset(kind))
     result = simulate(runner, "--rules", str(DEFAULT_RULES), "--jobs", "1", base)
     assert "elevated-cramp-risk   1/1" in result.stdout
@@ -320,22 +320,22 @@ def reloading_app(tmp_path):
 def test_reload_changed_file_takes_effect_on_next_request(tmp_path, fixture_request):
     rules, app, switch = reloading_app(tmp_path)
     client = app.test_client()
-    assert version_of(call(client, fixture_request)) == "2026.11.1"
-    rules.write_text(default_text().replace('version: "2026.11.1"', 'version: "2026.11.2"')
+    assert version_of(call(client, fixture_request)) == "2026.12.1"
+    rules.write_text(default_text().replace('version: "2026.12.1"', 'version: "2026.12.2"')
                      .replace("    varicose_veins: 3", "    varicose_veins: 2"))
     switch._next_check = 0  # the file check is due (normally at most every RULES_CHECK_SECONDS)
-    assert version_of(call(client, fixture_request)) == "2026.11.2"
+    assert version_of(call(client, fixture_request)) == "2026.12.2"
     assert app.extensions["leg_cramp_engine"].ruleset.spec.venous_index.points["varicose_veins"] == 2
 
 
 def test_reload_invalid_change_keeps_old_version_and_warns(tmp_path, fixture_request, caplog):
     rules, app, switch = reloading_app(tmp_path)
     client = app.test_client()
-    rules.write_text(default_text().replace('version: "2026.11.1"', 'version: "2026.11.9"')
+    rules.write_text(default_text().replace('version: "2026.12.1"', 'version: "2026.12.9"')
                      .replace("    statin: 0.5", "    statin: -1"))
     with caplog.at_level(logging.WARNING, logger="cds_service.reload"):
         switch.request_reload()  # as SIGHUP does
-        assert version_of(call(client, fixture_request)) == "2026.11.1"
+        assert version_of(call(client, fixture_request)) == "2026.12.1"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cds_service.reload"]
     assert len(warnings) == 1 and "contributors.points.statin" in warnings[0].getMessage()
 
@@ -360,13 +360,13 @@ def test_reload_concurrent_requests_all_succeed(tmp_path, fixture_request):
     for thread in threads:
         thread.start()
     for n in range(3):
-        rules.write_text(default_text().replace('version: "2026.11.1"', f'version: "2026.12.{n}"'))
+        rules.write_text(default_text().replace('version: "2026.12.1"', f'version: "2026.13.{n}"'))
         switch.reload("test")
     for thread in threads:
         thread.join(timeout=60)
     assert statuses == [200] * 32
-    assert versions <= {"2026.11.1", "2026.12.0", "2026.12.1", "2026.12.2"}
-    assert version_of(call(app.test_client(), fixture_request)) == "2026.12.2"
+    assert versions <= {"2026.12.1", "2026.13.0", "2026.13.1", "2026.13.2"}
+    assert version_of(call(app.test_client(), fixture_request)) == "2026.13.2"
 
 
 def test_start_refused_on_invalid_rules_file(tmp_path):
