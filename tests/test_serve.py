@@ -140,3 +140,151 @@ def test_metrics_add_up_the_workers(server):
     assert list((tmp_path / "metrics").glob("*.db"))  # the workers wrote there
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
+
+
+# ------------------------------------------------ production mode under real gunicorn: audience, header limits
+#
+# `cramp-cds serve` without --dev, trusting a test issuer, with CRAMP_PUBLIC_BASE_URL its own loopback URL.
+# X-Forwarded-* from 127.0.0.1 are trusted here (CRAMP_FORWARDED_ALLOW_IPS), the setting under which the
+# audience attack of issue 11 item 2 got 200: the audience must not follow them either.
+
+
+def _request(base: str, path: str, headers: dict[str, str], body: bytes | None = None):
+    """One request with exactly these headers (Host included when given); (status, headers, body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    try:
+        connection.putrequest("POST" if body is not None else "GET", path, skip_host="Host" in headers,
+                              skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory):
+    from security_support import TestIssuer, write_trusted_clients
+
+    tmp_path = tmp_path_factory.mktemp("secure-serve")
+    issuer = TestIssuer.create()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "CRAMP_TRUSTED_CLIENTS_FILE": str(write_trusted_clients(tmp_path, issuer)),
+        "CRAMP_PUBLIC_BASE_URL": base,
+        "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
+        "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}",
+        "CRAMP_FORWARDED_ALLOW_IPS": "127.0.0.1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    env.pop("CRAMP_DEV_MODE", None)
+    log = open(tmp_path / "server.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "1", "--threads", "2"],
+        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_healthy(base, process, time.monotonic() + 20)
+        yield base, issuer, tmp_path
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(15)
+        log.close()
+
+
+def _call(server, headers: dict[str, str]):
+    base, _, _ = server
+    return _request(base, SERVICE_URL, headers, json.dumps(minimal_request()).encode())
+
+
+def _www_authenticate(headers: dict[str, str]) -> str:
+    return {name.lower(): value for name, value in headers.items()}.get("www-authenticate", "")
+
+
+@pytest.mark.parametrize(("minted_for", "headers"), [
+    ("https://other-cds.example", {"Host": "other-cds.example", "X-Forwarded-Proto": "https"}),
+    ("http://other-cds.example", {"Host": "other-cds.example"}),
+    ("https://other-cds.example", {"X-Forwarded-Host": "other-cds.example", "X-Forwarded-Proto": "https"}),
+], ids=["https Host + X-Forwarded-Proto", "http Host only", "X-Forwarded-Host"])
+def test_gunicorn_audience_never_follows_the_request(secure_server, minted_for: str, headers: dict[str, str]):
+    base, issuer, _ = secure_server
+    token = issuer.token(SERVICE_URL, aud=minted_for + SERVICE_URL)
+    status, response_headers, body = _call(secure_server, {"Authorization": f"Bearer {token}", **headers})
+    assert (status, body) == (401, b"")
+    assert _www_authenticate(response_headers) == 'Bearer error="invalid_token", error_description="audience"'
+    assert response_headers["X-Request-ID"]
+    # A token for the configured URL is served, whatever Host and X-Forwarded-* say.
+    status, _, body = _call(secure_server, {**issuer.headers(SERVICE_URL, aud=base + SERVICE_URL), **headers})
+    assert status == 200, body[:500]
+
+
+def _padded_token(issuer, aud: str, size: int) -> str:
+    """A valid token for ``aud`` of at most ``size`` characters, as long as padding a claim makes it."""
+    token = issuer.token(SERVICE_URL, aud=aud, pad="")
+    pad = "x" * int((size - len(token)) * 3 / 4)
+    while len(token := issuer.token(SERVICE_URL, aud=aud, pad=pad)) > size:
+        pad = pad[:-1]
+    return token
+
+
+def test_gunicorn_a_16_kib_token_fits(secure_server):
+    base, issuer, _ = secure_server
+    token = _padded_token(issuer, base + SERVICE_URL, 16 * 1024)  # base64url lengths step by 4/3; within 2 of the limit
+    assert 16 * 1024 - 2 <= len(token) <= 16 * 1024
+    status, _, body = _call(secure_server, {"Authorization": f"Bearer {token}"})
+    assert status == 200, body[:500]
+    forged = token[:-8] + ("A" if token[-8] != "A" else "B") + token[-7:]  # the same size, a bad signature
+    status, headers, body = _call(secure_server, {"Authorization": f"Bearer {forged}"})
+    assert (status, body) == (401, b"")
+    assert _www_authenticate(headers) == 'Bearer error="invalid_token", error_description="signature"'
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Padding"])
+def test_gunicorn_a_header_over_the_limit_is_431_with_an_operation_outcome(secure_server, header: str):
+    from cds_service.app import SECURITY_HEADERS
+    from cds_service.header_limits import MAX_HEADER_FIELD_BYTES
+
+    value = ("Bearer " if header == "Authorization" else "") + "a" * MAX_HEADER_FIELD_BYTES
+    status, headers, body = _call(secure_server, {header: value})
+    assert status == 431, body[:300]
+    assert headers["Content-Type"].startswith("application/fhir+json")
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "too-long"
+    for name, expected in SECURITY_HEADERS.items():
+        assert headers.get(name) == expected
+    assert headers["X-Request-ID"]
+
+
+def test_gunicorn_refuses_a_header_over_its_own_limit_first(secure_server):
+    """Over gunicorn's limit_request_field_size (32 KiB) the application is never reached: gunicorn's own 431,
+    plain text without the security headers (docs/security.md)."""
+    from cds_service.header_limits import SERVER_HEADER_FIELD_BYTES
+
+    status, _, _ = _call(secure_server, {"X-Padding": "a" * SERVER_HEADER_FIELD_BYTES})
+    assert status == 431
+
+
+def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path):
+    env = {**os.environ, "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
+           "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}"}
+    for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "cds_service.cli", "serve", "--port", str(_free_port())],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["Error: CRAMP_PUBLIC_BASE_URL: required outside development mode (the external base URL "
+                     "EHRs call, e.g. https://cds.example.org; several comma-separated)"], result.stderr
+    assert not (tmp_path / "cards.sqlite3").exists()  # refused before anything was touched
