@@ -169,6 +169,35 @@ def test_synthea_same_cards_with_prefetch_and_with_fetching(fhir_server: LiveFhi
     # the prefetch an EHR builds from the bundle itself gives the same cards too
     from_bundle = _call(client, record.hook_request())
     assert summary(fetched) == summary(from_bundle)
+    # Most Synthea patients get no card, so equal cards alone could hide a fetch that read nothing: the
+    # facts the rules saw (every record read, with its provenance) must be the same both ways, and not empty.
+    fetched_facts = facts_seen(client, _no_prefetch_request(fhir_server.base_url, record.patient_id))
+    assert fetched_facts == facts_seen(client, record.hook_request())
+    assert fetched_facts["conditions"] or fetched_facts["medications"] or fetched_facts["observations"], (
+        "the service read no Condition, medication or Observation for this patient")
+
+
+def _no_prefetch_request(base_url: str, patient_id: str) -> dict[str, Any]:
+    return build_hook_request(hook="patient-view", patient_id=patient_id, user="Practitioner/example",
+                              fhir_server=base_url, fhir_token=None)
+
+
+def facts_seen(client, body: dict[str, Any]) -> dict[str, Any]:
+    """What the rules were given for this request: each record read (type, id, code, date), the facts that
+    hold with their records, the observation values used, and what could not be checked."""
+    engine = client.application.extensions["leg_cramp_engine"]
+    facts = engine.invoke(SERVICE, body).facts
+    return {
+        "age": facts.age_years,
+        "conditions": sorted((c.provenance.resource_id, tuple(sorted(c.concepts)), c.active) for c in facts.conditions),
+        # current ones only: the bundle holds stopped MedicationRequests too, which the template's
+        # status=active leaves on the server and the rules would not count
+        "medications": sorted((m.provenance.resource_id, tuple(sorted(m.classes)))
+                              for m in facts.medications if m.counted),
+        "observations": sorted((kind, v.provenance.resource_id, str(v.value)) for kind, v in facts.observations.items()),
+        "facts": sorted((name, tuple(sorted(p.resource_id for p in fact.sources))) for name, fact in facts.facts.items()),
+        "not_checked": sorted(facts.not_checked),
+    }
 
 
 def test_synthea_cards_fired_over_the_server(fhir_server: LiveFhir, apps):
