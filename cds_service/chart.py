@@ -1,7 +1,10 @@
 """The patient's chart as read from resolved prefetch data: FHIR R4 resources validated with
 ``fhir.resources.R4B``, grouped by type, with every record that was skipped and why.
 
-One invalid resource is skipped and reported, never fatal; only an invalid Patient is (400).
+One invalid resource is skipped and counted, never fatal; only an invalid Patient is (400). Skipped
+records are logged once per request, as counts by resource type and reason (``log_skipped``), never a line
+per record. The cost is linear in the number of resources, and a request may carry at most
+``CRAMP_MAX_RESOURCES`` of them (``check_resource_count``, 413 before any validation).
 Observations are validated only when their code is one the rules read: nothing else can matter.
 Likewise only the elements ``facts.py`` reads (``READ_ELEMENTS``) are validated: validating a Synthea
 Patient whole costs ~1 ms (names, addresses, extensions), its id and birthDate ~25 us. An element outside
@@ -12,6 +15,8 @@ that list is neither validated nor read; add it there when ``facts.py`` starts r
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable, Mapping
@@ -19,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from .errors import InvalidPatient
+from .errors import InvalidPatient, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,30 @@ def _validate(resource_type: str, raw: dict[str, Any]) -> Any:
         keep = READ_ELEMENTS[resource_type]
         raw = {key: value for key, value in raw.items() if key in keep}
     return _MODEL_CLASSES[resource_type].model_validate(raw)
+
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id syntax: a longer or odd one is never echoed
+
+
+def record_id(raw: dict[str, Any]) -> str:
+    """A resource's id as the service repeats it (skipped records, cards, logs): "?" unless a valid FHIR id."""
+    value = raw.get("id")
+    return value if isinstance(value, str) and _FHIR_ID.match(value) else "?"
+
+
+def count_resources(resources_by_key: Mapping[str, list[Any]], draft_orders: Mapping[str, Any] | None = None) -> int:
+    """Resources one request brings: every prefetch key's (sent and fetched) and the draft orders."""
+    entries = (draft_orders or {}).get("entry")
+    return sum(len(raws) for raws in resources_by_key.values()) + (len(entries) if isinstance(entries, list) else 0)
+
+
+def check_resource_count(count: int, limit: int) -> None:
+    """413 naming the cap when a request brings more resources than ``limit`` (CRAMP_MAX_RESOURCES)."""
+    if count > limit:
+        raise PayloadTooLarge(
+            f"The request carries {count:,} FHIR resources, more than the limit of {limit:,} per request "
+            "(CRAMP_MAX_RESOURCES)."
+        )
 
 
 @dataclass(frozen=True)
@@ -164,8 +193,11 @@ def _add_resource(
         chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
         return
     resource_type = raw.get("resourceType")
-    resource_id = str(raw.get("id", "?"))
+    resource_id = record_id(raw)
     if resource_type not in READ_TYPES or resource_type == "Patient":
+        return
+    if resource_type == "Observation" and "code" not in raw:  # no rule can read it: no need to validate it
+        chart.skipped.append(SkippedRecord(resource_type, resource_id, "invalid FHIR R4 (code: missing)"))
         return
     if resource_type == "Observation" and not _has_read_code(raw, observation_codes):
         return
@@ -177,14 +209,12 @@ def _add_resource(
     seen.add(identity)
     if _is_other_patient(raw, patient_id):
         chart.skipped.append(SkippedRecord(resource_type, resource_id, "refers to another patient"))
-        log.warning("skipped resource %s/%s: refers to another patient", resource_type, resource_id)
         return
     try:
         resource = _validate(resource_type, raw)
     except (ValidationError, ValueError, TypeError, RecursionError) as exc:
         reason = f"invalid FHIR R4 ({_field_of(exc)})"
         chart.skipped.append(SkippedRecord(resource_type, resource_id, reason))
-        log.warning("skipped invalid resource %s/%s: %s", resource_type, resource_id, reason)
         return
     if resource_type == "Medication":
         chart.medications[f"Medication/{resource_id}"] = resource
@@ -237,11 +267,27 @@ def _is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
     return False
 
 
+def skipped_counts(skipped: Iterable[SkippedRecord]) -> dict[str, dict[str, int]]:
+    """Skipped records counted by resource type, then reason: what the request's one log line carries."""
+    counts: dict[str, dict[str, int]] = {}
+    for (kind, reason), count in Counter((r.resource_type, r.reason) for r in skipped).items():
+        counts.setdefault(kind, {})[reason] = count
+    return counts
+
+
+def log_skipped(skipped: list[SkippedRecord], **context: Any) -> None:
+    """One WARNING line per request for all its skipped records (never a line per record), no ids."""
+    if skipped:
+        log.warning("records skipped", extra={**context, "skipped_records": len(skipped),
+                                              "skipped_by_type_and_reason": skipped_counts(skipped)})
+
+
 def _field_of(exc: Exception) -> str:
-    """Name the first failing field without echoing its value (which may be PHI)."""
+    """Name the first failing field without echoing its value (which may be PHI), and without list
+    positions, so that one mistake repeated in many records is one reason."""
     if isinstance(exc, ValidationError):
         errors = exc.errors()
         if errors:
-            loc = ".".join(str(part) for part in errors[0]["loc"])
+            loc = ".".join(str(part) for part in errors[0]["loc"] if not isinstance(part, int))
             return f"{loc}: {errors[0]['type']}" if loc else errors[0]["type"]
     return type(exc).__name__

@@ -22,6 +22,10 @@ from pydantic_core import PydanticCustomError
 from .errors import BadRequest
 
 MAX_ITEMS = 1000
+MAX_SUGGESTIONS = 100  # accepted suggestions per item: a card carries a handful
+MAX_CODE = 256  # overrideReason.reason system and code: identifiers, bounded like the hook context's
+MAX_DISPLAY = 1024
+MAX_COMMENT = 4096  # overrideReason.userComment: a clinician's free text, stored
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # RFC 3339 section 5.6 date-time, in UTC (``Z`` or a zero offset), as the spec asks.
 _INSTANT = re.compile(
@@ -43,14 +47,14 @@ Uuid = Annotated[str, AfterValidator(_uuid)]
 
 
 class Coding(_Wire):
-    system: str = Field(min_length=1)
-    code: str = Field(min_length=1)
-    display: str | None = None
+    system: str = Field(min_length=1, max_length=MAX_CODE)
+    code: str = Field(min_length=1, max_length=MAX_CODE)
+    display: str | None = Field(default=None, max_length=MAX_DISPLAY)
 
 
 class OverrideReason(_Wire):
     reason: Coding | None = None
-    userComment: str | None = None
+    userComment: str | None = Field(default=None, max_length=MAX_COMMENT)
 
     @model_validator(mode="after")
     def _reason_or_comment(self) -> "OverrideReason":  # cds-fb-3
@@ -68,7 +72,7 @@ class AcceptedSuggestion(_Wire):
 class FeedbackItem(_Wire):
     card: Uuid
     outcome: str
-    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=MAX_SUGGESTIONS)
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: datetime
 
@@ -155,11 +159,16 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
         "model_attributes_type": "a JSON object",
         "list_type": "an array",
         "string_too_short": "a non-empty string",
+        "bool_type": "a boolean",
     }.get(kind)
     if expected:
         return where, f"{where} must be {expected}."
     if kind == "too_long":
-        return where, f"{where} holds more than {MAX_ITEMS} entries; send them in several calls."
+        limit = first["ctx"]["max_length"]
+        hint = "; send them in several calls" if where == "feedback" else ""
+        return where, f"{where} holds more than {limit} entries{hint}."
+    if kind == "string_too_long":
+        return where, f"{where} is longer than {first['ctx']['max_length']} characters."
     if kind.startswith("cds_fb") or kind in ("uuid", "instant"):
         return where, f"{where} {first['msg']}."
     return where, f"{where}: {first['msg']}."

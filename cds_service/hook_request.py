@@ -1,19 +1,25 @@
 """The CDS Hooks request as a typed model (CDS Hooks 2.0 §Calling a CDS Service).
 
 Parsing turns any malformed body into ``BadRequest`` naming the field; nothing else in the service
-sees raw request JSON except prefetch resolution, which reads the ``prefetch`` values.
+sees raw request JSON except prefetch resolution, which reads the ``prefetch`` values. Every string the
+service stores or logs is bounded (STATUS.md): ``hookInstance`` 128 characters, each context identifier or
+reference 256, ``fhirServer`` 2,048.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BadRequest
-from .orders import check_order_context
+from .orders import MAX_IDENTIFIER, check_order_context
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+MAX_HOOK_INSTANCE = 128
+MAX_URL = 2048
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_IDENTIFIER)]
 
 
 class _Wire(BaseModel):
@@ -24,9 +30,9 @@ class FhirAuthorization(_Wire):
     access_token: str = Field(min_length=1)
     token_type: str
     expires_in: int | None = None
-    scope: str | None = None
-    subject: str | None = None
-    patient: str | None = None
+    scope: str | None = Field(default=None, max_length=MAX_URL)
+    subject: str | None = Field(default=None, max_length=MAX_IDENTIFIER)
+    patient: str | None = Field(default=None, max_length=MAX_IDENTIFIER)
 
     @field_validator("token_type")
     @classmethod
@@ -37,19 +43,19 @@ class FhirAuthorization(_Wire):
 
 
 class HookContext(_Wire):
-    userId: str = Field(min_length=1)
-    patientId: str = Field(min_length=1)
-    encounterId: str | None = None
+    userId: Identifier
+    patientId: Identifier
+    encounterId: str | None = Field(default=None, max_length=MAX_IDENTIFIER)
     # order hooks only; validated by hook in ``parse_hook_request``
     draftOrders: dict[str, Any] | None = None
     selections: list[Any] | None = None  # entries checked by orders.check_order_context (naming selections[i])
 
 
 class HookRequest(_Wire):
-    hook: str = Field(min_length=1)
-    hookInstance: str = Field(min_length=1)
+    hook: str = Field(min_length=1, max_length=MAX_IDENTIFIER)
+    hookInstance: str = Field(min_length=1, max_length=MAX_HOOK_INSTANCE)
     context: HookContext
-    fhirServer: str | None = None
+    fhirServer: str | None = Field(default=None, max_length=MAX_URL)
     fhirAuthorization: FhirAuthorization | None = None
     # Values are checked only for the keys a service asked for (prefetch.py): others are ignored.
     prefetch: dict[str, Any] | None = None
@@ -58,6 +64,12 @@ class HookRequest(_Wire):
     @property
     def patient_id(self) -> str:
         return self.context.patientId
+
+
+def declared_hook(body: Any) -> str | None:
+    """The hook a decoded body names, when it names one as a string (a metrics label before parsing)."""
+    hook = body.get("hook") if isinstance(body, dict) else None
+    return hook if isinstance(hook, str) else None
 
 
 def parse_hook_request(body: Any, expected_hook: str | None = None) -> HookRequest:
@@ -93,7 +105,8 @@ def _check_order_context(request: HookRequest) -> None:
     if context.draftOrders is None:
         raise BadRequest(f"context.draftOrders is required for {request.hook}.", expression="context.draftOrders")
     if context.draftOrders.get("resourceType") != "Bundle":
-        raise BadRequest("context.draftOrders must be a FHIR Bundle.", expression="context.draftOrders")
+        raise BadRequest("context.draftOrders must be a FHIR Bundle (context.draftOrders.resourceType 'Bundle').",
+                         expression="context.draftOrders.resourceType")
     if request.hook == "order-select" and context.selections is None:
         raise BadRequest("context.selections is required for order-select.", expression="context.selections")
     check_order_context(request.hook, context.draftOrders, context.selections)
@@ -117,7 +130,10 @@ def _describe(exc: ValidationError) -> str:
         "list_type": "an array",
         "int_type": "an integer",
         "string_too_short": "a non-empty string",
+        "bool_type": "a boolean",
     }.get(kind)
     if expected:
         return f"{where} must be {expected}."
+    if kind == "string_too_long":
+        return f"{where} is longer than {first['ctx']['max_length']} characters."
     return f"{where}: {first['msg']}."

@@ -19,7 +19,6 @@ Like chart.py (and with its ``_validate``), only the elements the rules read are
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
-from .chart import Chart, SkippedRecord, _field_of, _is_other_patient, _validate
+from .chart import Chart, SkippedRecord, _field_of, _is_other_patient, _validate, record_id
 from .drugs import DrugTable
 from .errors import BadRequest
 from .facts import MedicationRecord, medication_record
@@ -39,8 +38,8 @@ from .ruleset import RuleSet
 if TYPE_CHECKING:  # hook_request imports this module (check_order_context)
     from .hook_request import HookRequest
 
-log = logging.getLogger(__name__)
 
+MAX_IDENTIFIER = 256  # characters of each context identifier or reference (STATUS.md); hook_request uses it too
 _REFERENCE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})$")  # FHIR R4 id syntax
 # Resource types FHIR R4 retired that old examples still send, with their R4 successor (for the message).
 _RETIRED = {"MedicationOrder": "MedicationRequest", "DiagnosticOrder": "ServiceRequest",
@@ -104,6 +103,8 @@ def _check_selections(selections: list[Any], present: set[str]) -> None:
         raise BadRequest("context.selections must name at least one draft order.", expression="context.selections")
     for index, selection in enumerate(selections):
         where = f"context.selections[{index}]"
+        if isinstance(selection, str) and len(selection) > MAX_IDENTIFIER:
+            raise BadRequest(f"{where} is longer than {MAX_IDENTIFIER} characters.", expression=where)
         match = _REFERENCE.match(selection) if isinstance(selection, str) else None
         if match is None:
             raise BadRequest(f"{where} must be a reference of the form Type/id into context.draftOrders.",
@@ -148,7 +149,7 @@ def read_draft_orders(request: HookRequest, ruleset: RuleSet, drugs: DrugTable, 
         if resource_type != "MedicationRequest":
             drafts.not_judged[resource_type] += 1
             continue
-        resource_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+        resource_id = None if record_id(raw) == "?" else record_id(raw)
         reference = f"MedicationRequest/{resource_id}" if resource_id else f"context.draftOrders.entry[{index}]"
         if _is_other_patient(raw, request.patient_id):
             _skip(drafts, resource_id, "refers to another patient")
@@ -178,7 +179,7 @@ def _bundle_medications(entries: list[dict[str, Any]], drafts: DraftOrders) -> d
         raw = entry["resource"]
         if raw.get("resourceType") != "Medication":
             continue
-        resource_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+        resource_id = None if record_id(raw) == "?" else record_id(raw)
         try:
             medication = _validate("Medication", raw)
         except (ValidationError, ValueError, TypeError, RecursionError) as exc:
@@ -192,5 +193,4 @@ def _bundle_medications(entries: list[dict[str, Any]], drafts: DraftOrders) -> d
 
 
 def _skip(drafts: DraftOrders, resource_id: str | None, reason: str) -> None:
-    drafts.skipped.append(SkippedRecord("MedicationRequest", resource_id or "?", reason))
-    log.warning("skipped draft order MedicationRequest/%s: %s", resource_id or "?", reason)
+    drafts.skipped.append(SkippedRecord("MedicationRequest", resource_id or "?", reason))  # logged with the chart's

@@ -16,7 +16,7 @@ from . import metrics
 from .card_ids import legacy_ids
 from .card_model import CdsResponse, wire_json
 from .cards import CardRenderer, load_card_content
-from .chart import build_chart
+from .chart import build_chart, check_resource_count, count_resources, log_skipped
 from .clock import system_clock
 from .drugs import DrugTable
 from .facts import PatientFacts, extract_facts
@@ -27,6 +27,7 @@ from .orders import read_draft_orders
 from .prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
 from .registry import CdsService, ServiceRegistry
 from .rules import Evaluation, evaluate
+from .settings import DEFAULT_MAX_RESOURCES
 from .ruleset import RuleSet, load_default_ruleset
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ class Engine:
         clock: Callable[[], datetime] = system_clock,
         fetcher: Fetcher | None = None,
         renderer: CardRenderer | None = None,
+        max_resources: int = DEFAULT_MAX_RESOURCES,
         ledger: CardLedger | None = None,
     ) -> None:
+        self.max_resources = max_resources  # per request, sent and fetched (CRAMP_MAX_RESOURCES): else 413
         self.ruleset = ruleset
         self.drugs = drugs
         self.clock = clock
@@ -112,6 +115,8 @@ class Engine:
         return self.run(service, request)
 
     def run(self, service: CdsService, request: HookRequest) -> CallResult:
+        # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
+        check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
         started = time.perf_counter()
         resolved = resolve_prefetch(request, service.templates, service.id, self.fetcher)
         chart = build_chart(
@@ -123,6 +128,7 @@ class Engine:
             stale_before=self._stale_before(),
         )
         facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
+        log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records
         evaluate_hook, render = self._hooks[service.hook]
         evaluation = evaluate_hook(request, facts)
         now = self.clock()

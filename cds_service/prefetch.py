@@ -81,7 +81,29 @@ def _entries(value: dict[str, Any]) -> list[dict[str, Any]]:
     entries = value.get("entry") or []
     if not isinstance(entries, list):
         return []
-    return [e.get("resource") for e in entries if isinstance(e, dict) and e.get("resource") is not None]
+    # An entry that is not an object is passed on as a record for the chart to skip and count.
+    return [e.get("resource") if isinstance(e, dict) else e for e in entries
+            if not isinstance(e, dict) or e.get("resource") is not None]
+
+
+def check_resource_shape(key: str, value: dict[str, Any]) -> None:
+    """A prefetch value's own shape, before any lookup: a string ``resourceType``; for a Bundle, ``entry``
+    and ``link`` arrays (a malformed ``link`` could hide a next page). 400 naming the field; a bad record
+    inside ``entry`` is the chart's to skip and count."""
+    where = f"prefetch.{key}"
+    if not isinstance(value.get("resourceType"), str):
+        raise BadRequest(f"{where}.resourceType must be a string (a FHIR resource type).",
+                         expression=f"{where}.resourceType")
+    if value["resourceType"] != "Bundle":
+        return
+    for element in ("entry", "link"):
+        items = value.get(element)
+        if items is not None and not isinstance(items, list):
+            raise BadRequest(f"{where}.{element} must be an array.", expression=f"{where}.{element}")
+    for index, link in enumerate(value.get("link") or ()):
+        if not isinstance(link, dict) or not isinstance(link.get("relation"), str):
+            field = f"{where}.link[{index}]"
+            raise BadRequest(f"{field} must be an object with a string relation.", expression=field)
 
 
 def has_next_page(value: dict[str, Any]) -> bool:
@@ -104,6 +126,8 @@ def resolve_prefetch(
         if value is not None and not isinstance(value, dict):
             raise BadRequest(f"prefetch.{template.key} must be a FHIR resource (a JSON object) or null.",
                              expression=f"prefetch.{template.key}")
+        if value is not None:
+            check_resource_shape(template.key, value)
         if value is None or _is_operation_outcome(value):
             missing[template.key] = render_template(template.query, request)
             continue
