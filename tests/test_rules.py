@@ -331,3 +331,261 @@ def test_card_detail_is_tailored_advice(engine):
     low_mg = run(engine, [CRAMPS, observation("2601-3", value=0.5, unit="mmol/L")]).response["cards"][0]["detail"]
     assert "Correct the documented low potassium or magnesium" in low_mg
     assert "routine magnesium does not help" in plain and "routine magnesium does not help" not in low_mg
+
+
+# ---------------------------------------------------------------- text fallback (Revision 2026-12 point 3)
+TEXT_TABLE = [
+    # name, records, fact, expected (RULES.md, Text fallback for Conditions)
+    ("code.text nocturnal leg cramps", [text_condition("Nocturnal leg cramps")], "documented_leg_cramps", True),
+    ("display only: Charley horse", [text_condition(displays=("Charley horse",))], "documented_leg_cramps", True),
+    ("muscle cramps of the calf", [text_condition("Muscle cramps of the calf, at night")], "documented_leg_cramps", True),
+    ("case-insensitive", [text_condition("LEG CRAMPS")], "documented_leg_cramps", True),
+    ("whole words only: legcramps", [text_condition("legcramps")], "documented_leg_cramps", False),
+    ("whole words only: leg crampsy", [text_condition("leg crampsy")], "documented_leg_cramps", False),
+    ("negated: no", [text_condition("No leg cramps")], "documented_leg_cramps", False),
+    ("negated: denies", [text_condition("Patient denies leg cramps")], "documented_leg_cramps", False),
+    ("negated: negative for", [text_condition("Negative for calf cramps")], "documented_leg_cramps", False),
+    ("uncertain: ? anywhere", [text_condition("leg cramps?")], "documented_leg_cramps", False),
+    ("uncertain: r/o", [text_condition("r/o varicose veins")], "varicose_veins", False),
+    ("uncertain: possible", [text_condition("Possible venous insufficiency")], "venous_insufficiency", False),
+    ("history of", [text_condition("History of leg cramps")], "documented_leg_cramps", False),
+    ("h/o", [text_condition("h/o leg cramps")], "documented_leg_cramps", False),
+    ("family history", [text_condition("Family history: varicose veins")], "varicose_veins", False),
+    ("resolved in the text", [text_condition("Leg cramps, resolved")], "documented_leg_cramps", False),
+    ("cue words inside other words do not count: nocturnal, knot",
+     [text_condition("Nocturnal leg cramps, knot-like")], "documented_leg_cramps", True),
+    ("each text on its own: a clean display is enough",
+     [text_condition("No leg cramps today", displays=("Leg cramps",))], "documented_leg_cramps", True),
+    ("a coding in a value set: the text is not read", [text_condition("varicose veins", code=(ICD10, "R25.2"))],
+     "varicose_veins", False),
+    ("a coding in no value set: the text is read", [text_condition("Leg cramps", code=(ICD10, "R69"))],
+     "documented_leg_cramps", True),
+    ("undotted coding in a value set still wins", [text_condition("varicose veins", code=(ICD10, "R252"))],
+     "varicose_veins", False),
+    ("resolved status: not active", [text_condition("Leg cramps", status="resolved")], "documented_leg_cramps", False),
+    # never a critical card from free text
+    ("text never yields an acute DVT", [text_condition("Acute DVT left leg", age=2)], "recent_acute_dvt", False),
+    ("text never yields a previous DVT", [text_condition("Deep vein thrombosis 2019")], "previous_dvt", False),
+    ("text never yields cancer (a Wells item)", [text_condition("Active breast cancer")], "active_cancer", False),
+]
+
+
+@pytest.mark.parametrize("name, resources, fact, expected", TEXT_TABLE, ids=[r[0] for r in TEXT_TABLE])
+def test_condition_text_table(engine, name, resources, fact, expected):
+    facts = run(engine, resources).facts
+    assert facts.has(fact) is expected
+    if expected:
+        assert all(source.text_matched for source in facts.facts[fact].sources)
+
+
+def test_text_never_raises_a_critical_card(engine):
+    """Right leg swelling and calf pain as text, two days old: would be two A signs if coded; never from text."""
+    texts = [text_condition("Right leg swelling", age=2), text_condition("Calf pain, right", age=2),
+             text_condition("DVT right leg", age=2), CRAMPS]
+    result = run(engine, texts)
+    assert not result.evaluation.red_flag.fired
+    assert shown(result) == ["conservative-care"]
+    assert result.facts.has("documented_leg_cramps")
+
+
+def test_text_matched_varicose_record_qualifies_an_l97_ulcer(engine):
+    result = run(engine, [CRAMPS, condition("L97.919"), text_condition("Varicose veins of both legs")],
+                 birth_date="1990-01-01")
+    assert items(result.evaluation.venous) == {"venous_skin_changes": 4, "varicose_veins": 3}
+    assert shown(result) == ["venous-duplex-workup"]
+
+
+def test_text_matched_chronic_oedema_scores_in_b(engine):
+    result = run(engine, [CRAMPS, text_condition("Swollen legs", age=60), text_condition("Varicosities")],
+                 birth_date="1990-01-01")
+    assert items(result.evaluation.venous) == {"chronic_leg_edema": 2, "varicose_veins": 3}
+
+
+def test_cue_list_is_rule_set_data(engine):
+    """Admins tune the cues: without "history of", the text counts."""
+    import yaml
+    from importlib import resources
+    from cds_service.ruleset import parse_ruleset
+    data = yaml.safe_load(resources.files("cds_service").joinpath("data/ruleset.yaml").read_text())
+    data["condition_text"]["cues"].remove("history of")
+    data["condition_text"]["terms"]["leg_cramp"].append("crampi")
+    tuned = Engine(parse_ruleset(yaml.safe_dump(data), "tuned.yaml"), engine.drugs, clock=engine.clock)
+    assert run(tuned, [text_condition("History of leg cramps")]).facts.has("documented_leg_cramps")
+    assert run(tuned, [text_condition("Crampi")]).facts.has("documented_leg_cramps")
+    assert not run(engine, [text_condition("Crampi")]).facts.has("documented_leg_cramps")
+
+
+# ---------------------------------------------------------------- procedures (Revision 2026-12 point 4)
+SURGERY_TABLE = [
+    # one recent sign (left cellulitis, 1 day) and: -> A.3 fires?
+    ("completed surgery 10 days ago", [procedure(age=10, surgical=True)], (), True),
+    ("completed surgery 28 days ago", [procedure(age=28, surgical=True)], (), True),
+    ("29 days ago: not recent", [procedure(age=29, surgical=True)], (), False),
+    ("in progress: not completed", [procedure(age=5, surgical=True, status="in-progress")], (), False),
+    ("not a surgical category", [procedure(age=5)], (), False),
+    ("undated: never recent", [procedure(age=None, surgical=True)], (), False),
+    ("performedPeriod.end 20 days ago (start 60)", [procedure(surgical=True, period_end_age=20)], (), True),
+    ("performedPeriod.end 30 days ago", [procedure(surgical=True, period_end_age=30)], (), False),
+]
+
+
+@pytest.mark.parametrize("name, resources, omit, fires", SURGERY_TABLE, ids=[r[0] for r in SURGERY_TABLE])
+def test_recent_surgery_table(engine, name, resources, omit, fires):
+    result = run(engine, [condition("L03.116", age=1), *resources], omit=omit)
+    assert result.evaluation.red_flag.fired is fires
+    assert list(result.evaluation.red_flag.pathways) == (["sign_plus_wells"] if fires else [])
+
+
+def test_surgery_not_checked_is_named_as_what_could_change_the_card(engine):
+    result = run(engine, [CRAMPS, condition("L03.116", age=1)], omit=("procedures",))
+    (outcome,) = result.evaluation.shown
+    assert outcome.card_id == "conservative-care"
+    assert [(m.reason, m.card_id, m.keys) for m in outcome.missing if m.reason == "surgery_not_checked"] == [
+        ("surgery_not_checked", "possible-dvt", ("procedures",))]
+    sent = run(engine, [CRAMPS, condition("L03.116", age=1)]).evaluation.shown[0]
+    assert not [m for m in sent.missing if m.reason == "surgery_not_checked"]
+
+
+VARICOSE = condition("I83.90")
+DUPLEX_TABLE = [
+    # documented cramps + varicose veins (index 3) and: -> card shown, duplex record ids on the C card
+    ("no duplex: B", [], (), "venous-duplex-workup"),
+    ("completed duplex Procedure 20 days ago", [procedure((CPT, "93970"), age=20)], (), "conservative-care"),
+    ("completed duplex 180 days ago", [procedure((CPT, "93971"), age=180)], (), "conservative-care"),
+    ("completed duplex 181 days ago: B", [procedure((CPT, "93970"), age=181)], (), "venous-duplex-workup"),
+    ("duplex Procedure in progress: B", [procedure((CPT, "93970"), age=5, status="in-progress")], (),
+     "venous-duplex-workup"),
+    ("duplex Procedure not done: B", [procedure((CPT, "93970"), age=5, status="not-done")], (), "venous-duplex-workup"),
+    ("undated duplex: B", [procedure((CPT, "93970"), age=None)], (), "venous-duplex-workup"),
+    ("LOINC 48691-0 right, by Procedure", [procedure((LOINC, "48691-0"), age=5)], (), "conservative-care"),
+    ("ServiceRequest active", [service_request((CPT, "93970"), status="active")], (), "conservative-care"),
+    ("ServiceRequest on-hold", [service_request((CPT, "93971"), status="on-hold")], (), "conservative-care"),
+    ("ServiceRequest completed, LOINC 46364-6", [service_request((LOINC, "46364-6"), status="completed")], (),
+     "conservative-care"),
+    ("ServiceRequest draft: B", [service_request(status="draft")], (), "venous-duplex-workup"),
+    ("ServiceRequest revoked: B", [service_request(status="revoked")], (), "venous-duplex-workup"),
+    ("ServiceRequest 181 days old: B", [service_request(age=181)], (), "venous-duplex-workup"),
+    ("a D-dimer is no duplex: B", [service_request((CPT, "85379"))], (), "venous-duplex-workup"),
+    ("procedures not checked, none found: B", [], ("procedures",), "venous-duplex-workup"),
+    ("procedures not checked, a request found: C", [service_request()], ("procedures",), "conservative-care"),
+    ("service requests not checked, a Procedure found: C", [procedure((CPT, "93970"), age=3)], ("serviceRequests",),
+     "conservative-care"),
+]
+
+
+@pytest.mark.parametrize("name, resources, omit, card", DUPLEX_TABLE, ids=[r[0] for r in DUPLEX_TABLE])
+def test_duplex_on_record_table(engine, name, resources, omit, card):
+    result = run(engine, [CRAMPS, VARICOSE, *resources], omit=omit, birth_date="1990-01-01")
+    assert shown(result) == [card]
+    venous, contributors = result.evaluation.venous, result.evaluation.contributors
+    assert venous.score == 3  # B's criteria are met in every row; only the duplex decides
+    if card == "conservative-care":
+        assert not venous.fired and "venous duplex on record" in venous.notes
+        assert {p.resource_id for p in contributors.duplex_on_record} == {r["id"] for r in resources}
+        assert all(p.date is not None and p.code for p in contributors.duplex_on_record)
+    else:
+        assert venous.duplex_not_checked == omit
+        assert [m.keys for m in venous.missing if m.reason == "duplex_not_checked"] == ([omit] if omit else [])
+
+
+def test_duplex_on_record_without_b_criteria_is_not_named(engine):
+    """No venous sign: B would not fire anyway, so the conservative-care card needs no duplex line."""
+    result = run(engine, [CRAMPS, procedure((CPT, "93970"), age=20)])
+    assert shown(result) == ["conservative-care"] and result.evaluation.contributors.duplex_on_record == ()
+
+
+def test_suppressed_b_plays_no_part_when_a_duplex_is_on_record(engine):
+    class Overridden:
+        def __init__(self, rules): self.rules = rules
+        def patient_key(self, patient_id): return "k"
+        def overridden_since(self, patient_key, rule, since): return rule in self.rules
+        def record_shown(self, cards): pass
+
+    def cards(ledger_rules, extra):
+        suppressing = Engine(engine.ruleset, engine.drugs, clock=engine.clock, ledger=Overridden(ledger_rules))
+        result = run(suppressing, [CRAMPS, VARICOSE, *extra], birth_date="1990-01-01")
+        return [c["source"]["topic"]["code"] for c in result.response["cards"]]
+
+    assert cards({"venous-duplex-workup"}, []) == []  # a suppressed B still hides C
+    assert cards({"venous-duplex-workup"}, [procedure((CPT, "93970"), age=20)]) == ["conservative-care"]
+
+
+# ---------------------------------------------------------------- what could not be checked, what is missing
+NOT_CHECKED_TABLE = [
+    # chart, omitted keys, card shown, the keys its card names (only keys its rule reads)
+    ("untreated DVT: observations are not its business", [condition("I82.401", age=3)],
+     ("observations", "procedures"), "untreated-dvt", ()),
+    ("untreated DVT: a medication key is", [condition("I82.401", age=3)], ("medicationRequests", "observations"),
+     "untreated-dvt", ("medicationRequests",)),
+    ("possible DVT: procedures are, medications not", [condition("R22.41", age=3), condition("M79.661", age=2)],
+     ("procedures", "medicationStatements"), "possible-dvt", ("procedures",)),
+    ("B: medications are not its business", [CRAMPS, VARICOSE], ("medicationRequests", "serviceRequests"),
+     "venous-duplex-workup", ("serviceRequests",)),
+    ("C: procedures are not its business", [CRAMPS], ("procedures", "observations"), "conservative-care",
+     ("observations",)),
+]
+
+
+@pytest.mark.parametrize("name, resources, omit, card, named", NOT_CHECKED_TABLE, ids=[r[0] for r in NOT_CHECKED_TABLE])
+def test_not_checked_names_only_keys_the_rule_reads(engine, name, resources, omit, card, named):
+    result = run(engine, resources, omit=omit, birth_date="1990-01-01")
+    (outcome,) = result.evaluation.shown
+    assert outcome.card_id == card
+    assert set(result.facts.not_checked) == set(omit)
+    assert outcome.not_checked == named
+
+
+def _missing(outcome):
+    return sorted((m.reason, m.item or m.test or "", m.points) for m in outcome.missing
+                  if m.reason != "surgery_not_checked")
+
+
+MISSING_TABLE = [
+    # chart, omitted keys, birth date, card shown, its missing data (reason, item, points), hand-worked
+    ("B fired, no BMI: +1 possible", [CRAMPS, VARICOSE], (), "1990-01-01", "venous-duplex-workup",
+     [("bmi_absent", "bmi_30_or_over", 1)]),
+    ("B fired, BMI 25 on record: nothing missing", [CRAMPS, VARICOSE, observation("39156-5", value=25, unit="kg/m2")],
+     (), "1990-01-01", "venous-duplex-workup", []),
+    ("B fired, BMI 31: scored, nothing missing", [CRAMPS, VARICOSE, observation("39156-5", value=31, unit="kg/m2")],
+     (), "1990-01-01", "venous-duplex-workup", []),
+    ("B fired, observations not checked", [CRAMPS, VARICOSE], ("observations",), "1990-01-01", "venous-duplex-workup",
+     [("bmi_not_checked", "bmi_30_or_over", 1)]),
+    ("B fired, BMI older than 12 months", [CRAMPS, VARICOSE, observation("39156-5", value=35, unit="kg/m2", age=366)],
+     (), "1990-01-01", "venous-duplex-workup", [("bmi_absent", "bmi_30_or_over", 1)]),
+    ("B fired, no birth date", [CRAMPS, VARICOSE, observation("39156-5", value=25, unit="kg/m2")], (), None,
+     "venous-duplex-workup", [("birth_date_absent", "age_50_or_over", 1)]),
+    # previous DVT 2 (objective sign), age 36, no BMI: index 2 of 3; a BMI of 30 would make it 3 -> B
+    ("C shown, BMI would bring B", [CRAMPS, condition("Z86.718")], (), "1990-01-01", "conservative-care",
+     [("bmi_absent", "bmi_30_or_over", 1), ("lab_absent", "low_magnesium", 1), ("lab_absent", "low_potassium", 1),
+      ("venous_would_fire", "", 1)]),
+    # previous DVT 2, BMI 25: nothing can bring B (index 2, age 36)
+    ("C shown, B out of reach", [CRAMPS, condition("Z86.718"), observation("39156-5", value=25, unit="kg/m2")], (),
+     "1990-01-01", "conservative-care", [("lab_absent", "low_magnesium", 1), ("lab_absent", "low_potassium", 1)]),
+    # risk 3 (spironolactone 2 + hypothyroidism 1), labs absent, medication statements not checked:
+    # the drug items not scored could add 1.5 + 1 + 2 + 0.5 = 5
+    ("elevated risk, medication statements not checked",
+     [med_request(rxcui="313096"), condition("E03.9"), observation("2823-3", value=4.0, unit="mmol/L"),
+      observation("2601-3", value=0.8, unit="mmol/L")], ("medicationStatements",), "1990-01-01", "elevated-cramp-risk",
+     [("medications_not_checked", "", 5)]),
+    ("elevated risk, observations not checked: one line for both labs",
+     [med_request(rxcui="313096"), condition("E03.9")], ("observations",), "1990-01-01", "elevated-cramp-risk",
+     [("lab_not_checked", "", 1)]),
+    ("elevated risk, no birth date: age 65 or over would add 1",
+     [med_request(rxcui="313096"), condition("E03.9"), observation("2823-3", value=4.0, unit="mmol/L"),
+      observation("2601-3", value=0.8, unit="mmol/L")], (), None, "elevated-cramp-risk",
+     [("birth_date_absent", "age_65_or_over", 1)]),
+]
+
+
+@pytest.mark.parametrize("name, resources, omit, birth, card, missing", MISSING_TABLE, ids=[r[0] for r in MISSING_TABLE])
+def test_missing_data_that_could_change_the_card(engine, name, resources, omit, birth, card, missing):
+    result = run(engine, resources, omit=omit, birth_date=birth)
+    (outcome,) = result.evaluation.shown
+    assert outcome.card_id == card
+    assert _missing(outcome) == sorted(missing)
+
+
+def test_venous_would_fire_says_the_score_it_would_reach(engine):
+    result = run(engine, [CRAMPS, condition("Z86.718")], birth_date=None)  # previous DVT 2; BMI 1 + age 1 possible
+    (would,) = [m for m in result.evaluation.shown[0].missing if m.reason == "venous_would_fire"]
+    assert (would.card_id, would.points, would.score, would.threshold) == ("venous-duplex-workup", 2, 4, 3)
