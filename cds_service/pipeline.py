@@ -21,7 +21,6 @@ from .clock import system_clock
 from .drugs import DrugTable
 from .facts import PatientFacts, extract_facts
 from .hook_request import HookRequest, parse_hook_request
-from .order_cards import OrderCardRenderer
 from .order_rules import OrderEvaluation, evaluate_orders
 from .orders import read_draft_orders
 from .prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
@@ -86,13 +85,12 @@ class Engine:
         self.drugs = drugs
         self.clock = clock
         self.fetcher = fetcher
-        self.renderer = renderer or CardRenderer(load_card_content(), ruleset)
-        self.order_renderer = OrderCardRenderer(self.renderer.content, ruleset, new_uuid=self.renderer.new_uuid)
+        self.renderer = renderer or CardRenderer(load_card_content(), ruleset, drugs=drugs)
         # hook -> (evaluation, card rendering): patient-view runs A/B/C; the order hooks only the order rules
         self._hooks: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
             "patient-view": (self._evaluate_patient_view, self.renderer.render),
-            "order-select": (self._evaluate_orders, self.order_renderer.render),
-            "order-sign": (self._evaluate_orders, self.order_renderer.render),
+            "order-select": (self._evaluate_orders, self.renderer.render),
+            "order-sign": (self._evaluate_orders, self.renderer.render),
         }
         self.ledger = ledger
         self.registry = ServiceRegistry.for_ruleset(ruleset)

@@ -237,7 +237,8 @@ def test_fetch_network_error_is_412_naming_the_keys(fetch_client, fhir) -> None:
 def test_fetch_invalid_resource_is_skipped_and_reported(fetch_client, fhir) -> None:
     serve_chart(fhir, conditions=[CRAMPS, INVALID_CONDITION])
     detail = conservative_detail(fetch_client.post(SERVICE_URL, json=hook_body()))
-    assert "Skipped 1 unreadable record(s): Condition/bad-1" in detail
+    assert "Data may be incomplete: 1 record could not be read and was left out (1 condition: invalid FHIR R4" in detail
+    assert "Condition/bad-1" not in detail  # the id stays in the card's extension
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410])

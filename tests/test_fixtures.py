@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from card_kinds import card_id, explanation, suggestion_kinds
+from card_kinds import assert_detail_cites_records, assert_no_resource_ids, card_id, explanation, suggestion_kinds
 from cds_service.app import create_app
 from cds_service.card_model import CdsResponse
 from cds_service.clock import fixed_clock
@@ -82,9 +82,9 @@ def _squeezed(text: str) -> str:
 
 @pytest.mark.parametrize("folder", SCENARIOS, ids=[p.name for p in SCENARIOS])
 def test_fixture_card_detail_cites_records_and_rule_set_version(folder: Path):
+    """Records cited as a clinician reads them (code or name, age by birth year), never by resource id."""
     _, response = _answer(folder)
+    body = json.loads((folder / "request.json").read_text())
     for card in response.get_json()["cards"]:
-        assert "Rule set " in card["detail"]
-        for item in explanation(card)["items"]:
-            for record in item["records"]:
-                assert record in card["detail"], f"{record} not cited in the detail"
+        assert_detail_cites_records(card, body)
+        assert_no_resource_ids(card)
