@@ -4,16 +4,26 @@ OpenAPI and fuzz tests. Not development mode: every /cds-services call needs a v
     issuer = TestIssuer.create()
     app = secure_app(tmp_path, issuer)
     client.post(SERVICE_URL, json=body, headers=issuer.headers(SERVICE_URL))   # a fresh jti each time
+
+    with SecureServer(tmp_path, issuer) as server:           # the same under real gunicorn (cramp-cds serve)
+        http_request(server.base, "POST", SERVICE_URL, headers, body)
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import yaml
@@ -79,6 +89,15 @@ class TestIssuer:
 
     def headers(self, path: str, **claims: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(path, **claims)}"}
+
+
+def padded_token(issuer: TestIssuer, aud: str, size: int) -> str:
+    """A valid token for ``aud`` of at most ``size`` characters, as long as padding a claim makes it."""
+    token = issuer.token(urlsplit(aud).path, aud=aud, pad="")
+    pad = "x" * int((size - len(token)) * 3 / 4)
+    while len(token := issuer.token(urlsplit(aud).path, aud=aud, pad=pad)) > size:
+        pad = pad[:-1]
+    return token
 
 
 def write_trusted_clients(directory: Path, issuer: TestIssuer, **client_fields: Any) -> Path:
@@ -162,3 +181,88 @@ def service_url_for(client: Any, hook: str) -> str:
     """The URL of the service answering ``hook``, from discovery (open in a production app by default)."""
     services = client.get("/cds-services").get_json()["services"]
     return next(f"/cds-services/{s['id']}" for s in services if s["hook"] == hook)
+
+
+# ------------------------------------------------------------------ the service under real gunicorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SecureServer:
+    """`cramp-cds serve` in production mode (no --dev) on 127.0.0.1:``port``, trusting ``issuer``, with
+    ``public_base_url`` as CRAMP_PUBLIC_BASE_URL (the JWT audience); its own URL unless given. Use as a
+    context manager: started and healthy inside, terminated on exit."""
+
+    def __init__(self, directory: Path, issuer: TestIssuer, *, public_base_url: str | None = None,
+                 workers: int = 1, threads: int = 2, **extra_env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.public_base_url = public_base_url or self.base
+        self.directory = directory
+        self.env = {
+            **os.environ,
+            "CRAMP_TRUSTED_CLIENTS_FILE": str(write_trusted_clients(directory, issuer)),
+            "CRAMP_PUBLIC_BASE_URL": self.public_base_url,
+            "CRAMP_PATIENT_KEY_SECRET": PATIENT_KEY_SECRET,
+            "CRAMP_DATABASE_URL": f"sqlite:///{directory / 'cards.sqlite3'}",
+            "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"),
+            **extra_env,
+        }
+        self.env.pop("CRAMP_DEV_MODE", None)
+        self.command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(self.port),
+                        "--workers", str(workers), "--threads", str(threads)]
+        self.process: Any = None
+
+    def __enter__(self) -> "SecureServer":
+        self._log = open(self.directory / "server.log", "wb")
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.directory, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        self._wait_healthy(time.monotonic() + 30)
+        return self
+
+    def _wait_healthy(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}: {self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"server not healthy in time: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return (self.directory / "server.log").read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except Exception:  # noqa: BLE001 - a server that does not stop is killed
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+def http_request(base: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None):
+    """One request with exactly these headers (Host included when given): (status, headers, body)."""
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    try:
+        connection.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()

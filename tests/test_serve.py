@@ -149,64 +149,20 @@ def test_metrics_add_up_the_workers(server):
 # audience attack of issue 11 item 2 got 200: the audience must not follow them either.
 
 
-def _request(base: str, path: str, headers: dict[str, str], body: bytes | None = None):
-    """One request with exactly these headers (Host included when given); (status, headers, body)."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
-    try:
-        connection.putrequest("POST" if body is not None else "GET", path, skip_host="Host" in headers,
-                              skip_accept_encoding=True)
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        if body is not None:
-            connection.putheader("Content-Type", "application/json")
-            connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
 @pytest.fixture(scope="module")
 def secure_server(tmp_path_factory):
-    from security_support import TestIssuer, write_trusted_clients
+    from security_support import SecureServer, TestIssuer
 
-    tmp_path = tmp_path_factory.mktemp("secure-serve")
     issuer = TestIssuer.create()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "CRAMP_TRUSTED_CLIENTS_FILE": str(write_trusted_clients(tmp_path, issuer)),
-        "CRAMP_PUBLIC_BASE_URL": base,
-        "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
-        "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}",
-        "CRAMP_FORWARDED_ALLOW_IPS": "127.0.0.1",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    env.pop("CRAMP_DEV_MODE", None)
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "1", "--threads", "2"],
-        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_healthy(base, process, time.monotonic() + 20)
-        yield base, issuer, tmp_path
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(15)
-        log.close()
+    with SecureServer(tmp_path_factory.mktemp("secure-serve"), issuer, CRAMP_FORWARDED_ALLOW_IPS="127.0.0.1") as server:
+        yield server.base, issuer, server.directory
 
 
 def _call(server, headers: dict[str, str]):
+    from security_support import http_request
+
     base, _, _ = server
-    return _request(base, SERVICE_URL, headers, json.dumps(minimal_request()).encode())
+    return http_request(base, "POST", SERVICE_URL, headers, json.dumps(minimal_request()).encode())
 
 
 def _www_authenticate(headers: dict[str, str]) -> str:
@@ -230,18 +186,11 @@ def test_gunicorn_audience_never_follows_the_request(secure_server, minted_for: 
     assert status == 200, body[:500]
 
 
-def _padded_token(issuer, aud: str, size: int) -> str:
-    """A valid token for ``aud`` of at most ``size`` characters, as long as padding a claim makes it."""
-    token = issuer.token(SERVICE_URL, aud=aud, pad="")
-    pad = "x" * int((size - len(token)) * 3 / 4)
-    while len(token := issuer.token(SERVICE_URL, aud=aud, pad=pad)) > size:
-        pad = pad[:-1]
-    return token
-
-
 def test_gunicorn_a_16_kib_token_fits(secure_server):
+    from security_support import padded_token
+
     base, issuer, _ = secure_server
-    token = _padded_token(issuer, base + SERVICE_URL, 16 * 1024)  # base64url lengths step by 4/3; within 2 of the limit
+    token = padded_token(issuer, base + SERVICE_URL, 16 * 1024)  # base64url lengths step by 4/3; within 2 of the limit
     assert 16 * 1024 - 2 <= len(token) <= 16 * 1024
     status, _, body = _call(secure_server, {"Authorization": f"Bearer {token}"})
     assert status == 200, body[:500]
