@@ -167,7 +167,7 @@ def _cds_labels(app: Flask, status: int) -> tuple[str, str, str]:
     hook = g.get("cds_hook")
     return (
         service_id if known else "unknown",
-        hook if hook in KNOWN_HOOKS else ("none" if hook is None else "other"),
+        hook if isinstance(hook, str) and hook in KNOWN_HOOKS else ("none" if hook is None else "other"),
         str(status),
     )
 

@@ -9,6 +9,7 @@ from flask import abort, Blueprint, Response, current_app, g, jsonify, request
 
 from . import metrics
 from .feedback import parse_feedback
+from .hook_request import declared_hook
 from .errors import BadRequest, UnsupportedMediaType, operation_outcome
 
 bp = Blueprint("cds", __name__)
@@ -109,7 +110,7 @@ def service_get(service_id: str) -> Response:
 def call_service(service_id: str) -> Response:
     _engine().registry.get(service_id)  # 404 before reading the body
     body = read_json_body()
-    g.cds_hook = body.get("hook") if isinstance(body, dict) else None  # a metrics label, once checked
+    g.cds_hook = declared_hook(body)  # a metrics label: a string or None, whatever JSON the client sent
     result = _engine().invoke(service_id, body)
     return _json_response(result.response)
 
