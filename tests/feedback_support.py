@@ -368,13 +368,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`cramp-cds serve --dev` on 127.0.0.1 and a free port, with the given database."""
+    """`cramp-cds serve` on 127.0.0.1 and a free port, with the given database: in development mode, unless
+    ``env`` configures authentication (CRAMP_DEV_MODE=0, CRAMP_TRUSTED_CLIENTS_FILE, ...)."""
 
-    def __init__(self, database_url: str, log_path: Path, *, workers: int = 2, threads: int = 4) -> None:
+    def __init__(self, database_url: str, log_path: Path, *, workers: int = 2, threads: int = 4,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CRAMP_DEV_MODE": "1", "CRAMP_DATABASE_URL": database_url,
-               "CRAMP_PATIENT_KEY_SECRET": SECRET, "CRAMP_LOG_LEVEL": "WARNING"}
+               "CRAMP_PATIENT_KEY_SECRET": SECRET, "CRAMP_LOG_LEVEL": "WARNING", **(env or {})}
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "import sys; from cds_service.cli import main; sys.exit(main())",
@@ -397,9 +399,9 @@ class ServerProcess:
                 time.sleep(0.1)
         raise AssertionError(f"server not healthy within {seconds} s:\n{self.log_path.read_text()}")
 
-    def post(self, path: str, body: Any, timeout: float = 10) -> tuple[int, Any]:
+    def post(self, path: str, body: Any, timeout: float = 10, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import minimal_request
-from feedback_support import fresh_postgres_database, postgres_url
-from security_support import TestIssuer, secure_app
+from feedback_support import ServerProcess, fresh_postgres_database, postgres_url
+from security_support import PUBLIC_BASE_URL, TestIssuer, secure_app, write_trusted_clients
 from cds_service.store import CardStore
 
 SERVICE = "/cds-services/leg-cramp-patient-view"
@@ -120,3 +120,32 @@ def test_store_replay_answers_on_postgres(postgres_database):
     store = CardStore(postgres_database, "secret")
     expires = datetime.now(timezone.utc).timestamp() + 60
     assert [store.seen_before("jti-pg", "https://ehr.example", expires) for _ in range(3)] == [False, True, True]
+
+
+@pytest.mark.postgres
+def test_one_token_at_two_server_processes_sharing_postgres_is_accepted_once(tmp_path, postgres_database):
+    """Two real `cramp-cds serve` (gunicorn, 2 workers each), the same token at both at once."""
+    issuer = TestIssuer.create()
+    env = {"CRAMP_DEV_MODE": "0", "CRAMP_TRUSTED_CLIENTS_FILE": str(write_trusted_clients(tmp_path, issuer)),
+           "CRAMP_PUBLIC_BASE_URL": PUBLIC_BASE_URL}
+    servers = [ServerProcess(postgres_database, tmp_path / f"{name}.log", workers=2, threads=1, env=env)
+               for name in ("first", "second")]
+    try:
+        for server in servers:
+            server.wait_healthy()
+        body = minimal_request()
+        rounds = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for _ in range(25):
+                headers = issuer.headers(SERVICE)
+                start = threading.Barrier(2)
+
+                def post(server, headers=headers, start=start):
+                    start.wait()
+                    return server.post(SERVICE, body, headers=headers)[0]
+
+                rounds.append(sorted(pool.map(post, servers)))
+    finally:
+        for server in servers:
+            server.stop()
+    assert rounds == [[200, 401]] * 25
