@@ -22,7 +22,7 @@ import pytest
 
 from cds_service.chart import build_chart
 from cds_service.drugs import RXNORM, DrugMatch, DrugTable
-from cds_service.facts import extract_facts
+from cds_service.facts import PatientFacts, extract_facts
 from cds_service.ruleset import load_default_ruleset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -509,7 +509,7 @@ def _default_ruleset():
     return load_default_ruleset()
 
 
-def _facts_for(medication: dict) -> "object":
+def _facts_for(medication: dict) -> PatientFacts:
     ruleset = _default_ruleset()
     chart = build_chart(
         "p1",
