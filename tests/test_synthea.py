@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from card_kinds import card_id
+from cds_service.card_ids import PATIENT_VIEW_CARD_IDS
 from cds_service.card_model import CdsResponse
 from cds_service.clock import fixed_clock
 from cds_service.hook_request import parse_hook_request
@@ -107,8 +108,7 @@ def test_synthea_card_firing_rates(population):
     for result in results.values():
         CdsResponse.model_validate(result.response)
         fired.update(card_id(c) for c in result.response["cards"])
-    rates = {card: fired[card] / len(results) for card in
-             ("possible-dvt", "venous-duplex-workup", "conservative-care", "elevated-cramp-risk")}
+    rates = {card: fired[card] / len(results) for card in PATIENT_VIEW_CARD_IDS}
     print("\nfiring rate per card over 31 Synthea patients:", {k: f"{v:.1%}" for k, v in rates.items()})
     assert fired == Counter({"elevated-cramp-risk": 4})
     scores = {pid: r.evaluation.contributors.score for pid, r in results.items() if r.response["cards"]}
@@ -129,3 +129,21 @@ def test_synthea_every_patient_answered_without_skips(population):
     for result in results.values():
         assert result.facts.skipped == []
         assert result.facts.not_checked == ()
+
+
+def test_synthea_revision_2026_12_inputs(population):
+    """What Revision 2026-12 reads in this set (docs/synthea-firing.md): Procedures and ServiceRequests are
+    prefetched (188 Procedures, none with a category, so no recent surgery; no ServiceRequest, no duplex); the
+    Condition text fallback reads the 177 of 195 Conditions that no value set codes, and matches none."""
+    _, results = population
+    conditions = [record for r in results.values() for record in r.facts.conditions]
+    assert len(conditions) == 195
+    assert sum(1 for r in results.values() for record in r.facts.conditions if record.method == "text") == 0
+    assert not any(r.facts.has("recent_surgery") or r.facts.has("venous_duplex_on_record") for r in results.values())
+    assert not any(r.facts.has("recent_acute_dvt") or r.facts.has("previous_dvt") for r in results.values())
+    shown = Counter(o.card_id for r in results.values() for o in r.evaluation.shown)
+    assert shown == Counter({"elevated-cramp-risk": 4})  # as before the revision: no patient's card changed
+    missing = {pid: sorted((m.reason, m.test) for o in r.evaluation.shown for m in o.missing)
+               for pid, r in results.items() if r.evaluation.shown}
+    # the four elevated-risk patients have no potassium or magnesium result in the 12 months before 2021-03-11
+    assert missing == {pid: [("lab_absent", "magnesium"), ("lab_absent", "potassium")] for pid in HAND_WORKED_SCORES}
