@@ -12,7 +12,13 @@ its YAML line (``RuleSetError.located``):
    unknown item ids in ``points`` (the ids the rules know: ``VENOUS_INDEX_ITEMS``, ``CONTRIBUTOR_ITEMS``),
    value sets the rules read, value-set files (``file:``), thresholds no combination of items can reach,
    and the card text of every enabled card in the ``cards`` package (``card_text_problems``);
-   ``order_rules`` (order hooks): known order classes, drug-table classes and order card ids.
+   ``order_rules`` (order hooks): known order classes, drug-table classes and order card ids (the former
+   single ``cramp-associated-drug-order`` id named as split); ``procedures``: FHIR R4 statuses;
+   ``condition_text``: terms only for value sets that exist and can never raise a critical card
+   (``CRITICAL_VALUE_SETS``), no empty cue, no term holding a cue.
+
+ICD-10-CM codes are normalised (``normalize_code``: no dot, upper case) when a value set is compiled and at
+every lookup, so records match with or without the dot, in any case (RULES.md, Codes).
 
 ``docs/rule-set.md`` documents every key.
 """
