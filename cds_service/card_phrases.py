@@ -66,7 +66,8 @@ class Phrasing:
         phrases = self.common.phrases
         label = source.display or self.common.record_kinds.get(source.resource_type, (source.resource_type, ""))[0]
         if source.code:
-            label += f" ({SYSTEM_LABELS.get(source.system or '', 'code')} {source.code})"
+            system = self.common.code_systems.get(source.system or "") or SYSTEM_LABELS.get(source.system or "", "code")
+            label += f" ({system} {source.code})"
         parts = [label, phrases.record_date.format(date=source.date.isoformat()) if source.date
                  else undated or phrases.undated]
         status = phrases.statuses.get(source.resource_type, {}).get(getattr(source, "status", None) or "")

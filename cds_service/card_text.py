@@ -81,6 +81,7 @@ class CommonText(_Text):
     override_reasons: OverrideReasons
     links: dict[str, LinkText]
     labels: dict[str, str]
+    code_systems: dict[str, str]  # system URI -> "ICD-10-CM", "CPT", ...
     data_keys: dict[str, str]  # prefetch key -> what it holds, as a plural noun ("medication orders")
     record_kinds: dict[str, tuple[str, str]]  # resource type -> (singular, plural) in words
     phrases: Phrases

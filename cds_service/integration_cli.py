@@ -6,7 +6,9 @@
     server (``--prefetch``, following ``next`` links on the same server), or sends no prefetch at all so that
     the service fetches from ``fhirServer`` itself (``--no-prefetch``). ``--from-file`` takes the patient from a
     Bundle (Synthea) or a hook-request JSON instead of a FHIR server. Prints the cards readably (or the raw
-    JSON with ``--json``).
+    JSON with ``--json``); ``--html FILE`` also writes them as a CDS client shows them (card_page.py).
+``cramp-cds render-cards RESPONSE.json --html FILE``
+    The same HTML page for a saved response.
 ``cramp-cds check-server URL``
     Reads ``URL/metadata`` and says whether the searches the service needs are declared.
 ``cramp-cds load-fixtures URL``
@@ -32,6 +34,8 @@ from urllib.parse import urljoin, urlsplit
 
 import click
 import requests
+
+from .card_page import write_card_page
 
 TIMEOUT_SECONDS = 30.0
 PAGE_CAP = 100
@@ -574,10 +578,13 @@ def synthea_sources(directory: Path) -> list[tuple[str, list[dict[str, Any]]]]:
 @click.option("--jwt-kid", default=None, help="kid of the JWT key (with --jwt-key).")
 @click.option("--jwt-iss", default=None, help="iss of the JWT: the client's issuer (with --jwt-key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw response JSON.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Also write the cards to this HTML file, as a CDS client shows them (open it in a browser).")
 def invoke(service_url: str, service_id: str | None, hook: str | None, patient: str | None, user: str,
            encounter: str | None, fhir_server: str | None, fhir_token: str | None, prefetch: bool,
            from_file: Path | None, draft_orders: Path | None, selections: tuple[str, ...],
-           jwt_key: Path | None, jwt_kid: str | None, jwt_iss: str | None, as_json: bool) -> None:
+           jwt_key: Path | None, jwt_kid: str | None, jwt_iss: str | None, as_json: bool,
+           html_file: Path | None) -> None:
     """Call a running service with a hook request built the way an EHR would, and print the cards."""
     if jwt_key is not None and not (jwt_kid and jwt_iss):
         raise InputError("--jwt-key needs --jwt-kid and --jwt-iss")
@@ -655,8 +662,24 @@ def invoke(service_url: str, service_id: str | None, hook: str | None, patient: 
             for line in operation_outcome_diagnostics(answer) or ([response.text.strip()] if response.text.strip() else []):
                 click.echo(f"  {line}")
         raise click.exceptions.Exit(1)
+    if html_file is not None:
+        write_card_page(answer or {}, html_file, title=f"Cards from {service['id']} ({hook})")
+        click.echo(f"cards written to {html_file}", err=True)
     if not as_json:
         click.echo(format_cards(answer or {}), nl=False)
+
+
+@click.command("render-cards")
+@click.argument("response_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="The HTML file to write.")
+def render_cards(response_file: Path, html_file: Path) -> None:
+    """Render a saved CDS Hooks response (JSON with "cards") to an HTML page, as a CDS client shows it."""
+    answer = read_json_file(response_file, "response")
+    if not isinstance(answer, dict) or not isinstance(answer.get("cards"), list):
+        raise InputError(f"{response_file}: not a CDS Hooks response (no \"cards\" list)")
+    write_card_page(answer, html_file, title=f"Cards from {response_file.name}")
+    click.echo(f"{len(answer['cards'])} card(s) written to {html_file}")
 
 
 @click.command("check-server")
@@ -712,4 +735,4 @@ def load_fixtures(url: str, fixtures_dir: Path | None, synthea_dir: Path | None,
         raise click.exceptions.Exit(1)
 
 
-COMMANDS = (invoke, check_server, load_fixtures)
+COMMANDS = (invoke, render_cards, check_server, load_fixtures)

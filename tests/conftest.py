@@ -131,7 +131,9 @@ def client(app):
 
 
 # --- the working tree stays as it was ---------------------------------------------------------------------
-NOT_WORKING_TREE = {".git", ".venv", ".venv-fhir", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+# build/card-screenshots/: the card screenshots test_card_page.py keeps for people on purpose (gitignored)
+NOT_WORKING_TREE = {".git", ".venv", ".venv-fhir", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                    "card-screenshots"}
 TEST_ARTEFACT_SUFFIXES = (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".sqlite3-journal", ".sqlite", ".db", ".log")
 _BEFORE = pytest.StashKey[dict]()
 _HYPOTHESIS_HOME = pytest.StashKey[Path]()
