@@ -505,3 +505,36 @@ def test_cramp_record_read_on_order_hooks(name, code, fires, no_network):
     assert [card_id(c) for c in result.response["cards"]] == ([DRUG_ORDER_THIAZIDE] if fires else [])
     if fires:
         assert result.evaluation.shown[0].cramps[0].resource_id == "c1"
+
+
+def test_legacy_override_in_the_real_store_suppresses_class_cards_for_90_days(tmp_path, no_network):
+    """A card ledger (SQLite file, the default store) holding an override recorded before 2026-12 under
+    cramp-associated-drug-order: the thiazide card is suppressed for that patient for 90 days, then shown."""
+    from datetime import timedelta
+
+    from cds_service.feedback import FeedbackItem
+    from cds_service.pipeline import ShownCard
+    from cds_service.store import CardStore
+
+    shown_at = fixed_clock(NOW)()
+    store = CardStore(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "secret-for-tests", clock=lambda: shown_at)
+    key = store.patient_key(PATIENT_ID)
+    store.record_shown([ShownCard("0b7c6a3e-7d1f-4f0e-9d43-5f0a3c2b1a00", (), "leg-cramp-order-sign", LEGACY_DRUG_ORDER,
+                                  "2026.11.1", "info", "old-hook-instance", key, shown_at)])
+    store.record_feedback("leg-cramp-order-sign", [FeedbackItem.model_validate({
+        "card": "0b7c6a3e-7d1f-4f0e-9d43-5f0a3c2b1a00", "outcome": "overridden",
+        "overrideReason": {"reason": {"code": "cds-not-applicable",
+                                      "system": "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"}},
+        "outcomeTimestamp": shown_at.isoformat()})])
+    body = order_request(orders=[med_request("t1", "chlorthalidone 25 MG")], conditions=[cramp_condition()])
+
+    def cards_on(day: int) -> list[str]:
+        engine = Engine(load_default_ruleset(), Engine.default().drugs,
+                        clock=lambda: shown_at + timedelta(days=day), ledger=store)
+        return [card_id(c) for c in engine.invoke("leg-cramp-order-sign", copy.deepcopy(body)).response["cards"]]
+
+    try:
+        assert cards_on(1) == [] and cards_on(89) == []
+        assert cards_on(91) == [DRUG_ORDER_THIAZIDE]
+    finally:
+        store.close()
