@@ -4,7 +4,11 @@
 #   docker run -p 8080:8080 -v cramp-data:/data \
 #     -v "$PWD/trusted-clients.yaml:/config/trusted-clients.yaml:ro" \
 #     -e CRAMP_TRUSTED_CLIENTS_FILE=/config/trusted-clients.yaml \
-#     -e CRAMP_PATIENT_KEY_SECRET="$(cat patient-key-secret)" leg-cramp-cds
+#     -e CRAMP_PATIENT_KEY_SECRET="$(cat patient-key-secret)" \
+#     -e CRAMP_PUBLIC_BASE_URL=https://cds.example.org leg-cramp-cds
+#
+# CRAMP_PUBLIC_BASE_URL (the URL EHRs call; the JWT audience) and CRAMP_PATIENT_KEY_SECRET have no default
+# here on purpose: without them the server refuses to start, naming the variable.
 #
 # tools/check-docker-commands runs the commands below (wheel build, install, CMD, HEALTHCHECK) without a
 # Docker engine; keep the two in step.

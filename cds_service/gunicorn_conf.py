@@ -37,6 +37,7 @@ import glob
 import ipaddress
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Mapping
 
@@ -162,9 +163,30 @@ def prepare_multiproc_dir() -> str:
     return path
 
 
-def on_starting(server: Any) -> None:
+def prepare_metrics(server: Any) -> None:
     path = prepare_multiproc_dir()
     server.log.info("metrics: PROMETHEUS_MULTIPROC_DIR=%s", path)
+
+
+def check_application_settings(env: Mapping[str, str] | None = None) -> None:
+    """The application's settings that refuse a start (SettingsError naming the variable): read once in
+    the master, so that ``gunicorn -c python:cds_service.gunicorn_conf`` stops with one line instead of
+    every worker failing to boot. (``cramp-cds serve`` checks the same before it starts gunicorn.)"""
+    from cds_service.settings import Settings
+
+    settings = Settings.from_env(env)
+    settings.patient_key_secret_or_default()
+    settings.required_public_base_urls()
+
+
+def on_starting(server: Any) -> None:
+    """The ``gunicorn -c`` start: the settings check, then the metrics directory."""
+    try:
+        check_application_settings()
+    except SettingsError as error:
+        print(f"cramp-cds: configuration error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    prepare_metrics(server)
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -227,7 +249,7 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "limit_request_line": SERVER_REQUEST_LINE_BYTES,
         "limit_request_field_size": SERVER_HEADER_FIELD_BYTES,
         # Server hooks: the metrics directory (see above).
-        "on_starting": on_starting,
+        "on_starting": prepare_metrics,  # `cramp-cds serve` checked the settings itself (with its options)
         "child_exit": child_exit,
         "on_exit": on_exit,
         # HUP with a changed rules file: the master re-reads it, so new workers never start on an invalid one
@@ -259,6 +281,6 @@ forwarded_allow_ips = _options["forwarded_allow_ips"]
 limit_request_line = _options["limit_request_line"]
 limit_request_field_size = _options["limit_request_field_size"]
 logconfig_dict = _options["logconfig_dict"]
-# on_starting, child_exit and on_exit are the functions defined above.
+# on_starting (the settings check, then prepare_metrics), child_exit and on_exit are the functions above.
 on_reload = gunicorn_on_reload
 post_worker_init = gunicorn_post_worker_init

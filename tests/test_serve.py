@@ -237,3 +237,18 @@ def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path)
     assert lines == ["Error: CRAMP_PUBLIC_BASE_URL: required outside development mode (the external base URL "
                      "EHRs call, e.g. https://cds.example.org; several comma-separated)"], result.stderr
     assert not (tmp_path / "cards.sqlite3").exists()  # refused before anything was touched
+
+
+def test_the_docker_cmd_without_the_public_base_url_exits_2_before_any_worker(tmp_path: Path):
+    """The image's CMD (gunicorn -c python:cds_service.gunicorn_conf): the master checks the settings once."""
+    env = {**os.environ, "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
+           "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}", "CRAMP_BIND": f"127.0.0.1:{_free_port()}"}
+    for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf",
+                             "cds_service.wsgi:app"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "CRAMP_PUBLIC_BASE_URL" in line]
+    assert errors == ["cramp-cds: configuration error: CRAMP_PUBLIC_BASE_URL: required outside development mode "
+                      "(the external base URL EHRs call, e.g. https://cds.example.org; several comma-separated)"]
+    assert "Booting worker" not in result.stderr
