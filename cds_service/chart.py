@@ -68,12 +68,35 @@ PROJECT = True  # False: validate whole resources (tests compare the two)
 _MODEL_CLASSES = {name: get_fhir_model_class(name) for name in READ_TYPES}
 
 
+# Date, dateTime and instant elements the rules read (and a Period's bounds): FHIR JSON writes them as
+# strings, but pydantic's lax mode would read a number as seconds since 1970 (birthDate 0 -> 1970-01-01).
+_DATE_ELEMENTS = frozenset({"birthDate", "onsetDateTime", "recordedDate", "abatementDateTime", "effectiveDateTime",
+                            "issued", "authoredOn", "dateAsserted", "performedDateTime"})
+_PERIOD_ELEMENTS = frozenset({"onsetPeriod", "abatementPeriod", "effectivePeriod", "performedPeriod"})
+
+
+class NotAString(ValueError):
+    """A date element sent as another JSON type; ``str()`` is its location, never its value."""
+
+
 def _validate(resource_type: str, raw: dict[str, Any]) -> Any:
     """``raw`` as a fhir.resources model, validating only the elements that facts.py reads."""
     if PROJECT:
         keep = READ_ELEMENTS[resource_type]
         raw = {key: value for key, value in raw.items() if key in keep}
+    _check_dates_are_strings(raw)
     return _MODEL_CLASSES[resource_type].model_validate(raw)
+
+
+def _check_dates_are_strings(raw: dict[str, Any]) -> None:
+    for key in _DATE_ELEMENTS.intersection(raw):
+        if not isinstance(raw[key], (str, type(None))):
+            raise NotAString(key)
+    for key in _PERIOD_ELEMENTS.intersection(raw):
+        period = raw[key]
+        for bound in ("start", "end"):
+            if isinstance(period, dict) and not isinstance(period.get(bound), (str, type(None))):
+                raise NotAString(f"{key}.{bound}")
 
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id syntax: a longer or odd one is never echoed
@@ -251,6 +274,8 @@ def _is_stale_quantity(raw: dict[str, Any], stale_before: Mapping[tuple[str, str
     if "valueQuantity" not in raw or "valueCodeableConcept" in raw:
         return False  # coded answers count at any age (facts: ever recorded)
     code = raw.get("code")
+    if not isinstance(code, dict) or not isinstance(code.get("coding"), list):
+        return False  # malformed: validated, so that it is reported
     cutoffs = [stale_before[(c.get("system"), c.get("code"))] for c in code["coding"]
                if isinstance(c, dict) and (c.get("system"), c.get("code")) in stale_before]
     when = _raw_date(raw) if cutoffs else None
@@ -290,4 +315,6 @@ def _field_of(exc: Exception) -> str:
         if errors:
             loc = ".".join(str(part) for part in errors[0]["loc"] if not isinstance(part, int))
             return f"{loc}: {errors[0]['type']}" if loc else errors[0]["type"]
+    if isinstance(exc, NotAString):
+        return f"{exc}: string_type"
     return type(exc).__name__

@@ -276,3 +276,151 @@ def test_unhashable_hook_is_400_not_500(value, http, no_network):
     """The reported defect: ``"hook": []`` or ``{}`` was a 500 (TypeError: unhashable type)."""
     response = http.post(SERVICE_URL, json=minimal_request(hook=value))
     _assert_refused_naming(response, "hook")
+
+
+# ------------------------------------------------------------------------- inside prefetch resources
+
+SUBJECT = {"reference": f"Patient/{PATIENT_ID}"}
+SNOMED, LOINC = "http://snomed.info/sct", "http://loinc.org"
+
+
+def _concept(system: str, code: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code}]}
+
+
+# Per resource type: a valid record the rules read, the prefetch key it goes under, and the elements the
+# rules read with their FHIR JSON type (object, array or string).
+RECORDS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    "Condition": ("conditions", {
+        "resourceType": "Condition", "id": "c1", "subject": SUBJECT, "code": _concept(SNOMED, "449918009"),
+        "clinicalStatus": _concept("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"),
+        "verificationStatus": _concept("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed"),
+        "bodySite": [_concept(SNOMED, "30021000")], "onsetDateTime": "2026-05-01", "recordedDate": "2026-05-01",
+    }, {"code": "object", "clinicalStatus": "object", "verificationStatus": "object", "bodySite": "array",
+        "onsetDateTime": "string", "onsetPeriod": "object", "recordedDate": "string",
+        "abatementDateTime": "string", "abatementPeriod": "object", "abatementAge": "object",
+        "abatementRange": "object", "abatementString": "string"}),
+    "MedicationRequest": ("medicationRequests", {
+        "resourceType": "MedicationRequest", "id": "m1", "subject": SUBJECT, "status": "active", "intent": "order",
+        "medicationCodeableConcept": {"text": "hydrochlorothiazide 25 MG Oral Tablet"}, "authoredOn": "2026-05-01",
+    }, {"status": "string", "intent": "string", "medicationCodeableConcept": "object",
+        "medicationReference": "object", "authoredOn": "string"}),
+    "MedicationStatement": ("medicationStatements", {
+        "resourceType": "MedicationStatement", "id": "s1", "subject": SUBJECT, "status": "active",
+        "medicationCodeableConcept": {"text": "hydrochlorothiazide 25 MG Oral Tablet"},
+        "effectiveDateTime": "2026-05-01",
+    }, {"status": "string", "medicationCodeableConcept": "object", "medicationReference": "object",
+        "effectiveDateTime": "string", "effectivePeriod": "object"}),
+    "Observation": ("observations", {
+        "resourceType": "Observation", "id": "o1", "subject": SUBJECT, "status": "final",
+        "code": _concept(LOINC, "2823-3"), "effectiveDateTime": "2026-06-01",
+        "valueQuantity": {"value": 3.1, "unit": "mmol/L"},
+    }, {"code": "object", "status": "string", "valueQuantity": "object", "valueCodeableConcept": "object",
+        "effectiveDateTime": "string", "effectivePeriod": "object", "issued": "string",
+        "interpretation": "array", "component": "array"}),
+    "Procedure": ("procedures", {
+        "resourceType": "Procedure", "id": "p1", "subject": SUBJECT, "status": "completed",
+        "code": _concept(SNOMED, "80146002"), "performedDateTime": "2026-06-01",
+    }, {"status": "string", "code": "object", "category": "object", "performedDateTime": "string",
+        "performedPeriod": "object"}),
+    "ServiceRequest": ("serviceRequests", {
+        "resourceType": "ServiceRequest", "id": "r1", "subject": SUBJECT, "status": "active", "intent": "order",
+        "code": _concept(SNOMED, "423230004"), "authoredOn": "2026-06-01",
+    }, {"status": "string", "intent": "string", "code": "object", "authoredOn": "string", "category": "array"}),
+}
+JSON_VALUES = {"array": ["x"], "object": {"a": 1}, "string": "x", "number": 7, "boolean": True}
+RECORD_CASES = [(kind, element, wrong) for kind, (_, _, elements) in RECORDS.items()
+                for element, fhir_type in elements.items() for wrong in JSON_VALUES if wrong != fhir_type]
+
+
+def _skipped(caplog) -> list[dict[str, dict[str, int]]]:
+    """The ``records skipped`` log lines of the request just made (there must be at most one)."""
+    lines = [r.skipped_by_type_and_reason for r in caplog.records if r.getMessage() == "records skipped"]
+    caplog.clear()
+    return lines
+
+
+def _read_elements(kind: str) -> frozenset[str]:
+    from cds_service.chart import READ_ELEMENTS
+    return READ_ELEMENTS[kind]
+
+
+def test_each_record_kind_is_read_when_valid(http, caplog, no_network):
+    """The sweep's base records are valid: none is skipped (so a skip below is the wrong type's doing)."""
+    prefetch = {"patient": patient_resource()}
+    for key, record, _ in RECORDS.values():
+        prefetch[key] = searchset(record)
+    with caplog.at_level(logging.WARNING):
+        response = http.post(SERVICE_URL, json=minimal_request(prefetch=prefetch))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _skipped(caplog) == []
+
+
+@pytest.mark.parametrize("kind, element, wrong", RECORD_CASES)
+def test_prefetch_record_element_of_a_wrong_type_is_skipped_and_counted(kind, element, wrong, http, caplog,
+                                                                        no_network):
+    key, record, _ = RECORDS[kind]
+    bad = {**record, element: JSON_VALUES[wrong]}
+    body = minimal_request(prefetch={"patient": patient_resource(), "conditions": searchset(), key: searchset(bad)})
+    with caplog.at_level(logging.WARNING):
+        response = http.post(SERVICE_URL, json=body)
+    assert response.status_code == 200, (kind, element, wrong, response.get_data(as_text=True)[:300])
+    lines = _skipped(caplog)
+    if element in _read_elements(kind):
+        assert len(lines) == 1 and sum(lines[0][kind].values()) == 1, (kind, element, wrong, lines)
+    else:  # not read by any rule: not validated, never a reason to drop the record
+        assert lines == [], (kind, element, lines)
+
+
+@pytest.mark.parametrize("wrong", ["array", "object", "number", "boolean"])
+def test_patient_birth_date_of_a_wrong_type_is_400(wrong, http, no_network):
+    body = minimal_request(prefetch={"patient": patient_resource(birthDate=JSON_VALUES[wrong]),
+                                     "conditions": searchset()})
+    _assert_refused_naming(http.post(SERVICE_URL, json=body), "prefetch.patient")
+
+
+@pytest.mark.parametrize("element", ["entry", "link"])
+@pytest.mark.parametrize("wrong", ["object", "string", "number", "boolean"])
+def test_bundle_entry_or_link_of_a_wrong_type_is_400_naming_it(element, wrong, http, no_network):
+    bundle = {**searchset(), element: JSON_VALUES[wrong]}
+    body = minimal_request(prefetch={"patient": patient_resource(), "conditions": bundle})
+    _assert_refused_naming(http.post(SERVICE_URL, json=body), f"prefetch.conditions.{element}")
+
+
+@pytest.mark.parametrize("wrong", ["array", "string", "number", "boolean"])
+def test_bundle_entry_item_or_resource_of_a_wrong_type_is_skipped_and_counted(wrong, http, caplog, no_network):
+    value = JSON_VALUES[wrong]
+    bundle = {**searchset(), "entry": [value, {"resource": value}]}
+    with caplog.at_level(logging.WARNING):
+        response = http.post(SERVICE_URL, json=minimal_request(
+            prefetch={"patient": patient_resource(), "conditions": bundle}))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _skipped(caplog) == [{"?": {"not a JSON object": 2}}]
+
+
+LINK_CASES = [("item", w) for w in ("array", "string", "number", "boolean")] + \
+    [("relation", w) for w in ("array", "object", "number", "boolean")]
+
+
+@pytest.mark.parametrize("part, wrong", LINK_CASES)
+def test_bundle_link_item_of_a_wrong_type_is_400_naming_it(part, wrong, http, no_network):
+    value = JSON_VALUES[wrong] if part == "item" else {"relation": JSON_VALUES[wrong], "url": "https://x.example/p2"}
+    bundle = {**searchset(), "link": [value]}
+    body = minimal_request(prefetch={"patient": patient_resource(), "conditions": bundle})
+    _assert_refused_naming(http.post(SERVICE_URL, json=body), "prefetch.conditions.link[0]")
+
+
+DRAFT_ELEMENTS = RECORDS["MedicationRequest"][2]
+
+
+@pytest.mark.parametrize("element, wrong", [(e, w) for e, t in DRAFT_ELEMENTS.items() for w in JSON_VALUES if w != t])
+def test_draft_order_element_of_a_wrong_type_is_skipped_and_counted(element, wrong, http, caplog, no_network):
+    body = hook_body("order-sign")
+    del body["fhirServer"], body["fhirAuthorization"]
+    body["context"]["draftOrders"]["entry"].append({"resource": {**draft_order("q2"), element: JSON_VALUES[wrong]}})
+    with caplog.at_level(logging.WARNING):
+        response = http.post(SIGN_URL, json=body)
+    assert response.status_code == 200, (element, wrong, response.get_data(as_text=True)[:300])
+    assert response.get_json()["cards"], "the valid quinine order still gets its card"
+    lines = _skipped(caplog)
+    assert len(lines) == 1 and sum(lines[0]["MedicationRequest"].values()) == 1, (element, wrong, lines)
