@@ -104,6 +104,8 @@ def start_server(kind: str, *, workers: int | None, threads: int | None, extra_e
         **os.environ,
         "CRAMP_DATABASE_URL": f"sqlite:///{workdir / 'cards.sqlite3'}",
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        # Not read in development mode; without --dev (a run with client JWTs) the audience is this URL.
+        "CRAMP_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         **(extra_env or {}),
     }
     log_path = workdir / "server.log"
