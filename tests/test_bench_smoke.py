@@ -23,8 +23,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def _run(script: str, *args: str, timeout: float = 60) -> str:
     started = time.monotonic()
+    # Run in this test's temporary directory (conftest.py): a benchmark building Settings() without a
+    # database URL writes ./leg-cramp-cds.sqlite3 there, never into the working tree.
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=BENCH.parent)
+                         timeout=timeout, cwd=Path.cwd())
     assert out.returncode == 0, f"{script} exited {out.returncode}\n{out.stdout}\n{out.stderr[-3000:]}"
     assert time.monotonic() - started < timeout
     return out.stdout
