@@ -13,6 +13,7 @@ import pytest
 from conftest import minimal_request
 from feedback_support import ServerProcess, fresh_postgres_database, postgres_url
 from security_support import PUBLIC_BASE_URL, TestIssuer, secure_app, write_trusted_clients
+from cds_service.replay import FallbackReplayCache, MemoryReplayCache, ReplayStoreUnavailable
 from cds_service.store import CardStore
 
 SERVICE = "/cds-services/leg-cramp-patient-view"
@@ -149,3 +150,41 @@ def test_one_token_at_two_server_processes_sharing_postgres_is_accepted_once(tmp
         for server in servers:
             server.stop()
     assert rounds == [[200, 401]] * 25
+
+
+# --- FallbackReplayCache: the outage logic, with a shared cache that can be switched off -------------------
+class _SwitchableShared:
+    """A shared cache (MemoryReplayCache) that raises ReplayStoreUnavailable while ``down``."""
+
+    def __init__(self) -> None:
+        self.cache, self.down, self.calls = MemoryReplayCache(), False, 0
+
+    def seen_before(self, jti, issuer, expires_at):
+        self.calls += 1
+        if self.down:
+            raise ReplayStoreUnavailable("OperationalError")
+        return self.cache.seen_before(jti, issuer, expires_at)
+
+
+def test_fallback_uses_memory_while_the_shared_cache_is_down_and_asks_it_again_later():
+    shared, now = _SwitchableShared(), [100.0]
+    cache = FallbackReplayCache(shared, "database", monotonic=lambda: now[0], retry_seconds=2.0)
+    other_replica = FallbackReplayCache(shared, "database")
+    exp = datetime.now(timezone.utc).timestamp() + 300
+    assert cache.seen_before("before", "iss", exp) is False
+    assert other_replica.seen_before("before", "iss", exp) is True  # shared
+
+    shared.down = True
+    assert cache.seen_before("before", "iss", exp) is True  # accepted here before the outage: still refused
+    assert cache.seen_before("during", "iss", exp) is False
+    assert cache.degradation.startswith("replay store (database): not reachable (OperationalError)")
+    calls = shared.calls
+    assert cache.seen_before("during", "iss", exp) is True  # a replay to this replica
+    assert cache.seen_before("during-2", "iss", exp) is False
+    assert shared.calls == calls  # within the retry interval the shared cache is not asked
+
+    shared.down = False
+    now[0] += 2.5
+    assert cache.seen_before("after", "iss", exp) is False
+    assert cache.degradation is None
+    assert other_replica.seen_before("after", "iss", exp) is True  # shared again
