@@ -34,6 +34,7 @@ from cds_service.app import DEV_MODE_WARNING, SECURITY_HEADERS, create_app
 from cds_service.auth import CATEGORIES
 from cds_service.header_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES, MAX_TOKEN_BYTES
 from cds_service.logs import JsonFormatter
+from cds_service.openapi import openapi_document
 from cds_service.settings import Settings, SettingsError
 from conftest import SERVICE_ID, SERVICE_URL, minimal_request, patient_resource, searchset
 from security_support import (
@@ -42,6 +43,7 @@ from security_support import (
     PATIENT_KEY_SECRET,
     PUBLIC_BASE_URL,
     TestIssuer,
+    assert_conforms,
     secure_app,
     service_url_for,
 )
@@ -271,6 +273,16 @@ def test_headers_over_the_limit_are_431_with_an_operation_outcome(place: str, cl
     assert outcome["issue"][0]["code"] == "too-long"
     assert "limit" in outcome["issue"][0]["diagnostics"]
     assert response.headers["X-Request-ID"]
+    assert_conforms(openapi_document(), "POST", "/cds-services/{id}", response)
+
+
+def test_each_401_conforms_to_the_api_description(client, issuer) -> None:
+    document = openapi_document()
+    for attack in ("no Authorization header", "expired", "wrong aud (another service)", "tampered payload"):
+        authorization = ATTACKS[attack][0](issuer)
+        response = client.post(SERVICE_URL, json=minimal_request(),
+                               headers={"Authorization": authorization} if authorization else {})
+        assert_conforms(document, "POST", "/cds-services/{id}", response)
 
 
 def test_refusals_log_the_reason_never_the_token(client, issuer, caplog: pytest.LogCaptureFixture) -> None:
