@@ -30,6 +30,7 @@ SYSTEM_LABELS = {
     "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
     "http://loinc.org": "LOINC",
     "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://www.ama-assn.org/go/cpt": "CPT",
 }
 _SIDE_WORDS = re.compile(r"\b(right|left|bilateral|both)\b", re.IGNORECASE)
 
@@ -53,6 +54,10 @@ class Provenance:
         label = self.display or "(no display)"
         if self.code:
             label += f" ({SYSTEM_LABELS.get(self.system or '', self.system or 'code')} {self.code})"
+        if self.text_matched:
+            label += " (recognised by its name)"
+        if self.status:
+            label += f" [{self.status}]"
         return f"{self.resource_type}/{self.resource_id}, {when}: {label}"
 
 

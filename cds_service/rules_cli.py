@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,9 @@ def render_explanation(result: Any, ruleset: RuleSet, patient: Path, rules_file:
         out += [f"      {source.describe()}" for source in fact.sources]
     if not facts.facts:
         out.append("  (none)")
+    by_method = Counter("text" if r.method == "text" else "code" if r.concepts else "none" for r in facts.conditions)
+    out += ["", f"Conditions: {len(facts.conditions)} (recognised by code {by_method['code']}, by text "
+                f"{by_method['text']}, not recognised {by_method['none']})"]
     out += ["", "Latest usable observations:"]
     for kind, value in sorted(facts.observations.items()):
         shown = value.answer or (f"{value.value} {value.unit}" if value.value is not None else "flagged")
@@ -219,7 +223,8 @@ def render_explanation(result: Any, ruleset: RuleSet, patient: Path, rules_file:
         counted = "" if med.counted else "; not current (status/intent/period): not counted"
         out.append(f"  {med.provenance.describe()}: {how}{ingredients}{classes}{counted}")
     out += ["", "Evaluations:"]
-    labels = {"red_flag": "A possible DVT", "venous": "B venous duplex workup", "contributors": "C contributors"}
+    labels = {"red_flag": "A DVT (A.1 untreated, A.2/A.3 possible)", "venous": "B venous duplex workup",
+              "contributors": "C contributors"}
     for key, outcome in zip(("red_flag", "venous", "contributors"), evaluation.outcomes):
         verdict = "FIRED" if outcome.fired else "not fired"
         score = ""
@@ -243,6 +248,16 @@ def render_explanation(result: Any, ruleset: RuleSet, patient: Path, rules_file:
         if outcome.labs_not_checked:
             out.append("    lab results could not be checked (observations not available)")
         out += [f"    note: {note}" for note in outcome.notes]
+        out += [f"    medication record read: {s.describe()}" for s in outcome.medications_read if outcome.fired]
+        if outcome.anticoagulant_not_checked:
+            out.append(f"    anticoagulant not checked in: {', '.join(outcome.anticoagulant_not_checked)}")
+        out += [f"    venous duplex on record: {s.describe()}" for s in outcome.duplex_on_record]
+        if outcome.not_checked:
+            out.append(f"    keys this rule reads that could not be checked: {', '.join(outcome.not_checked)}")
+        for missing in outcome.missing:
+            adds = f", would add {_points(missing.points)}" if missing.points is not None else ""
+            what = missing.item or missing.test or ", ".join(missing.keys)
+            out.append(f"    missing ({missing.card_id}): {missing.reason} {what}{adds}")
     shown = [o.card_id for o in evaluation.shown]
     out += ["", f"Card shown after precedence: {', '.join(shown) if shown else 'none'}"
                 " (suppression after overrides is not applied here)"]

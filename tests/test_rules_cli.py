@@ -373,3 +373,23 @@ def test_start_refused_on_invalid_rules_file(tmp_path):
     rules = write_rules(tmp_path, default_text().replace("    statin: 0.5", "    statin: -1"), "fresh-invalid.yaml")
     with pytest.raises(RuleSetError, match="contributors.points.statin"):
         create_app(Settings(development_mode=True, rules_path=rules))
+
+
+def test_rules_explain_shows_revision_2026_12_reasons(runner, tmp_path):
+    """Text-matched records marked, conditions counted by how they were recognised, the duplex that stops B,
+    the keys each rule could not check and the missing data that could change the card."""
+    from chart_builder import CPT, condition, hook_request, service_request, text_condition
+    body = hook_request([condition("R252"), text_condition("Varicose veins"), text_condition("Chronic sinusitis"),
+                         condition("L03.116", age=1), service_request((CPT, "93970"), age=30)], omit=("procedures",))
+    patient = tmp_path / "patient.json"
+    patient.write_text(json.dumps(body))
+    result = runner.invoke(main, ["rules", "explain", "--rules", str(DEFAULT_RULES), "--as-of", "2026-06-15",
+                                  str(patient)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Conditions: 4 (recognised by code 2, by text 1, not recognised 1)" in out
+    assert "Varicose veins (recognised by its name)" in out
+    assert "venous duplex on record: ServiceRequest/" in out and "(CPT 93970) [active]" in out
+    assert "keys this rule reads that could not be checked: procedures" in out
+    assert "missing (possible-dvt): surgery_not_checked recent_surgery" in out
+    assert "Card shown after precedence: conservative-care" in out
