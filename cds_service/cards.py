@@ -140,7 +140,7 @@ class CardRenderer:
         lines = [text.intro, "", self._items_table(outcome.findings, phrasing, with_points=False), ""]
         unchecked = list(outcome.anticoagulant_not_checked)
         if unchecked:
-            lines.append(text.medications_not_checked.format(keys=phrasing.keys(unchecked)))
+            lines += [text.medications_not_checked.format(keys=phrasing.keys(unchecked)), ""]
         if outcome.medications_read:
             kinds = phrasing.common.record_kinds
             lines += [text.medications_read, "", "| Medication record | Kind |", "|---|---|"]
