@@ -45,7 +45,7 @@ TOKEN = "tok-5f1c-never-in-logs"
 DEADLINE = 0.3  # for the tests about the deadline (``deadline_client``)
 GENEROUS = 2.0  # for the others (``fetch_client``): a loaded CI machine must not turn them into deadline tests
 CONSERVATIVE = "Leg cramps: conservative care"
-OPTIONAL_KEYS = ("medicationRequests", "medicationStatements", "observations")
+OPTIONAL_KEYS = ("medicationRequests", "medicationStatements", "observations", "procedures", "serviceRequests")
 
 CRAMPS = {
     "resourceType": "Condition",
@@ -72,7 +72,10 @@ URLS = {
     "medicationRequests": re.compile(re.escape(f"{BASE}/MedicationRequest?") + r".*"),
     "medicationStatements": re.compile(re.escape(f"{BASE}/MedicationStatement?") + r".*"),
     "observations": re.compile(re.escape(f"{BASE}/Observation?") + r".*"),
+    "procedures": re.compile(re.escape(f"{BASE}/Procedure?") + r".*"),
+    "serviceRequests": re.compile(re.escape(f"{BASE}/ServiceRequest?") + r".*"),
 }
+SEARCH_TYPES = ("MedicationRequest", "MedicationStatement", "Observation", "Procedure", "ServiceRequest")
 
 
 # ---------------------------------------------------------------- helpers
@@ -112,7 +115,7 @@ def full_prefetch(*conditions: dict[str, Any]) -> dict[str, Any]:
 
 def serve_chart(rsps: responses.RequestsMock, *, skip: tuple[str, ...] = (), conditions: list[dict] | None = None,
                 match: list | None = None) -> None:
-    """Register the five searches of a patient with documented cramps (all but ``skip``)."""
+    """Register the searches of a patient with documented cramps, one per key (all but ``skip``)."""
     bodies = {
         "patient": patient_resource(),
         "conditions": searchset(*(conditions if conditions is not None else [CRAMPS])),
@@ -207,7 +210,7 @@ def test_fetch_open_server_sends_no_authorization(fetch_client, fhir) -> None:
     serve_chart(fhir)
     response = fetch_client.post(SERVICE_URL, json=hook_body())
     assert "Could not be checked" not in conservative_detail(response)
-    assert len(fhir.calls) == 5
+    assert len(fhir.calls) == len(URLS)  # one call per key
     for call in fhir.calls:
         assert "Authorization" not in call.request.headers
         assert call.request.headers["Accept"] == "application/fhir+json"
@@ -218,7 +221,7 @@ def test_fetch_secured_server_sends_bearer_token(fetch_client, fhir) -> None:
                                                       "Accept": "application/fhir+json"})])
     response = fetch_client.post(SERVICE_URL, json=hook_body(token=TOKEN))
     assert "Could not be checked" not in conservative_detail(response)
-    assert len(fhir.calls) == 5
+    assert len(fhir.calls) == len(URLS)  # one call per key
 
 
 def test_fetch_network_error_is_412_naming_the_keys(fetch_client, fhir) -> None:
@@ -290,7 +293,7 @@ def test_fetch_only_missing_keys_are_fetched(fetch_client, fhir) -> None:
     fhir.get(URLS["observations"], json=searchset())
     fhir.get(URLS["medicationStatements"], json=searchset())
     prefetch = {"patient": patient_resource(), "conditions": searchset(CRAMPS), "medicationRequests": searchset(),
-                "medicationStatements": None,
+                "procedures": searchset(), "serviceRequests": searchset(), "medicationStatements": None,
                 "observations": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}}
     detail = conservative_detail(fetch_client.post(SERVICE_URL, json=hook_body(prefetch)))
     assert "Could not be checked" not in detail
@@ -494,7 +497,7 @@ def test_fetch_deadline_slow_required_key_is_412_in_time(deadline_client, relaxe
     fhir.add_callback(responses.GET, URLS["conditions"], callback=held)
     response = deadline_client.post(SERVICE_URL, json=hook_body())
     answered_while_held = not held.returned.is_set()
-    let_abandoned_call_finish(fhir, held, 5)
+    let_abandoned_call_finish(fhir, held, len(URLS))
     assert response.status_code == 412
     assert "conditions: deadline passed" in diagnostics(response)
     assert answered_while_held  # at the deadline, not when the slow server answered
@@ -507,18 +510,18 @@ def test_fetch_deadline_slow_optional_key_is_not_checked_in_time(deadline_client
     fhir.add_callback(responses.GET, URLS["observations"], callback=held)
     response = deadline_client.post(SERVICE_URL, json=hook_body())
     answered_while_held = not held.returned.is_set()
-    let_abandoned_call_finish(fhir, held, 5)
+    let_abandoned_call_finish(fhir, held, len(URLS))
     assert "Could not be checked: observations" in conservative_detail(response)
     assert answered_while_held
 
 
 def test_fetch_keys_are_fetched_in_parallel(fhir) -> None:
-    """Each of the five calls waits until all five are in the server at once: sequential fetching could
+    """Each call (one per key) waits until all of them are in the server at once: sequential fetching could
     never get past the first one (it would break the barrier and answer 500). Counts, not a stopwatch."""
     client = make_fetch_app(deadline=20.0).test_client()
-    together = threading.Barrier(5, timeout=15.0)
     bodies = {"patient": patient_resource(), "conditions": searchset(CRAMPS),
               **{key: searchset() for key in OPTIONAL_KEYS}}
+    together = threading.Barrier(len(bodies), timeout=15.0)
 
     def meeting(body: dict[str, Any]) -> Callable[[Any], tuple[int, dict, str]]:
         def callback(request: Any) -> tuple[int, dict, str]:
@@ -533,7 +536,7 @@ def test_fetch_keys_are_fetched_in_parallel(fhir) -> None:
         fhir.add_callback(responses.GET, URLS[key], callback=meeting(body))
     detail = conservative_detail(client.post(SERVICE_URL, json=hook_body(token=TOKEN)))
     assert "Could not be checked" not in detail
-    assert not together.broken and len(fhir.calls) == 5
+    assert not together.broken and len(fhir.calls) == len(bodies)
 
 
 def _fetch_threads() -> set[threading.Thread]:
@@ -662,10 +665,10 @@ def test_fetch_allowlist_compares_normalised_prefixes(fhir, server: str) -> None
     client = make_fetch_app(allowlist=("https://ehr.example.org/fhir/",)).test_client()
     fhir.get(re.compile(r"https://ehr\.example\.org/fhir/(r4/)?Patient/" + PATIENT_ID), json=patient_resource())
     fhir.get(re.compile(r"https://ehr\.example\.org/fhir/(r4/)?Condition\?.*"), json=searchset(CRAMPS))
-    for kind in ("MedicationRequest", "MedicationStatement", "Observation"):
+    for kind in SEARCH_TYPES:
         fhir.get(re.compile(rf"https://ehr\.example\.org/fhir/(r4/)?{kind}\?.*"), json=searchset())
     conservative_detail(client.post(SERVICE_URL, json=hook_body(server=server)))
-    assert len(fhir.calls) == 5
+    assert len(fhir.calls) == len(URLS)  # one call per key
 
 
 def test_fetch_http_loopback_needs_the_development_setting(fhir) -> None:
@@ -673,7 +676,7 @@ def test_fetch_http_loopback_needs_the_development_setting(fhir) -> None:
     client = make_fetch_app(allowlist=(loopback,), fhir_allow_http_loopback=True).test_client()
     fhir.get(f"{loopback}/Patient/{PATIENT_ID}", json=patient_resource())
     fhir.get(re.compile(re.escape(loopback) + r"/Condition\?.*"), json=searchset(CRAMPS))
-    for kind in ("MedicationRequest", "MedicationStatement", "Observation"):
+    for kind in SEARCH_TYPES:
         fhir.get(re.compile(re.escape(loopback) + rf"/{kind}\?.*"), json=searchset())
     conservative_detail(client.post(SERVICE_URL, json=hook_body(server=loopback)))
 

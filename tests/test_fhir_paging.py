@@ -37,6 +37,7 @@ FHIR_JSON = {"Accept": "application/fhir+json"}
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 INCOMPLETE_NOTE = "Data may be incomplete (more pages were not read): "
+OPTIONAL_KEYS = ("medicationRequests", "medicationStatements", "observations", "procedures", "serviceRequests")
 
 
 def condition(patient_id: str, number: int, code: str | None = None, text: str = "") -> dict[str, Any]:
@@ -103,8 +104,7 @@ def hook_body(base_url: str, patient_id: str, fhir_server: str | None) -> dict[s
         "hookInstance": f"paging-{patient_id}",
         "context": {"userId": "Practitioner/example", "patientId": patient_id},
         "prefetch": {"patient": patient, "conditions": page_one(base_url, patient_id),
-                     "medicationRequests": searchset(), "medicationStatements": searchset(),
-                     "observations": searchset()},
+                     **{key: searchset() for key in OPTIONAL_KEYS}},
     }
     if fhir_server:
         body["fhirServer"] = fhir_server
