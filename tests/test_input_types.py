@@ -333,10 +333,29 @@ RECORD_CASES = [(kind, element, wrong) for kind, (_, _, elements) in RECORDS.ite
                 for element, fhir_type in elements.items() for wrong in JSON_VALUES if wrong != fhir_type]
 
 
-def _skipped(caplog) -> list[dict[str, dict[str, int]]]:
+class Records(logging.Handler):
+    """Log records written while it is attached to the root logger (after the app configured logging)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def log_records(http):  # the app replaces the root handlers when it first configures logging: attach after it
+    records = Records()
+    logging.getLogger().addHandler(records)
+    yield records
+    logging.getLogger().removeHandler(records)
+
+
+def _skipped(log_records) -> list[dict[str, dict[str, int]]]:
     """The ``records skipped`` log lines of the request just made (there must be at most one)."""
-    lines = [r.skipped_by_type_and_reason for r in caplog.records if r.getMessage() == "records skipped"]
-    caplog.clear()
+    lines = [r.skipped_by_type_and_reason for r in log_records.records if r.getMessage() == "records skipped"]
+    log_records.records.clear()
     return lines
 
 
@@ -345,27 +364,25 @@ def _read_elements(kind: str) -> frozenset[str]:
     return READ_ELEMENTS[kind]
 
 
-def test_each_record_kind_is_read_when_valid(http, caplog, no_network):
+def test_each_record_kind_is_read_when_valid(http, log_records, no_network):
     """The sweep's base records are valid: none is skipped (so a skip below is the wrong type's doing)."""
     prefetch = {"patient": patient_resource()}
     for key, record, _ in RECORDS.values():
         prefetch[key] = searchset(record)
-    with caplog.at_level(logging.WARNING):
-        response = http.post(SERVICE_URL, json=minimal_request(prefetch=prefetch))
+    response = http.post(SERVICE_URL, json=minimal_request(prefetch=prefetch))
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert _skipped(caplog) == []
+    assert _skipped(log_records) == []
 
 
 @pytest.mark.parametrize("kind, element, wrong", RECORD_CASES)
-def test_prefetch_record_element_of_a_wrong_type_is_skipped_and_counted(kind, element, wrong, http, caplog,
+def test_prefetch_record_element_of_a_wrong_type_is_skipped_and_counted(kind, element, wrong, http, log_records,
                                                                         no_network):
     key, record, _ = RECORDS[kind]
     bad = {**record, element: JSON_VALUES[wrong]}
     body = minimal_request(prefetch={"patient": patient_resource(), "conditions": searchset(), key: searchset(bad)})
-    with caplog.at_level(logging.WARNING):
-        response = http.post(SERVICE_URL, json=body)
+    response = http.post(SERVICE_URL, json=body)
     assert response.status_code == 200, (kind, element, wrong, response.get_data(as_text=True)[:300])
-    lines = _skipped(caplog)
+    lines = _skipped(log_records)
     if element in _read_elements(kind):
         assert len(lines) == 1 and sum(lines[0][kind].values()) == 1, (kind, element, wrong, lines)
     else:  # not read by any rule: not validated, never a reason to drop the record
@@ -388,14 +405,13 @@ def test_bundle_entry_or_link_of_a_wrong_type_is_400_naming_it(element, wrong, h
 
 
 @pytest.mark.parametrize("wrong", ["array", "string", "number", "boolean"])
-def test_bundle_entry_item_or_resource_of_a_wrong_type_is_skipped_and_counted(wrong, http, caplog, no_network):
+def test_bundle_entry_item_or_resource_of_a_wrong_type_is_skipped_and_counted(wrong, http, log_records, no_network):
     value = JSON_VALUES[wrong]
     bundle = {**searchset(), "entry": [value, {"resource": value}]}
-    with caplog.at_level(logging.WARNING):
-        response = http.post(SERVICE_URL, json=minimal_request(
-            prefetch={"patient": patient_resource(), "conditions": bundle}))
+    response = http.post(SERVICE_URL, json=minimal_request(
+        prefetch={"patient": patient_resource(), "conditions": bundle}))
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert _skipped(caplog) == [{"?": {"not a JSON object": 2}}]
+    assert _skipped(log_records) == [{"?": {"not a JSON object": 2}}]
 
 
 LINK_CASES = [("item", w) for w in ("array", "string", "number", "boolean")] + \
@@ -414,13 +430,12 @@ DRAFT_ELEMENTS = RECORDS["MedicationRequest"][2]
 
 
 @pytest.mark.parametrize("element, wrong", [(e, w) for e, t in DRAFT_ELEMENTS.items() for w in JSON_VALUES if w != t])
-def test_draft_order_element_of_a_wrong_type_is_skipped_and_counted(element, wrong, http, caplog, no_network):
+def test_draft_order_element_of_a_wrong_type_is_skipped_and_counted(element, wrong, http, log_records, no_network):
     body = hook_body("order-sign")
     del body["fhirServer"], body["fhirAuthorization"]
     body["context"]["draftOrders"]["entry"].append({"resource": {**draft_order("q2"), element: JSON_VALUES[wrong]}})
-    with caplog.at_level(logging.WARNING):
-        response = http.post(SIGN_URL, json=body)
+    response = http.post(SIGN_URL, json=body)
     assert response.status_code == 200, (element, wrong, response.get_data(as_text=True)[:300])
     assert response.get_json()["cards"], "the valid quinine order still gets its card"
-    lines = _skipped(caplog)
+    lines = _skipped(log_records)
     assert len(lines) == 1 and sum(lines[0]["MedicationRequest"].values()) == 1, (element, wrong, lines)
