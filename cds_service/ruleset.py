@@ -194,6 +194,7 @@ class Procedures(_Strict):
     The surgery window is ``windows.recent_surgery_days``; the codes are the value sets
     ``surgical_procedure_category`` (Procedure.category) and ``venous_duplex``."""
 
+    source: str = Field(min_length=1)
     surgery_statuses: list[str] = Field(min_length=1)
     duplex_window_days: int = Field(ge=0)
     duplex_procedure_statuses: list[str] = Field(min_length=1)

@@ -44,8 +44,10 @@ def test_default_ruleset_holds_rules_md_numbers():
 
 
 def test_every_value_set_cites_its_source():
-    for name, value_set in load_default_ruleset().spec.value_sets.items():
+    spec = load_default_ruleset().spec
+    for name, value_set in spec.value_sets.items():
         assert "RULES.md" in value_set.source or "codes.json" in value_set.source, name
+    assert "RULES.md" in spec.procedures.source and "RULES.md" in spec.condition_text.source
 
 
 def _mutate(change):
@@ -220,6 +222,8 @@ INVALID_REVISION = [
      "condition_text.terms.leg_cramp[16]", "holds no word"),
     ("empty cue", lambda d: d["condition_text"]["cues"].append(" "), "condition_text.cues[19]", "empty cue"),
     ("cues missing", lambda d: d["condition_text"].pop("cues"), "condition_text.cues", "required key is missing"),
+    ("procedures without a source", lambda d: d["procedures"].pop("source"), "procedures.source",
+     "required key is missing"),
     ("unknown procedure status", lambda d: d["procedures"]["duplex_procedure_statuses"].append("done"),
      "procedures.duplex_procedure_statuses[1]", "unknown status 'done'"),
     ("unknown request status", lambda d: d["procedures"]["duplex_service_request_statuses"].append("ordered"),
