@@ -234,6 +234,10 @@ from cds_service.rules_cli import rules  # noqa: E402  (the `rules` group: valid
 
 main.add_command(rules)
 
+from cds_service.keys_cli import keys  # noqa: E402  (the `keys` group: new, jwks, trusted-client, token)
+
+main.add_command(keys)
+
 from cds_service.integration_cli import COMMANDS as INTEGRATION_COMMANDS  # noqa: E402  (invoke, check-server, load-fixtures)
 
 for _command in INTEGRATION_COMMANDS:
