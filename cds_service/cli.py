@@ -234,7 +234,7 @@ from cds_service.rules_cli import rules  # noqa: E402  (the `rules` group: valid
 
 main.add_command(rules)
 
-from cds_service.keys_cli import keys  # noqa: E402  (the `keys` group: new, jwks, trusted-client, token)
+from cds_service.keys_cli import keys  # noqa: E402  (the `keys` group: new, jwks, kid, trusted-client, token)
 
 main.add_command(keys)
 

@@ -3,6 +3,7 @@
 
     cramp-cds keys new DIR [--algorithm ES384|RS384] [--issuer ISS] [--force]
     cramp-cds keys jwks --key FILE [--kid KID]
+    cramp-cds keys kid --key FILE
     cramp-cds keys trusted-client --key FILE --issuer ISS [--jwks-file PATH | --jwks-url URL] [--tenant T]
     cramp-cds keys token --key FILE --issuer ISS --audience URL [--subject S] [--tenant T] [--lifetime N]
 
@@ -96,6 +97,13 @@ def jwks_command(key_path: Path, kid: str | None) -> None:
     """Print the key's public JWK Set (JSON): what the client publishes, or a jwks_file holds."""
     key = _read_key(key_path)
     click.echo(json.dumps(client_keys.public_jwks(key, kid), indent=2))
+
+
+@keys.command()
+@_key_option
+def kid(key_path: Path) -> None:
+    """Print the key's kid (its RFC 7638 thumbprint), e.g. for `cramp-cds invoke --jwt-kid`."""
+    click.echo(client_keys.key_id(_read_key(key_path)))
 
 
 @keys.command("trusted-client")

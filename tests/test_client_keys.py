@@ -5,7 +5,14 @@ their endpoint and refused for another audience or a second use. Plus what the f
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import socket
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +28,7 @@ from cds_service.cli import main
 from cds_service.settings import Settings
 from tests.conftest import minimal_request
 
+ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://ehr.keys-test.example"
 BASE_URL = "https://cds.keys-test.example"
 SERVICE_PATH = "/cds-services/leg-cramp-patient-view"
@@ -182,3 +190,75 @@ def test_unusable_key_file_is_one_line_naming_it(tmp_path):
     result = CliRunner().invoke(main, ["keys", "token", "--key", str(tmp_path / "k" / "private-key.pem"),
                                        "--issuer", ISSUER, "--audience", "cds.example.org"])
     assert result.exit_code == 2 and "audience" in result.output
+
+
+# ------------------------------------------------------------------ the documented commands, run as written
+
+
+def _block_after(document: Path, heading: str) -> str:
+    """The first ```sh/```bash block after ``heading`` in ``document``."""
+    text = document.read_text()
+    start = text.index(heading)
+    match = re.search(r"```(?:sh|bash)\n(.*?)```", text[start:], re.S)
+    assert match, f"no shell block after {heading!r} in {document}"
+    return match[1]
+
+
+def _run_script(script: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with bash -euo pipefail in its own process group (a server it starts in the background
+    is stopped on exit, and the whole group is killed if it outlives ``timeout``)."""
+    wrapped = "trap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT\n" + script
+    process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", wrapped], cwd=cwd, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the documented commands did not finish in {timeout} s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _env_with_the_cli() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("CRAMP_", "PROMETHEUS_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def test_security_md_key_commands_run_as_documented(tmp_path):
+    script = _block_after(ROOT / "docs" / "security.md", "## Client keys for testing")
+    result = _run_script(script, tmp_path, _env_with_the_cli())
+    assert result.returncode == 0, result.stderr
+    keys = tmp_path / "client-keys"
+    assert stat.S_IMODE((keys / "private-key.pem").stat().st_mode) == 0o600
+    printed_entry = tmp_path / "printed.yaml"
+    printed_entry.write_text(result.stdout[result.stdout.index("\nclients:") + 1:])
+    (client,) = load_trusted_clients(printed_entry)
+    assert client.issuer == "https://ehr.example.org" and client.tenant == "1234"
+    token = (tmp_path / "token.txt").read_text().strip()
+    (audience,) = re.findall(r"--audience (\S+)", script)
+    app = create_app(Settings(trusted_clients_path=keys / "trusted-clients.yaml",
+                              public_base_urls=audience.split("/cds-services/")[0],
+                              patient_key_secret=PATIENT_KEY_SECRET, database_url="sqlite://")).test_client()
+    assert _call(app, token).status_code == 200
+
+
+def test_integration_md_walkthrough_signs_a_call_to_a_real_server(tmp_path):
+    """The block as written (port 8080 swapped for a free one, one worker), against `cramp-cds serve`
+    outside development mode; then the same call without a JWT, which the server refuses."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = _block_after(ROOT / "docs" / "integration.md", "### Signing calls with a client key")
+    assert "127.0.0.1:8080" in script and "--port 8080" in script
+    script = script.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace("--port 8080", f"--port {port}")
+    fixture = re.search(r"--from-file (\S+)", script)[1]
+    (tmp_path / fixture).parent.mkdir(parents=True)
+    shutil.copy(ROOT / fixture, tmp_path / fixture)
+    script += (f"\nif cramp-cds invoke --service-url http://127.0.0.1:{port} --from-file {fixture}; then exit 9; fi\n")
+    env = {**_env_with_the_cli(), "CRAMP_WORKERS": "1"}
+    result = _run_script(script, tmp_path, env)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert re.search(r"^\d+ cards?$", result.stdout, re.M), result.stdout
+    assert "HTTP 401" in result.stdout + result.stderr  # the unsigned call
+    assert "DEVELOPMENT MODE" not in result.stderr
