@@ -47,13 +47,11 @@ def _default_drugs() -> DrugTable:
 
 
 class CardRenderer:
-    def __init__(self, content: CardContent | None = None, ruleset: RuleSet | None = None,
-                 new_uuid: Callable[[], str] | None = None, *, drugs: DrugTable | None = None) -> None:
-        if ruleset is None:
-            raise TypeError("CardRenderer needs the rule set")
-        self.content = content or load_card_content()
+    def __init__(self, content: CardContent, ruleset: RuleSet, new_uuid: Callable[[], str] | None = None, *,
+                 drugs: DrugTable | None = None) -> None:
+        self.content = content
         self.ruleset = ruleset
-        self.drugs = drugs
+        self.drugs = drugs  # for an ingredient's class when a record does not carry it (drugs.DrugMatch)
         self.new_uuid = new_uuid or (lambda: str(uuid.uuid4()))
 
     # ------------------------------------------------------------ the one assembly path
