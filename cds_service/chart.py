@@ -164,8 +164,13 @@ def build_chart(
     not_checked: Iterable[str] = (),
     incomplete: Iterable[str] = (),
     stale_before: Mapping[tuple[str, str], date] | None = None,
+    procedure_codes: frozenset[tuple[str, str]] | None = None,
 ) -> Chart:
     """Validate and group raw resources. ``resources_by_key['patient']`` must hold the Patient.
+
+    ``procedure_codes``: the (system, code) pairs a Procedure or ServiceRequest must carry in ``code`` or
+    ``category`` for a rule to read it (recent surgery, venous duplex); others are left out unvalidated,
+    like Observations of codes no rule reads. None: every one is read.
 
     ``stale_before``: (system, code) of a quantity observation -> the date before which facts.py cannot
     use it (outside its window; ``Engine`` passes it with a day's margin). Such an Observation with a
@@ -183,7 +188,7 @@ def build_chart(
         if key == "patient":
             continue
         for raw in raws:
-            _add_resource(chart, raw, patient_id, observation_codes, seen, stale_before)
+            _add_resource(chart, raw, patient_id, observation_codes, seen, stale_before, procedure_codes)
     return chart
 
 
@@ -211,6 +216,7 @@ def _add_resource(
     observation_codes: frozenset[tuple[str, str]],
     seen: set[tuple[str, str]],
     stale_before: Mapping[tuple[str, str], date] | None = None,
+    procedure_codes: frozenset[tuple[str, str]] | None = None,
 ) -> None:
     if not isinstance(raw, dict):
         chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
@@ -226,6 +232,9 @@ def _add_resource(
         return
     if resource_type == "Observation" and stale_before and _is_stale_quantity(raw, stale_before):
         return
+    if resource_type in ("Procedure", "ServiceRequest") and procedure_codes is not None \
+            and not _has_procedure_code(raw, procedure_codes):
+        return  # neither a surgery nor a venous duplex: no rule reads it
     identity = (resource_type, resource_id)
     if resource_id != "?" and identity in seen:
         return  # the same record sent under two keys counts once
@@ -252,6 +261,21 @@ def _has_read_code(raw: dict[str, Any], observation_codes: frozenset[tuple[str, 
     return any(
         isinstance(c, dict) and (c.get("system"), c.get("code")) in observation_codes for c in code["coding"]
     )
+
+
+def _has_procedure_code(raw: dict[str, Any], codes: frozenset[tuple[str, str]]) -> bool:
+    """Whether a raw Procedure / ServiceRequest has a ``code`` or ``category`` coding in ``codes``; a
+    malformed one is validated, so that it is reported rather than silently dropped."""
+    concepts: list[Any] = []
+    for element in ("code", "category"):
+        value = raw.get(element)
+        concepts += value if isinstance(value, list) else [value] if value is not None else []
+    for concept in concepts:
+        if not isinstance(concept, dict) or not isinstance(concept.get("coding", []), list):
+            return True
+        if any(not isinstance(c, dict) or (c.get("system"), c.get("code")) in codes for c in concept.get("coding", [])):
+            return True
+    return False
 
 
 def _raw_date(raw: dict[str, Any]) -> date | None:

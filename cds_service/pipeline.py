@@ -124,6 +124,7 @@ class Engine:
             not_checked=resolved.not_checked,
             incomplete=resolved.incomplete,
             stale_before=self._stale_before(),
+            procedure_codes=self.ruleset.procedure_codes,
         )
         facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
         log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records

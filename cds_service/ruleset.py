@@ -421,6 +421,16 @@ class RuleSet:
         )
 
     @cached_property
+    def procedure_codes(self) -> frozenset[tuple[str, str]] | None:
+        """The (system, code) pairs that make a Procedure or ServiceRequest readable by a rule (surgical
+        category, venous duplex), for chart.py to skip validating the rest; None when one of those value sets
+        uses prefixes or ranges (then every record is read)."""
+        sets = [self.value_sets[name] for name in ("surgical_procedure_category", "venous_duplex")]
+        if any(vs.prefixes or vs.ranges for vs in sets):
+            return None
+        return frozenset().union(*(vs.codes for vs in sets))
+
+    @cached_property
     def observation_codes(self) -> dict[tuple[str, str], str]:
         """(system, code) -> observation kind (pregnancy_status, potassium, ...)."""
         table: dict[tuple[str, str], str] = {}

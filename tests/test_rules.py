@@ -589,3 +589,27 @@ def test_venous_would_fire_says_the_score_it_would_reach(engine):
     result = run(engine, [CRAMPS, condition("Z86.718")], birth_date=None)  # previous DVT 2; BMI 1 + age 1 possible
     (would,) = [m for m in result.evaluation.shown[0].missing if m.reason == "venous_would_fire"]
     assert (would.card_id, would.points, would.score, would.threshold) == ("venous-duplex-workup", 2, 4, 3)
+
+
+def test_only_procedures_a_rule_reads_are_validated(engine):
+    """A Procedure neither surgical nor a duplex is left out unvalidated (an invalid one is not even
+    reported); an invalid duplex is validated, skipped and reported; a valid one is read."""
+    irrelevant = procedure((SNOMED, "80146002"), age=3) | {"performedDateTime": "not a date"}
+    broken_duplex = procedure((CPT, "93970"), age=3) | {"performedDateTime": "not a date"}
+    duplex = procedure((CPT, "93971"), age=3)
+    surgery = procedure((SNOMED, "80146002"), age=3, surgical=True)
+    facts = run(engine, [CRAMPS, irrelevant, broken_duplex, duplex, surgery]).facts
+    assert [(s.resource_type, s.resource_id) for s in facts.skipped] == [("Procedure", broken_duplex["id"])]
+    assert {s.resource_id for s in facts.facts["venous_duplex_on_record"].sources} == {duplex["id"]}
+    assert {s.resource_id for s in facts.facts["recent_surgery"].sources} == {surgery["id"]}
+
+
+def test_procedure_prefilter_steps_aside_for_prefixes(engine):
+    import yaml
+    from importlib import resources
+    from cds_service.ruleset import parse_ruleset
+    data = yaml.safe_load(resources.files("cds_service").joinpath("data/ruleset.yaml").read_text())
+    assert engine.ruleset.procedure_codes == {(SNOMED, "387713003"), (CPT, "93970"), (CPT, "93971"),
+                                              (LOINC, "46364-6"), (LOINC, "48691-0"), (LOINC, "48692-8")}
+    data["value_sets"]["venous_duplex"]["prefixes"] = ["cpt|9397"]
+    assert parse_ruleset(yaml.safe_dump(data), "x.yaml").procedure_codes is None
