@@ -11,8 +11,8 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
 
     CRAMP_BIND         address to listen on, "HOST:PORT" (default 127.0.0.1:8080; the image sets 0.0.0.0:8080)
     CRAMP_WORKERS      worker processes (default CPU cores + 1, at most 8)
-    CRAMP_THREADS      threads per worker (default 1)
-    CRAMP_WORKER_CLASS gthread (default) or sync
+    CRAMP_THREADS      threads per worker (default 8: a call waiting on a FHIR server holds a thread, not a worker)
+    CRAMP_WORKER_CLASS gthread (default: cds_service.gunicorn_worker, no more connections than threads) or sync
     CRAMP_KEEPALIVE    seconds an idle client connection stays open (default 0: closed after each response)
     CRAMP_ACCESS_LOG   true: one access-log line per request on stderr (default false)
     CRAMP_MAX_REQUESTS recycle a worker after about this many requests (default 0: never; see README, Benchmarks)
@@ -46,9 +46,11 @@ from cds_service.settings import SettingsError, env_int
 from cds_service.reload import gunicorn_on_reload, gunicorn_post_worker_init
 
 DEFAULT_BIND = "127.0.0.1:8080"
-DEFAULT_THREADS = 1
+DEFAULT_THREADS = 8
 MAX_DEFAULT_WORKERS = 8
 WORKER_CLASSES = ("sync", "gthread")
+# gthread is gunicorn's, accepting no more connections than it has threads (cds_service/gunicorn_worker.py).
+WORKER_CLASS_PATHS = {"sync": "sync", "gthread": "cds_service.gunicorn_worker.ThreadBoundWorker"}
 DEFAULT_WORKER_CLASS = "gthread"
 DEFAULT_KEEPALIVE = 0
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
@@ -207,10 +209,11 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "bind": [_bind(env)],
         "workers": env_int(env, "CRAMP_WORKERS", default_workers(), minimum=WORKERS_RANGE[0],
                            maximum=WORKERS_RANGE[1]),
-        # gthread with 1 thread by default: one call at a time per worker, as CPU-bound calls want. Where
-        # EHRs send no prefetch, raise CRAMP_THREADS so that a slow FHIR call (bounded by
-        # CRAMP_FHIR_DEADLINE_SECONDS) holds one thread, not a whole worker.
-        "worker_class": _worker_class(env),
+        # gthread, 8 threads: a call waiting on a slow FHIR server (up to CRAMP_FHIR_DEADLINE_SECONDS) holds
+        # one thread, not a whole worker, and a worker accepts only as many connections as it has threads, so
+        # a request that carries its prefetch goes to a worker with a free thread instead of queuing behind
+        # hanging ones (bench/bench_hanging_fhir.py, docs/fetching.md).
+        "worker_class": WORKER_CLASS_PATHS[_worker_class(env)],
         "threads": env_int(env, "CRAMP_THREADS", DEFAULT_THREADS, minimum=THREADS_RANGE[0],
                            maximum=THREADS_RANGE[1]),
         # A worker silent for this long is killed and replaced.
