@@ -323,7 +323,8 @@ def _drug_items(classes: dict[str, list[MedicationRecord]], ruleset: RuleSet) ->
     for drug_class, item in spec.drug_classes.items():
         meds = classes.get(drug_class)
         if meds and item in spec.points:
-            note = ", ".join(sorted({ing for m in meds for ing in m.ingredients})) or None
+            # each ingredient under its own class: Dyazide's triamterene is not a thiazide
+            note = ", ".join(sorted({ing for m in meds for ing in m.ingredients_in(drug_class)})) or None
             items.append(ScoredItem(item, spec.points[item], tuple(m.provenance for m in meds), note))
     return items
 

@@ -145,6 +145,13 @@ def test_dyazide_lists_each_ingredient_under_its_own_class() -> None:
     assert "Recognised by" not in thiazide and "(RxNorm 208124), draft order" in thiazide
 
 
+def test_combination_on_patient_view_lists_each_ingredient_under_its_own_class() -> None:
+    card, = fixture_cards("13-medication-record-variants")
+    rows = {line.split("|")[1].strip() for line in card["detail"].splitlines() if line.startswith("| ")}
+    assert "Potassium-sparing diuretic or aldosterone antagonist (triamterene)" in rows
+    assert "Thiazide or thiazide-like diuretic (hydrochlorothiazide)" in rows
+
+
 def test_quinine_card_names_the_order_by_its_drug_and_the_remove_action_too() -> None:
     card, = fixture_cards("order-10-quinine-product-997157")
     assert "| Quinine Sulfate 260 MG Oral Tablet (RxNorm 997157), draft order |" in card["detail"]
