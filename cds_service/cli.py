@@ -135,13 +135,13 @@ def main(ctx: click.Context) -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 64),  # = gunicorn_conf.WORKERS_RANGE (not imported here: it reads the environment)
     default=None,
     help="Worker processes. [default: CRAMP_WORKERS, else CPU cores + 1, at most 8]",
 )
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 64),  # = gunicorn_conf.THREADS_RANGE
     default=None,
     help="Threads per worker. [default: CRAMP_THREADS, else 1]",
 )

@@ -196,6 +196,16 @@ def test_an_unreadable_trusted_clients_file_is_reported_with_the_variable(tmp_pa
 @pytest.mark.parametrize(("name", "value"), [("CRAMP_MAX_BODY_BYTES", "-5"), ("CRAMP_FHIR_DEADLINE_SECONDS", "-1"),
                                              ("CRAMP_WORKERS", "0")])
 def test_serve_exits_2_on_an_out_of_range_number(name: str, value: str) -> None:
-    result, started = _serve({name: value}, "--dev")
+    result, started = _serve({name: value, "CRAMP_DATABASE_URL": "sqlite://"}, "--dev")
     assert result.exit_code == 2 and not started
     assert f"{name}: expected" in result.output
+
+
+@pytest.mark.parametrize(("option", "bounds"), [("--workers", gunicorn_conf.WORKERS_RANGE),
+                                                ("--threads", gunicorn_conf.THREADS_RANGE)])
+def test_serve_options_have_the_variables_ranges(option: str, bounds: tuple[int, int]) -> None:
+    for value, accepted in ((bounds[0], True), (bounds[1], True), (bounds[0] - 1, False), (bounds[1] + 1, False)):
+        result, started = _serve({"CRAMP_DATABASE_URL": "sqlite://"}, "--dev", option, str(value))
+        assert (result.exit_code == 0 and bool(started)) is accepted, (option, value, result.output)
+        if not accepted:
+            assert result.exit_code == 2 and option in result.output
