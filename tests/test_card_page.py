@@ -217,3 +217,16 @@ def test_hostile_card_text_runs_no_script_in_chromium(browser: Any, tmp_path: Pa
         assert hostile in page.inner_text("h2.summary")
     finally:
         page.close()
+
+
+@pytest.mark.chromium
+def test_resource_id_check_sees_an_id_in_the_rendered_page(browser: Any, tmp_path: Path) -> None:
+    """The visible-text check can fail: a card naming a record the old way is caught."""
+    page_file = tmp_path / "old.html"
+    page_file.write_text(render_page({"cards": [a_card(detail="| Record |\n|---|\n| Condition/cfb842ea6f7 |")]}))
+    page = browser.new_page()
+    try:
+        page.goto(page_file.as_uri())
+        assert RESOURCE_REFERENCE.findall(page.inner_text("body")) == ["Condition/cfb842ea6f7"]
+    finally:
+        page.close()
