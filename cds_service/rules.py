@@ -99,7 +99,7 @@ class Evaluation:
         return (self.red_flag, self.venous, self.contributors)
 
 
-# ---------------------------------------------------------------- A: possible DVT
+# ---------------------------------------------------------------- A: untreated DVT (A.1), possible DVT (A.2, A.3)
 
 def _recent(records: list[ConditionRecord], days: int) -> list[ConditionRecord]:
     return [r for r in records if r.age_days is not None and r.age_days <= days]
@@ -126,7 +126,7 @@ def _one_side(sides: set[str | None]) -> str | None:
     return named.pop() if len(named) == 1 and named <= {"right", "left"} else None
 
 
-def _checked_keys(facts: PatientFacts, card_id: str) -> tuple[str, ...]:
+def _unchecked_keys(facts: PatientFacts, card_id: str) -> tuple[str, ...]:
     """The keys the card's rule reads that could not be checked (RULES.md: only those are named)."""
     return tuple(key for key in KEYS_READ.get(card_id, ()) if key in facts.not_checked)
 
@@ -145,7 +145,7 @@ def evaluate_untreated_dvt(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
         pathways=("acute_dvt",) if fired else (),
         findings=(ScoredItem("recent_acute_dvt", 0, acute.sources),) if acute is not None else (),
         side=_one_side(sides) if acute is not None else None,
-        not_checked=_checked_keys(facts, UNTREATED_DVT),
+        not_checked=_unchecked_keys(facts, UNTREATED_DVT),
         medications_read=tuple(m.provenance for m in facts.medications),
         anticoagulant_not_checked=unread if fired else (),
     )
@@ -175,7 +175,7 @@ def evaluate_possible_dvt(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
         pathways=tuple(pathways),
         findings=tuple(findings),
         side=_one_side(sides),
-        not_checked=_checked_keys(facts, POSSIBLE_DVT),
+        not_checked=_unchecked_keys(facts, POSSIBLE_DVT),
     )
 
 
@@ -228,7 +228,7 @@ def _venous_condition_items(facts: PatientFacts, points: dict[str, float]) -> di
     return found
 
 
-def evaluate_venous(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
+def _venous_items(facts: PatientFacts, ruleset: RuleSet) -> list[ScoredItem]:
     spec = ruleset.spec.venous_index
     points = spec.points
     items: list[ScoredItem] = []
@@ -251,7 +251,14 @@ def evaluate_venous(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
     bmi = facts.observations.get("bmi")
     if bmi is not None and bmi.value is not None and bmi.value >= spec.bmi_at_least:
         items.append(ScoredItem("bmi_30_or_over", points["bmi_30_or_over"], (bmi.provenance,), f"BMI {bmi.value}"))
-    items = [i for i in items if i.item in points]
+    return [i for i in items if i.item in points]
+
+
+def evaluate_venous(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
+    """B: documented cramps and a venous index at the threshold with an objective sign, unless a venous
+    duplex is on record (then C shows, naming it)."""
+    spec = ruleset.spec.venous_index
+    items = _venous_items(facts, ruleset)
     score = sum(i.points for i in items)
     has_sign = any(i.item in spec.objective_signs for i in items)
     cramps = "documented_leg_cramps" in facts.facts
@@ -277,7 +284,7 @@ def evaluate_venous(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
         threshold=spec.threshold,
         items=tuple(items),
         notes=tuple(notes),
-        not_checked=_checked_keys(facts, VENOUS_DUPLEX_WORKUP),
+        not_checked=_unchecked_keys(facts, VENOUS_DUPLEX_WORKUP),
         missing=tuple(missing),
         duplex_on_record=duplex.sources if met and duplex is not None else (),
         duplex_not_checked=unread if met and duplex is None else (),
@@ -349,7 +356,7 @@ def evaluate_contributors(facts: PatientFacts, ruleset: RuleSet) -> Outcome:
         items=tuple(items),
         missing_labs=missing_labs,
         labs_not_checked=labs_not_checked,
-        not_checked=_checked_keys(facts, card_id),
+        not_checked=_unchecked_keys(facts, card_id),
         missing=tuple(_contributor_missing(facts, ruleset, {i.item for i in items}, card_id)),
     )
 
