@@ -30,6 +30,7 @@ import hmac
 import logging
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -62,6 +63,8 @@ LOCK_TIMEOUT_MS = 500  # SQLite busy timeout, PostgreSQL lock_timeout
 STATEMENT_TIMEOUT_MS = 5000  # PostgreSQL statement_timeout (the feedback report reads the most)
 FEEDBACK_RETRY_AFTER_SECONDS = 5  # Retry-After of a 503 to feedback while the database is down
 WRITE_QUEUE_SECONDS = 1.0  # SQLite: how long a thread may wait for this process's other writers
+SLOW_FAILURE_SECONDS = 1.0  # a failure that took this long (a host that does not answer: connect timeout)...
+SKIP_SECONDS = 2.0  # ...and the database is not asked again for this long: calls don't each wait for it
 FUTURE_TOLERANCE = timedelta(minutes=5)  # an outcomeTimestamp later than this after receipt is refused
 REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are deleted
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
@@ -126,12 +129,20 @@ class WriterQueueTimeout(Exception):
     """SQLite: this process's other threads kept the write turn too long (the database is busy)."""
 
 
+class DatabaseSkipped(Exception):
+    """Not asked: a call less than SKIP_SECONDS ago waited its full timeout and failed with ``error_type``."""
+
+    def __init__(self, error_type: str) -> None:
+        super().__init__(error_type)
+        self.error_type = error_type
+
+
 class StoreUnavailable(SettingsError):
     """The database at CRAMP_DATABASE_URL cannot be opened or migrated; the message says why (no URL)."""
 
 
 # What a database that cannot answer raises (connection refused or lost, lock or pool timeout, busy).
-UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, WriterQueueTimeout)
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, WriterQueueTimeout, DatabaseSkipped)
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,7 @@ class CardStore:
         self._replay_inserts = 0
         self.engine = _create_engine(database_url, must_exist=must_exist)
         self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._skip_until, self._skip_reason = 0.0, ""
         if migrate:
             try:
                 self.migrate()
@@ -356,20 +368,37 @@ class CardStore:
         other processes.
         """
         if self._write_turn is None:
-            with self.engine.begin() as connection:
+            with self._answering(), self.engine.begin() as connection:
                 yield connection
             return
         if not self._write_turn.acquire(timeout=WRITE_QUEUE_SECONDS):
             raise WriterQueueTimeout(f"no turn to write within {WRITE_QUEUE_SECONDS} s")
         try:
-            with self.engine.begin() as connection:
+            with self._answering(), self.engine.begin() as connection:
                 yield connection
         finally:
             self._write_turn.release()
 
-    def _reading(self) -> Connection:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
         """A connection for reads (on SQLite a deferred BEGIN: it takes no write lock)."""
-        return self.engine.connect().execution_options(cramp_read_only=True)
+        with self._answering(), self.engine.connect().execution_options(cramp_read_only=True) as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Around every use of the database: after a failure that took SLOW_FAILURE_SECONDS or more (a host
+        that does not answer makes each connection attempt wait its whole timeout), calls are refused at
+        once with ``DatabaseSkipped`` for SKIP_SECONDS, then the database is tried again."""
+        if time.monotonic() < self._skip_until:
+            raise DatabaseSkipped(self._skip_reason)
+        started = time.monotonic()
+        try:
+            yield
+        except UNAVAILABLE as exc:
+            if time.monotonic() - started >= SLOW_FAILURE_SECONDS:
+                self._skip_until, self._skip_reason = time.monotonic() + SKIP_SECONDS, _error_type(exc)
+            raise
 
 
 def _reason(exc: Exception) -> str:
@@ -380,6 +409,8 @@ def _reason(exc: Exception) -> str:
 
 def _error_type(exc: Exception) -> str:
     """The driver's exception type (``OperationalError``, ``QueuePool``'s ``TimeoutError``...): safe to log."""
+    if isinstance(exc, DatabaseSkipped):
+        return exc.error_type
     orig = getattr(exc, "orig", None)
     return type(orig if orig is not None else exc).__name__
 
@@ -472,6 +503,9 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
             pool_recycle=1800,
             connect_args={
                 "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                # a host that vanishes mid-call: unacknowledged data aborts the connection, not hours of retries
+                "tcp_user_timeout": STATEMENT_TIMEOUT_MS, "keepalives": 1, "keepalives_idle": 10,
+                "keepalives_interval": 5, "keepalives_count": 2,
                 "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
                 f"-c idle_in_transaction_session_timeout={6 * STATEMENT_TIMEOUT_MS}",
             },

@@ -76,7 +76,8 @@ def _degradations() -> list[str]:
         try:
             reachable = store.ping() is not False
         except Exception as exc:  # a driver's message may hold the database URL: report only its type
-            degraded.append(f"database: not reachable ({type(exc).__name__}); cards are not recorded, "
+            error_type = getattr(exc, "error_type", None) or type(exc).__name__
+            degraded.append(f"database: not reachable ({error_type}); cards are not recorded, "
                             "feedback is refused with 503")
         else:
             if not reachable:

@@ -39,6 +39,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.hanging = False
+        self.hung: list[socket.socket] = []
         self.start()
 
     def start(self) -> None:
@@ -50,14 +52,24 @@ class TcpProxy:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
+    def hang(self) -> None:
+        """The host stops answering: open connections are cut, new ones are accepted and never served."""
+        self.hanging = True
+        with self._lock:
+            connections, self._open = self._open, []
+        for connection in connections:
+            _close(connection)
+
     def stop(self) -> None:
+        self.hanging = False
         listener, self._listener = self._listener, None
         if listener is not None:
             _close(listener)  # shutdown first: a bare close() leaves the accept() in progress listening
         with self._lock:
             connections, self._open = self._open, []
-        for connection in connections:
+        for connection in connections + self.hung:
             _close(connection)
+        self.hung = []
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -65,6 +77,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # stopped
+            if self.hanging:
+                self.hung.append(client)  # held open, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -207,6 +222,32 @@ def test_postgres_outage_serves_cards_refuses_feedback_and_recovers(tmp_path, mo
             assert len(feedback_rows(replica.app.extensions["leg_cramp_store"])) == 3
             other = Replica(tmp_path / "b", issuer, database_url=postgres_url(host, port, name))
             assert other.hook(headers)[0] == 401  # shared again: the other replica knows the token
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.postgres
+def test_postgres_host_not_answering_costs_one_connect_timeout_not_one_per_call(tmp_path, monkeypatch) -> None:
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        proxy = TcpProxy((host, port))
+        try:
+            issuer = TestIssuer.create()
+            replica = Replica(tmp_path / "a", issuer, database_url=postgres_url("127.0.0.1", proxy.port, name))
+            status, _, answer = replica.hook()
+            assert status == 200 and _cards(answer)
+            expected_cards = _cards(answer)
+
+            proxy.hang()  # connections are accepted, never answered: each attempt waits connect_timeout
+            answers = [replica.hook() for _ in range(5)]
+            assert [(status, _cards(body)) for status, _, body in answers] == [(200, expected_cards)] * 5
+            assert replica.hook(answers[-1][1])[0] == 401
+            assert "degraded" in replica.readyz()
+            # one attempt waited its timeout; the calls after it did not ask the database again
+            assert len(proxy.hung) <= 2, len(proxy.hung)
+
+            proxy.stop()
+            proxy.start()
+            _eventually(lambda: replica.hook()[0] == 200 and replica.readyz() == {"status": "ready"})
         finally:
             proxy.stop()
 
