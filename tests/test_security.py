@@ -571,13 +571,16 @@ def test_logs_hold_no_phi_tokens_or_jwts(tmp_path: Path, issuer: TestIssuer, no_
         phi |= _phi_of([FETCHED_PATIENT])
         mock = no_network._mock
         mock.add(responses.GET, f"{FHIR_SERVER}/Patient/p-zq-1", json=FETCHED_PATIENT)
-        for resource_type in ("Condition", "MedicationRequest", "MedicationStatement", "Observation"):
-            mock.add(responses.GET, re.compile(re.escape(f"{FHIR_SERVER}/{resource_type}") + r"\?.*"), json=searchset())
         client = secure_app(tmp_path, issuer, log_level="DEBUG").test_client()
+        templates = next(s for s in client.get("/cds-services").get_json()["services"]
+                         if f"/cds-services/{s['id']}" == SERVICE_URL)["prefetch"]
+        searched = {template.split("?", 1)[0] for template in templates.values() if "?" in template}
+        for resource_type in searched:  # every search the service's prefetch templates make
+            mock.add(responses.GET, re.compile(re.escape(f"{FHIR_SERVER}/{resource_type}") + r"\?.*"), json=searchset())
         fetched = client.post(SERVICE_URL, json=_fetch_request(FHIR_SERVER), headers=issuer.headers(SERVICE_URL))
         assert fetched.status_code == 200, fetched.get_data(as_text=True)
         assert all(call.request.headers["Authorization"] == "Bearer at-SECRET-123" for call in mock.calls)
-        assert len(mock.calls) == 5
+        assert len(mock.calls) == len(templates)  # one call per prefetch key
         refused = client.post(SERVICE_URL, json=_fetch_request("https://10.0.0.5/fhir"), headers=issuer.headers(SERVICE_URL))
         assert refused.status_code == 412
         mock.reset()
