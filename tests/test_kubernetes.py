@@ -359,3 +359,109 @@ def test_the_rendered_configuration_starts_the_service(rendered, overlay, tmp_pa
     ready = client.get(container["readinessProbe"]["httpGet"]["path"])
     assert ready.status_code == 200, ready.get_data(as_text=True)
     assert client.post("/cds-services/leg-cramp-patient-view", json={}).status_code == 401  # authentication on
+
+
+# A pod's filesystem in a private mount namespace: every mount read-only but /dev (gunicorn's heartbeat
+# files go to /dev/shm), a tmpfs at /tmp and at the metrics directory, the ConfigMap and Secret files under
+# /run/cramp. Runs the image's CMD with all capabilities dropped. (Not as uid 10001: this machine's Python
+# lives under /root, which only root may enter.)
+_POD_FILESYSTEM = r"""
+set -eu
+mount -t tmpfs -o size=16m tmpfs /run
+mkdir -p /run/cramp/rules /run/cramp/clients "$METRICS_DIR"
+cp "$SOURCE/ruleset.yaml" /run/cramp/rules/ && cp "$SOURCE/trusted-clients.yaml" /run/cramp/clients/
+findmnt -rn -o TARGET | while read -r target; do
+    case "$target" in /proc*|/sys*|/dev*|/mnt/sandboxing*) continue ;; esac
+    mount -o remount,bind,ro "$target"
+done
+mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+mount -t tmpfs -o size=64m tmpfs "$METRICS_DIR"
+cd /
+exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all "$@"
+"""
+
+
+def test_the_pod_runs_on_a_read_only_root_with_only_its_empty_dirs_writable(rendered, tmp_path):
+    """The production pod's environment and files, gunicorn as the image runs it, on a read-only filesystem:
+    it starts, is ready, answers a call signed with a `cramp-cds keys` key, serves /metrics (written to the
+    metrics emptyDir), and exits 0 on SIGTERM."""
+    import base64
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    from cds_service import client_keys
+    from tests.conftest import minimal_request
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        pytest.skip("needs root, unshare and setpriv (util-linux) for a private read-only mount namespace")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()}")
+
+    documents = rendered["production"]
+    container = _container(documents)
+    config_map, secret = _one(documents, "ConfigMap"), _one(documents, "Secret")
+    env = {name: entry["value"] for name, entry in _env(container).items() if "value" in entry}
+    for name, entry in _env(container).items():
+        if "valueFrom" in entry:
+            env[name] = base64.b64decode(secret["data"][entry["valueFrom"]["secretKeyRef"]["key"]]).decode()
+
+    issuer = "https://ehr.pod-test.example"
+    key = client_keys.generate_private_key()
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "ruleset.yaml").write_text(config_map["data"]["ruleset.yaml"])
+    (source / "trusted-clients.yaml").write_text(yaml.safe_dump({"clients": [client_keys.trusted_client_entry(
+        issuer, algorithm="ES384", jwks=client_keys.public_jwks(key))]}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = env["CRAMP_PUBLIC_BASE_URL"]
+    env.update({
+        "CRAMP_BIND": f"127.0.0.1:{port}",  # the pod binds 0.0.0.0:8080; here, loopback and a free port
+        "CRAMP_WORKERS": "2",
+        "CRAMP_RULES_FILE": "/run/cramp/rules/ruleset.yaml",
+        "CRAMP_TRUSTED_CLIENTS_FILE": "/run/cramp/clients/trusted-clients.yaml",
+        "CRAMP_DATABASE_URL": "sqlite:////tmp/cards.sqlite3",  # the cluster's PostgreSQL is not here
+        "CRAMP_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1",
+        "SOURCE": str(source), "METRICS_DIR": "/run/cramp/metrics",
+    })
+    env["PROMETHEUS_MULTIPROC_DIR"] = env["METRICS_DIR"]
+    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+    server = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", _POD_FILESYSTEM, "pod", *gunicorn],
+                              env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    local = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90  # a hang guard on a loaded machine, not a speed target
+        while True:
+            try:
+                with urllib.request.urlopen(local + "/readyz", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:  # refused, or accepted by the master before a worker has booted
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the pod never became ready"
+                time.sleep(0.2)
+        path = "/cds-services/leg-cramp-patient-view"
+        token = client_keys.make_client_token(key, issuer=issuer, audience=base_url + path)
+        request = urllib.request.Request(local + path, data=json.dumps(minimal_request()).encode(), headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200 and "cards" in json.load(response)
+        with urllib.request.urlopen(local + "/metrics", timeout=10) as response:
+            assert "cramp_requests_total" in response.read().decode()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        stderr = server.stderr.read().decode()
+        server.stderr.close()
+    assert server.returncode == 0, stderr[-3000:]
+    assert "Read-only file system" not in stderr, stderr[-3000:]
