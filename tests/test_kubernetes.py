@@ -465,3 +465,36 @@ def test_the_pod_runs_on_a_read_only_root_with_only_its_empty_dirs_writable(rend
         server.stderr.close()
     assert server.returncode == 0, stderr[-3000:]
     assert "Read-only file system" not in stderr, stderr[-3000:]
+
+
+def test_readme_secrets_commands_make_a_production_overlay_that_renders(tmp_path):
+    """deploy/kubernetes/README.md, "Secrets", run as written (your trusted-clients file: the example one),
+    in a copy of the tree; then its first block's `kubectl kustomize` commands (not the cluster ones)."""
+    import base64
+
+    readme = (KUBERNETES / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    (secrets_block,) = [block for block in blocks if "secrets/cramp.env" in block]
+    shutil.copytree(KUBERNETES, tmp_path / "deploy" / "kubernetes", ignore=shutil.ignore_patterns("secrets"))
+    script = secrets_block.replace("/path/to/your/trusted-clients.yaml",
+                                   str(ROOT / "deploy" / "trusted-clients.example.yaml"))
+    made = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert _mode(tmp_path / "deploy/kubernetes/overlays/production/secrets") == 0o700
+
+    render_lines = [line.split("#")[0].split("|")[0].strip() for line in blocks[0].splitlines()
+                    if line.startswith("kubectl kustomize")]
+    assert len(render_lines) == 2
+    for line in render_lines:
+        result = subprocess.run([_kubectl(), *line.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+    production = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    secret = _one(production, "Secret")
+    assert re.fullmatch(r"[0-9a-f]{64}", base64.b64decode(secret["data"]["CRAMP_PATIENT_KEY_SECRET"]).decode())
+    assert "PASSWORD" in base64.b64decode(secret["data"]["CRAMP_DATABASE_URL"]).decode()  # yours to fill in
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
