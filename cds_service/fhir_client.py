@@ -15,7 +15,7 @@ the only module that imports ``requests`` for FHIR. For one hook request it:
 3. spends ONE deadline (``fhir_deadline_seconds``) for the whole request: each call's timeout is the time
    left (at most ``PER_CALL_TIMEOUT``), no call starts after the deadline, and keys still running at the
    deadline are abandoned as "deadline passed", and the connections they are still using are shut down
-   (``_InFlight``) so that their threads end at once instead of reading on from a slow server;
+   (``fhir_connections.InFlight``) so that their threads end at once instead of reading on from a slow server;
 4. retries 429/502/503/504, connection errors and timeouts with exponential backoff and jitter, honouring
    ``Retry-After`` when it fits before the deadline; any other status is final for that key (401/403/404
    mean the data cannot be had);
@@ -36,8 +36,6 @@ import json
 import logging
 import random
 import re
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -49,12 +47,11 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
 from . import metrics
 from .errors import FhirServerRefused
+from .fhir_connections import InFlight, TrackingAdapter
 from .hook_request import HookRequest
 from .prefetch import FetchOutcome, has_next_page
 from .settings import Settings, SettingsError
@@ -156,105 +153,6 @@ def bearer_token(request: HookRequest) -> str | None:
     return authorization.access_token
 
 
-# ---------------------------------------------------------------- closing what the deadline abandons
-
-
-_OWNERSHIP = threading.Lock()  # who is using a connection: changed and read under this lock
-_current = threading.local()  # the _InFlight of the key being fetched on this thread, if any
-
-
-class _InFlight:
-    """The HTTP connections one hook request's key threads are using right now.
-
-    A key abandoned at the deadline may still be blocked reading a server that drips bytes (each read
-    succeeds, so no socket timeout fires). ``abandon`` shuts those sockets down: the blocked read returns,
-    the thread ends and the socket is released, instead of 27 threads reading on in one worker (issue 11).
-    A connection back in the shared pool, or taken by another request, has another owner and is left alone.
-    """
-
-    def __init__(self) -> None:
-        self.abandoned = False
-        self.connections: set[Any] = set()  # every connection a key of this request sent on
-
-    def run(self, work: Callable[[], FetchOutcome]) -> FetchOutcome:
-        """Run ``work`` (one key) on this thread, its connections claimed for this request until it returns."""
-        _current.inflight, _current.claimed = self, []
-        try:
-            return work()
-        finally:
-            with _OWNERSHIP:
-                for connection in _current.claimed:
-                    if getattr(connection, "_cramp_owner", None) is self:
-                        connection._cramp_owner = None
-            _current.inflight, _current.claimed = None, []
-
-    def abandon(self) -> int:
-        """Shut down every connection still claimed for this request; returns how many."""
-        closed = 0
-        with _OWNERSHIP:
-            self.abandoned = True
-            for connection in self.connections:
-                if getattr(connection, "_cramp_owner", None) is not self:
-                    continue
-                sock = getattr(connection, "sock", None)
-                if sock is None:
-                    continue
-                try:
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: wakes a blocked read
-                    closed += 1
-                except OSError:
-                    pass  # already closed by its own thread
-            self.connections.clear()
-        return closed
-
-
-def _claim(connection: Any) -> None:
-    """Called by a connection about to send a request: it belongs to this thread's key until the key returns."""
-    inflight = getattr(_current, "inflight", None)
-    with _OWNERSHIP:
-        connection._cramp_owner = inflight
-        if inflight is not None and not inflight.abandoned:
-            inflight.connections.add(connection)
-            _current.claimed.append(connection)
-
-
-class _TrackedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        _claim(self)
-        super().request(*args, **kwargs)
-
-
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        _claim(self)
-        super().request(*args, **kwargs)
-
-
-class _TrackedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _TrackedHTTPConnection
-
-
-class _TrackedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _TrackedHTTPSConnection
-
-
-_TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
-
-
-class _TrackingAdapter(HTTPAdapter):
-    """requests' adapter, with connections that say which hook request is using them (``_InFlight``)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
-        return manager
-
-
 # ---------------------------------------------------------------- the fetcher
 
 
@@ -324,7 +222,7 @@ class FhirFetcher:
             raise
         token = bearer_token(request)
         deadline = self._clock() + self._settings.fhir_deadline_seconds
-        inflight = _InFlight()
+        inflight = InFlight()
         executor = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(keys)), thread_name_prefix="fhir-fetch")
         try:
             futures = {
@@ -536,7 +434,7 @@ def build_session(pool_size: int = POOL_SIZE) -> requests.Session:
     """One session per fetcher: kept-alive connections sized for the parallelism, no retries on the adapter
     (they are done here, within the deadline), no cookies, no ~/.netrc credentials."""
     session = requests.Session()
-    adapter = _TrackingAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
+    adapter = TrackingAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.cookies.set_policy(_NoCookies())

@@ -57,3 +57,9 @@ def test_bench_load_quick(shared_dir):
 def test_soak_quick(shared_dir):
     out = _run("soak.py", "--quick", "--rate", "20", "--workers", "2", "--threads", "2", timeout=90)
     assert "max RSS drift" in out and "errors 0" in out
+
+
+def test_bench_hanging_fhir_quick(shared_dir):
+    out = _run("bench_hanging_fhir.py", "--quick", timeout=120)
+    assert "1. alone:" in out and "8 hanging:" in out and "ratio p50 hanging / alone" in out
+    assert "threads /" in out and "sockets" in out

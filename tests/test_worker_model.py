@@ -2,7 +2,7 @@
 
 Real gunicorn (``cramp-cds serve --dev``, 2 workers x 1 thread: the smallest model where it matters) and a
 loopback FHIR server that drip-feeds its answers. One request without prefetch hangs on it in one worker
-(deadline 30 s); then requests with full prefetch, one after another. Each must be answered while the
+(deadline 20 s); then requests with full prefetch, one after another. Each must be answered while the
 hanging one is still in flight: the busy worker does not accept connections it has no thread for, so each
 goes to the free worker. (gunicorn's gthread accepts up to 1000 and queues them behind the hanging call:
 about half of them waited for its deadline.) Counts, not a stopwatch: no wall-clock bound.
@@ -41,7 +41,7 @@ def service(tmp_path: Path, dripping: LoopbackFhir) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "CRAMP_FHIR_ALLOWLIST": dripping.base_url,
-           "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK": "true", "CRAMP_FHIR_DEADLINE_SECONDS": "30"}
+           "CRAMP_FHIR_ALLOW_HTTP_LOOPBACK": "true", "CRAMP_FHIR_DEADLINE_SECONDS": "20"}
     for name in ("CRAMP_KEEPALIVE", "CRAMP_WORKER_CLASS", "CRAMP_THREADS", "CRAMP_WORKERS"):
         env.pop(name, None)
     log_path = tmp_path / "server.log"
