@@ -13,7 +13,14 @@ pointed at one patient, in the proportions the Synthea charts have. For each siz
 
 Prints the ratio to the baseline per size and the growth factor from one size to the next (linear
 cost: about 10x per 10x resources). Target: 1,000 resources in under 100 ms.
---quick: sizes 10 and 100, one repeat.
+
+Then the attack of issue 11 item 5: a Bundle of minimal Observations (``{"resourceType": "Observation"}``,
+about 45 bytes each; 200,000 of them are ~9 MB, inside the 16 MiB body limit), POSTed through the Flask
+test client (body read, JSON parsed, request model, cap, chart): with the default cap
+(``CRAMP_MAX_RESOURCES`` 20,000) the 200,000 point must be a 413 answered in about the time of parsing
+its JSON; with the cap raised (--attack-cap) every point is evaluated, and the cost per resource must stay
+flat (linear). --attack-sizes 5000,10000,20000,200000 by default.
+--quick: sizes 10 and 100, one repeat; attack sizes 100 and 1,000 with a cap of 500.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cds_service.app import create_app  # noqa: E402
 from cds_service.clock import fixed_clock  # noqa: E402
 from cds_service.hook_request import parse_hook_request  # noqa: E402
 from cds_service.pipeline import Engine  # noqa: E402
 from cds_service.population import iter_bundle_files, searchset  # noqa: E402
+from cds_service.settings import DEFAULT_MAX_RESOURCES, Settings  # noqa: E402
 
 SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
 PATIENT_ID = "scaling-patient"
@@ -91,6 +100,50 @@ def synthesise(found: dict[str, list[dict]], size: int) -> dict:
     }
 
 
+def minimal_observations_body(count: int) -> bytes:
+    """The report's body: a patient-view request whose observations Bundle holds ``count`` bare Observations."""
+    patient = {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": "1960-01-01"}
+    entries = [{"resource": {"resourceType": "Observation"}}] * count
+    return json.dumps({
+        "hook": "patient-view", "hookInstance": "00000000-0000-4000-8000-00000000000b",
+        "context": {"userId": "Practitioner/bench", "patientId": PATIENT_ID},
+        "prefetch": {"patient": patient, "conditions": searchset([]),
+                     "observations": {"resourceType": "Bundle", "type": "searchset", "entry": entries}},
+    }).encode()
+
+
+def attack(sizes: list[int], cap: int, raised_cap: int, repeat: int, freeze: bool = True) -> None:
+    """Minimal-Observation Bundles over HTTP (Flask test client), with the cap and with it raised; with the
+    startup heap frozen out of the garbage collector, as a gunicorn worker does (gunicorn_conf.worker_ready)."""
+    apps = {}
+    for label, max_resources in (("cap", cap), ("raised", raised_cap)):
+        settings = Settings(development_mode=True, database_url="sqlite://", max_resources=max_resources,
+                            max_body_bytes=256 * 2**20)
+        apps[label] = create_app(settings, clock=fixed_clock(NOW)).test_client()
+    logging.disable(logging.WARNING)
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    print(f"\nminimal Observations over HTTP (cap {cap:,}; raised {raised_cap:,}; startup heap "
+          f"{'frozen' if freeze else 'not frozen'}); times best of {repeat}")
+    print(f"{'run':>7} {'resources':>10} {'MiB':>6} {'status':>6} {'time':>10} {'json.loads':>11} {'ratio':>6} "
+          f"{'us/resource':>11}")
+    for label, client in apps.items():
+        for size in sizes:
+            raw = minimal_observations_body(size)
+            statuses = []
+
+            def post() -> None:
+                statuses.append(client.post("/cds-services/leg-cramp-patient-view", data=raw,
+                                            content_type="application/json").status_code)
+
+            post()  # warm: imports, caches
+            loads = best_of(repeat, lambda: json.loads(raw))
+            took = best_of(repeat, post)
+            print(f"{label:>7} {size:>10,} {len(raw) / 2**20:6.1f} {statuses[-1]:>6} {took * 1000:7.0f} ms "
+                  f"{loads * 1000:8.0f} ms {took / loads:6.1f} {took / size * 1e6:11.1f}")
+
+
 def best_of(repeat: int, action) -> float:
     times = []
     for _ in range(repeat):
@@ -114,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,100,1000,5000")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="sizes 10 and 100, one repeat")
+    parser.add_argument("--attack-sizes", default="5000,10000,20000,200000")
+    parser.add_argument("--attack-cap", type=int, default=1_000_000, help="the raised CRAMP_MAX_RESOURCES")
+    parser.add_argument("--no-freeze", action="store_true", help="attack without gc.freeze() of the startup heap")
     args = parser.parse_args(argv)
     sizes = [10, 100] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeat = 1 if args.quick else args.repeat
@@ -150,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         (s0, t0), (s1, t1) = rows[-2], rows[-1]
         print(f"growth {s0} -> {s1}: cost x{t1 / t0:.1f} for resources x{s1 / s0:.0f} "
               f"(per resource: {t0 / s0 * 1e6:.0f} us -> {t1 / s1 * 1e6:.0f} us)")
+    if args.quick:
+        attack([100, 1000], cap=500, raised_cap=args.attack_cap, repeat=1)
+    else:
+        attack([int(s) for s in args.attack_sizes.split(",")], cap=DEFAULT_MAX_RESOURCES,
+               raised_cap=args.attack_cap, repeat=min(repeat, 3), freeze=not args.no_freeze)
     return 0
 
 
