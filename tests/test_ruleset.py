@@ -104,6 +104,10 @@ def _probe_codes(ruleset):
                       (system, code[:3])}
         for system, low, high in value_set.ranges:
             codes |= {(system, low), (system, high + ".9"), (system, low[:2]), (system, "C43.9"), (system, "C97")}
+    # ICD-10-CM as records send it: with the dot after the category, and in lower case
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    codes |= {(system, variant) for system, code in list(codes) if system == icd and len(code) > 3
+              for variant in (f"{code[:3]}.{code[3:]}", f"{code[:3]}.{code[3:]}".lower(), code.lower())}
     return sorted(codes)
 
 
@@ -266,3 +270,25 @@ def test_rules_validate_reports_revision_problems_with_lines(tmp_path):
     assert result.exit_code == 1
     line = next(l for l in result.output.splitlines() if "condition_text.terms.paralysis" in l)
     assert line.startswith(f"{bad}:") and line.split(":")[1].isdigit() and "critical card" in line
+
+
+
+TEXT_MATCHES = [
+    # text, terms {value set: [terms]}, cues, expected value sets matched
+    ("Leg  cramps", {"leg_cramp": ["leg cramps"]}, [], {"leg_cramp"}),  # any run of spaces between words
+    ("leg cramps?", {"leg_cramp": ["leg cramps"]}, ["?"], set()),  # "?" anywhere
+    ("?leg cramps", {"leg_cramp": ["leg cramps"]}, ["?"], set()),
+    ("r/o leg cramps", {"leg_cramp": ["leg cramps"]}, ["r/o"], set()),
+    ("error/other leg cramps", {"leg_cramp": ["leg cramps"]}, ["r/o"], {"leg_cramp"}),  # r/o inside a word
+    ("Nocturnal leg cramps", {"leg_cramp": ["leg cramps"]}, ["no"], {"leg_cramp"}),  # "no" inside a word
+    ("No. leg cramps", {"leg_cramp": ["leg cramps"]}, ["no"], set()),
+    ("leg cramps; varicose veins", {"leg_cramp": ["leg cramps"], "varicose_veins": ["varicose veins"]}, [],
+     {"leg_cramp", "varicose_veins"}),
+    ("leg crampsy", {"leg_cramp": ["leg cramps"]}, [], set()),
+]
+
+
+@pytest.mark.parametrize("text, terms, cues, expected", TEXT_MATCHES, ids=[r[0] for r in TEXT_MATCHES])
+def test_text_matcher(text, terms, cues, expected):
+    from cds_service.text_match import TextMatcher
+    assert set(TextMatcher(terms, cues).match([text])) == expected
