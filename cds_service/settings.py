@@ -102,6 +102,9 @@ def parse_base_urls(raw: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
             raise SettingsError(
                 f"CRAMP_PUBLIC_BASE_URL: {item!r} is not an http(s) base URL such as https://cds.example.org"
             )
+        if parts.path.rstrip("/").endswith("/cds-services"):
+            raise SettingsError(f"CRAMP_PUBLIC_BASE_URL: {item!r} ends with /cds-services; give the base URL "
+                                "without it (the service adds /cds-services/<id>)")
         urls.append(item.rstrip("/"))
     return tuple(urls)
 

@@ -44,6 +44,8 @@ REFUSED_APP = [
     ("CRAMP_PUBLIC_BASE_URL", "https://user:pw@cds.example.org", "CRAMP_PUBLIC_BASE_URL:"),
     ("CRAMP_PUBLIC_BASE_URL", "https://cds.example.org:99999", "CRAMP_PUBLIC_BASE_URL:"),
     ("CRAMP_PUBLIC_BASE_URL", "https://ok.example, http://", "CRAMP_PUBLIC_BASE_URL: 'http://' is not"),
+    ("CRAMP_PUBLIC_BASE_URL", "https://cds.example.org/cds-services/",
+     "CRAMP_PUBLIC_BASE_URL: 'https://cds.example.org/cds-services/' ends with /cds-services; give the base URL"),
     ("CRAMP_TRUSTED_CLIENTS_FILE", "/nonexistent/trusted-clients.yaml",
      "CRAMP_TRUSTED_CLIENTS_FILE: no such file: /nonexistent/trusted-clients.yaml"),
 ]
