@@ -21,9 +21,9 @@ What is checked, in order (docs/security.md says the same for deployers):
    ``jwks``. The key's type, curve, ``alg`` and ``use`` must fit the token's ``alg``.
 5. The signature is verified (PyJWT; no hand-rolled cryptography).
 6. Claims, with an injectable clock and leeway: ``aud`` is this endpoint's external URL, one of the
-   configured base URLs + the path called (string, or an array containing it); ``exp`` required, not past; ``iat`` required, not in the future; ``nbf`` honoured;
-   lifetime ``exp - iat`` at most ``max_lifetime``; ``tenant`` equals the client's when configured;
-   ``jti`` required.
+   configured base URLs + the path called (string, or an array containing it); ``exp`` required, not
+   past; ``iat`` required, not in the future; ``nbf`` honoured; lifetime ``exp - iat`` at most
+   ``max_lifetime``; ``tenant`` equals the client's when configured; ``jti`` required.
 7. ``jti`` not seen before for this issuer (``ReplayCache``), checked last so that rejected tokens never
    fill the cache.
 
