@@ -125,6 +125,8 @@ def is_r4_resource_type(name: str) -> bool:
 
 
 def _not_r4(name: str) -> str:
+    if len(name) > 64:  # no resource type is this long: say so without echoing it
+        return "it is not a FHIR R4 resource type (longer than any)."
     successor = _RETIRED.get(name)
     retired = f" (retired; {successor} replaced it)" if successor else ""
     return f"{name!r} is not a FHIR R4 resource type{retired}."

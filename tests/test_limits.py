@@ -220,6 +220,15 @@ def test_a_selection_over_its_bound_is_400_naming_it(client, no_network):
     assert issue["expression"] == ["context.selections[0]"] and "256" in issue["diagnostics"]
 
 
+def test_a_draft_order_resource_type_of_any_length_is_refused_without_echo(client, no_network):
+    body = minimal_request(hook="order-sign", context=_context(draftOrders={
+        "resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "X" * 100_000}}]}))
+    response = client.post(SIGN_URL, json=body)
+    assert response.status_code == 400
+    assert response.get_json()["issue"][0]["expression"] == ["context.draftOrders.entry[0].resource.resourceType"]
+    assert len(response.get_data()) < 1000
+
+
 FEEDBACK_BOUNDS = [
     ("overrideReason.reason.code", 256, lambda v: {"reason": {"system": "http://x.example", "code": v}}),
     ("overrideReason.reason.system", 256, lambda v: {"reason": {"system": v, "code": "c"}}),
