@@ -19,7 +19,8 @@ MAX_BODY_BYTES_RANGE = (1024, 1024 * 1024 * 1024)  # 1 KiB (no request is smalle
 DEFAULT_MAX_RESOURCES = 20_000
 MAX_RESOURCES_RANGE = (1, 1_000_000)
 DEFAULT_FHIR_DEADLINE_SECONDS = 3.0
-# Above zero, and under gunicorn's 30 s worker timeout (gunicorn_conf.py), which would kill the worker first.
+# Above zero, and well within the 30 s that gunicorn (a sync worker's timeout; graceful_timeout at shutdown)
+# and a proxy in front (deploy/nginx.conf: 35 s) give one request.
 FHIR_DEADLINE_SECONDS_RANGE = (0.1, 25.0)
 MIN_SECRET_LENGTH = 16
 # Development mode without CRAMP_PATIENT_KEY_SECRET: one random secret per process (forked workers share it).
