@@ -613,3 +613,11 @@ def test_procedure_prefilter_steps_aside_for_prefixes(engine):
                                               (LOINC, "46364-6"), (LOINC, "48691-0"), (LOINC, "48692-8")}
     data["value_sets"]["venous_duplex"]["prefixes"] = ["cpt|9397"]
     assert parse_ruleset(yaml.safe_dump(data), "x.yaml").procedure_codes is None
+
+
+def test_every_patient_view_card_says_which_keys_its_rule_reads(engine):
+    from cds_service.card_ids import PATIENT_VIEW_CARD_IDS
+    from cds_service.rules import KEYS_READ
+    templates = {t.key for t in engine.registry.get("leg-cramp-patient-view").templates}
+    assert set(KEYS_READ) == set(PATIENT_VIEW_CARD_IDS)
+    assert all(set(keys) <= templates for keys in KEYS_READ.values())
