@@ -140,7 +140,6 @@ class Chart:
     observations: list[Any] = field(default_factory=list)
     procedures: list[Any] = field(default_factory=list)
     service_requests: list[Any] = field(default_factory=list)
-    procedures_sent: bool = False
     skipped: list[SkippedRecord] = field(default_factory=list)
     not_checked: tuple[str, ...] = ()  # optional prefetch keys whose data could not be had
     incomplete: tuple[str, ...] = ()  # keys whose Bundle had more pages that were not read
@@ -181,7 +180,6 @@ def build_chart(
         patient=patient,
         not_checked=tuple(not_checked),
         incomplete=tuple(incomplete),
-        procedures_sent="procedures" in resources_by_key,
     )
     seen: set[tuple[str, str]] = set()
     for key, raws in resources_by_key.items():

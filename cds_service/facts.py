@@ -136,7 +136,6 @@ class PatientFacts:
     not_checked: tuple[str, ...] = ()
     incomplete: tuple[str, ...] = ()
     medication_mapping: Counter = field(default_factory=Counter)
-    procedures_sent: bool = False
     # concepts and drug classes recorded at any time, whatever the status or window (for history checks)
     ever_recorded: frozenset[str] = frozenset()
 
@@ -576,7 +575,6 @@ def extract_facts(chart: Chart, ruleset: RuleSet, drugs: DrugTable, now: datetim
         skipped=list(chart.skipped),
         not_checked=chart.not_checked,
         incomplete=chart.incomplete,
-        procedures_sent=chart.procedures_sent,
     )
     facts.observations = _observation_values(chart, ruleset, today, facts.passed_over)
     facts.medication_mapping = Counter(m.method or "unmapped" for m in facts.medications)
