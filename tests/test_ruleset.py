@@ -199,6 +199,12 @@ REVISION_DATA = [
     ("5 one drug card per class", lambda s: s.order_rules.cards, {
         "quinine-for-cramps": ["quinine"], "cramp-associated-drug-order-potassium-sparing": ["potassium-sparing"],
         "cramp-associated-drug-order-thiazide": ["thiazide"], "cramp-associated-drug-order-laba": ["laba"]}),
+    ("7 a stable id for every card", lambda s: sorted(s.cards), sorted([
+        "untreated-dvt", "possible-dvt", "venous-duplex-workup", "conservative-care", "elevated-cramp-risk",
+        "quinine-for-cramps", "cramp-associated-drug-order-potassium-sparing", "cramp-associated-drug-order-thiazide",
+        "cramp-associated-drug-order-laba"])),
+    ("1 untreated-dvt is critical and never suppressed", lambda s: (s.cards["untreated-dvt"].indicator,
+                                                                    s.cards["untreated-dvt"].suppress_days), ("critical", 0)),
     ("7 Mg 1.7 mg/dL cut-off in mg/dL", lambda s: s.observations.magnesium.low_below["mg/dL"], 1.7),
     ("7 Mg mEq/L = mmol/L x 2", lambda s: s.observations.magnesium.low_below["mEq/L"],
      2 * 0.70),
