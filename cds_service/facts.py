@@ -2,8 +2,9 @@
 
 ``extract_facts(chart, ruleset, drugs, now)`` is the only place that reads ``fhir.resources`` models;
 rule evaluation sees only the dataclasses defined here. The readings of RULES.md this module
-implements (active records, record dates, latest usable observation, drug mapping) are spelled out in
-``docs/clinical-interpretation.md``.
+implements (active records, record dates, latest usable observation, drug mapping, the Condition text
+fallback, previous / recent acute DVT, recent surgery and a venous duplex on record from Procedures and
+ServiceRequests) are spelled out in ``docs/clinical-interpretation.md``.
 """
 
 from __future__ import annotations
