@@ -309,3 +309,107 @@ def test_a_gunicorn_worker_freezes_its_startup_heap_out_of_the_garbage_collector
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+# ------------------------------------------------------------------------- the same through real gunicorn
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`cramp-cds serve --dev` (gunicorn, one worker) with a cap of 1,000 resources; its log file."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("served")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "CRAMP_MAX_RESOURCES": "1000", "CRAMP_DATABASE_URL": f"sqlite:///{tmp / 'cards.sqlite3'}",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+    log_path = tmp / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cds_service.cli", "serve", "--dev", "--port", str(port), "--workers", "1"],
+            env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log_path.read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "server not healthy in time"
+                time.sleep(0.2)
+        yield base, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _post_raw(base: str, body: bytes, headers: dict[str, str] | None = None):
+    import http.client
+    from urllib.parse import urlsplit
+
+    connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=60)
+    try:
+        connection.request("POST", SERVICE_URL, body=body,
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def _log_lines(log_path) -> list[dict]:
+    lines = []
+    for line in log_path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
+
+
+def test_gunicorn_over_the_cap_is_413_naming_it(served):
+    base, _ = served
+    status, _, body = _post_raw(base, json.dumps(_body_with(minimal_observations(1000))).encode())
+    assert status == 413, body[:300]
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and "CRAMP_MAX_RESOURCES" in outcome["issue"][0]["diagnostics"]
+
+
+def test_gunicorn_skipped_records_are_one_log_line(served):
+    base, log_path = served
+    status, headers, _ = _post_raw(base, json.dumps(_body_with(minimal_observations(600))).encode(),
+                                   {"X-Request-ID": "skip-count-1"})
+    assert status == 200 and headers["X-Request-ID"] == "skip-count-1"
+    mine = [line for line in _log_lines(log_path) if line.get("request_id") == "skip-count-1"]
+    warnings = [line for line in mine if line["level"] == "WARNING" and "skipped" in line["message"]]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["skipped_by_type_and_reason"] == {"Observation": {"invalid FHIR R4 (code: missing)": 600}}
+    assert len(mine) < 10  # a handful of lines for the request, not one per record
+
+
+@pytest.mark.parametrize("sent", ["r" * 200, "has spaces", "semi;colon", "quote\"d"])
+def test_gunicorn_bad_request_id_is_replaced(served, sent):
+    base, log_path = served
+    status, headers, _ = _post_raw(base, json.dumps(minimal_request()).encode(), {"X-Request-ID": sent})
+    assert status == 200
+    generated = headers["X-Request-ID"]
+    assert GENERATED.match(generated)
+    assert any(line.get("request_id") == generated and line["message"] == "hook answered"
+               for line in _log_lines(log_path))
+    assert sent not in log_path.read_text()
+
+
+def test_gunicorn_a_15_mb_hook_instance_is_400(served):
+    base, log_path = served
+    body = json.dumps(minimal_request(hookInstance="h" * (15 * 2**20))).encode()
+    status, _, answer = _post_raw(base, body, {"X-Request-ID": "huge-instance"})
+    assert status == 400 and json.loads(answer)["issue"][0]["expression"] == ["hookInstance"]
+    assert "h" * 1000 not in log_path.read_text()
