@@ -320,12 +320,13 @@ RECORDS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
         "interpretation": "array", "component": "array"}),
     "Procedure": ("procedures", {
         "resourceType": "Procedure", "id": "p1", "subject": SUBJECT, "status": "completed",
+        "category": _concept(SNOMED, "387713003"),  # surgical: the rules read it (recent surgery)
         "code": _concept(SNOMED, "80146002"), "performedDateTime": "2026-06-01",
     }, {"status": "string", "code": "object", "category": "object", "performedDateTime": "string",
         "performedPeriod": "object"}),
     "ServiceRequest": ("serviceRequests", {
         "resourceType": "ServiceRequest", "id": "r1", "subject": SUBJECT, "status": "active", "intent": "order",
-        "code": _concept(SNOMED, "423230004"), "authoredOn": "2026-06-01",
+        "code": _concept(LOINC, "46364-6"), "authoredOn": "2026-06-01",  # a venous duplex: read
     }, {"status": "string", "intent": "string", "code": "object", "authoredOn": "string", "category": "array"}),
 }
 JSON_VALUES = {"array": ["x"], "object": {"a": 1}, "string": "x", "number": 7, "boolean": True}
