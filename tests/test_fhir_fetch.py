@@ -383,6 +383,20 @@ def test_fetch_partial_prefetch_next_link_elsewhere_is_incomplete(fetch_client) 
     assert "Data may be incomplete (more pages were not read): conditions" in detail
 
 
+def test_fetch_partial_prefetch_that_cannot_be_completed_and_no_card_is_412(fetch_client, fhir) -> None:
+    """fhirServer allowlisted, but page 2 fails: page 1 alone fires nothing, so no all-clear: 412 naming
+    conditions (STATUS.md rev), with the reason and no URL."""
+    page2 = f"{BASE}/Condition?patient={PATIENT_ID}&_page=2"
+    fhir.get(page2, status=404, match=[matchers.query_string_matcher(page2.split("?", 1)[1])])
+    prefetch = full_prefetch()
+    prefetch["conditions"] = searchset({**CRAMPS, "id": "other", "code": {"text": "x"}}, next_url=page2)
+    response = fetch_client.post(SERVICE_URL, json=hook_body(prefetch, token=TOKEN))
+    assert response.status_code == 412, response.get_data(as_text=True)[:300]
+    message = diagnostics(response)
+    assert "conditions" in message and "incomplete" in message and "HTTP 404" in message
+    assert BASE not in message and PATIENT_ID not in message
+
+
 # ---------------------------------------------------------------- retries
 
 
