@@ -26,8 +26,8 @@ from .orders import read_draft_orders
 from .prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
 from .registry import CdsService, ServiceRegistry
 from .rules import Evaluation, evaluate
-from .settings import DEFAULT_MAX_RESOURCES
 from .ruleset import RuleSet, load_default_ruleset
+from .settings import DEFAULT_MAX_RESOURCES
 
 log = logging.getLogger(__name__)
 # Observations read for their value only, inside a window (the coded ones count at any age: ever_recorded).
@@ -77,11 +77,11 @@ class Engine:
         clock: Callable[[], datetime] = system_clock,
         fetcher: Fetcher | None = None,
         renderer: CardRenderer | None = None,
-        max_resources: int = DEFAULT_MAX_RESOURCES,
         ledger: CardLedger | None = None,
+        max_resources: int = DEFAULT_MAX_RESOURCES,
     ) -> None:
-        self.max_resources = max_resources  # per request, sent and fetched (CRAMP_MAX_RESOURCES): else 413
         self.ruleset = ruleset
+        self.max_resources = max_resources  # per request, sent and fetched (CRAMP_MAX_RESOURCES): else 413
         self.drugs = drugs
         self.clock = clock
         self.fetcher = fetcher
@@ -113,10 +113,10 @@ class Engine:
         return self.run(service, request)
 
     def run(self, service: CdsService, request: HookRequest) -> CallResult:
-        # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
-        check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
         started = time.perf_counter()
         resolved = resolve_prefetch(request, service.templates, service.id, self.fetcher)
+        # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
+        check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
         chart = build_chart(
             request.patient_id,
             resolved.resources,
@@ -127,9 +127,9 @@ class Engine:
             procedure_codes=self.ruleset.procedure_codes,
         )
         facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
-        log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records
         evaluate_hook, render = self._hooks[service.hook]
         evaluation = evaluate_hook(request, facts)
+        log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records
         now = self.clock()
         patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
         # Which card wins was decided before suppression: a suppressed winner still hides those below it.
