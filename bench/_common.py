@@ -35,7 +35,7 @@ def percentile(values: list[float], q: float) -> float:
 def synthea_bodies(limit: int | None = None) -> list[bytes]:
     """patient-view requests with full prefetch, one per Synthea patient."""
     sys.path.insert(0, str(ROOT))
-    from cds_service.population import iter_bundle_files
+    from cds_service.admin.population import iter_bundle_files
 
     if not SYNTHEA.is_dir():
         raise SystemExit(f"Synthea patients not found at {SYNTHEA} (../shared next to the repository)")
@@ -95,7 +95,7 @@ def start_server(kind: str, *, workers: int | None, threads: int | None, extra_e
     if threads:
         options += ["--threads", str(threads)]
     if kind == "service":
-        command = [sys.executable, "-m", "cds_service.cli", "serve", "--dev", *options]
+        command = [sys.executable, "-m", "cds_service.cli.main", "serve", "--dev", *options]
         path = SERVICE_PATH
     else:
         command = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), *options]

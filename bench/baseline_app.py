@@ -1,5 +1,5 @@
 """The load benchmark's baseline: the same stack as the service (Flask under gunicorn, with the
-service's gunicorn settings from cds_service/gunicorn_conf.py and the same JSON library) doing the least
+service's gunicorn settings from cds_service/serve/gunicorn_conf.py and the same JSON library) doing the least
 a CDS service can do: parse the request body and return one fixed card. Benchmarks only; never shipped.
 
     python bench/baseline_app.py [--port 8090] [--workers N] [--threads N]
@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    from cds_service import gunicorn_conf
-    from cds_service.cli import run_gunicorn
+    from cds_service.cli.main import run_gunicorn
+    from cds_service.serve import gunicorn_conf
 
     options = gunicorn_conf.build()
     options["bind"] = [f"{args.host}:{args.port}"]

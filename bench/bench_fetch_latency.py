@@ -29,12 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from cds_service.app import create_app
+from cds_service.admin.population import PatientRecord, latest_record_date, read_bundle_file, searchset
 from cds_service.clock import fixed_clock
-from cds_service.fhir_client import FhirFetcher, build_session
-from cds_service.pipeline import Engine
-from cds_service.population import PatientRecord, latest_record_date, read_bundle_file, searchset
+from cds_service.engine.pipeline import Engine
+from cds_service.fhir.client import FhirFetcher, build_session
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea-r4"
 SERVICE_URL = "/cds-services/leg-cramp-patient-view"

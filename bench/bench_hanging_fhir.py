@@ -3,7 +3,7 @@
     python bench/bench_hanging_fhir.py [--requests 40] [--hanging 8] [--workers N] [--threads N] [--quick]
 
 Starts, on 127.0.0.1, a FHIR server that drip-feeds every answer (headers at once, then one byte every
-100 ms, for ever) and the service under real gunicorn (``cramp-cds serve --dev``, cds_service/gunicorn_conf.py
+100 ms, for ever) and the service under real gunicorn (``cramp-cds serve --dev``, cds_service/serve/gunicorn_conf.py
 defaults unless --workers / --threads; that server on its allowlist, ``CRAMP_FHIR_DEADLINE_SECONDS`` 3 s).
 
 1. alone: ``--requests`` patient-view requests with full prefetch (Synthea patients), one at a time: p50/p95/max;
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     service = start_server("service", workers=args.workers, threads=args.threads, extra_env=env)
     failed = False
     try:
-        from cds_service import gunicorn_conf
+        from cds_service.serve import gunicorn_conf
 
         conf = gunicorn_conf.build()
         workers = service.worker_pids()

@@ -2,7 +2,7 @@
 
     python bench/bench_load.py [--duration 20] [--connections 16] [--workers N] [--threads N] [--quick]
 
-Starts, on 127.0.0.1, the service (``cramp-cds serve --dev``: gunicorn with cds_service/gunicorn_conf.py,
+Starts, on 127.0.0.1, the service (``cramp-cds serve --dev``: gunicorn with cds_service/serve/gunicorn_conf.py,
 its defaults or CRAMP_WORKERS / CRAMP_THREADS / CRAMP_WORKER_CLASS / CRAMP_KEEPALIVE from the environment,
 unless --workers / --threads) and the baseline (bench/baseline_app.py: the same gunicorn
 settings, a Flask view that only parses the body with the same JSON library and returns a fixed card).
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = start_server("baseline", workers=args.workers, threads=args.threads)
         servers.append(baseline)
         workers = len(service.worker_pids())
-        from cds_service import gunicorn_conf  # the settings both servers start with (same environment)
+        from cds_service.serve import gunicorn_conf  # the settings both servers start with (same environment)
 
         conf = gunicorn_conf.build()
         threads = args.threads or conf["threads"]

@@ -18,10 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
-from cds_service.app import create_app
+from cds_service.admin.population import iter_bundle_files, latest_record_date
 from cds_service.clock import fixed_clock
-from cds_service.population import iter_bundle_files, latest_record_date
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea-r4"
 FIXED_CARD = {"cards": [{"summary": "baseline", "indicator": "info", "source": {"label": "bench"}}]}

@@ -38,11 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.app import create_app  # noqa: E402
+from cds_service.web.app import create_app  # noqa: E402
 from cds_service.clock import fixed_clock  # noqa: E402
-from cds_service.hook_request import parse_hook_request  # noqa: E402
-from cds_service.pipeline import Engine  # noqa: E402
-from cds_service.population import iter_bundle_files, searchset  # noqa: E402
+from cds_service.hooks.request import parse_hook_request  # noqa: E402
+from cds_service.engine.pipeline import Engine  # noqa: E402
+from cds_service.admin.population import iter_bundle_files, searchset  # noqa: E402
 from cds_service.settings import DEFAULT_MAX_RESOURCES, Settings  # noqa: E402
 
 SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"

@@ -24,8 +24,8 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-from cds_service.ruleset import load_default_ruleset
-from cds_service.simulation import collect_tasks, simulate
+from cds_service.admin.simulation import collect_tasks, simulate
+from cds_service.ruleset.loader import load_default_ruleset
 
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea-r4"
 AS_OF = date(2021, 3, 11)

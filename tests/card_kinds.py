@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cds_service.cards import EXPLANATION_EXTENSION
+from cds_service.engine.cards import EXPLANATION_EXTENSION
 
 SUGGESTION_KINDS = {
     "48691-0": "duplex-right",

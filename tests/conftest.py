@@ -22,9 +22,9 @@ from typing import Any, Iterator
 import pytest
 import responses
 
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO.parent / "shared"

@@ -24,11 +24,11 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import MetaData, select
 
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
-from cds_service.feedback import parse_feedback
+from cds_service.hooks.feedback import parse_feedback
 from cds_service.settings import Settings
-from cds_service.store import CardStore, FeedbackResult
+from cds_service.storage.store import CardStore, FeedbackResult
+from cds_service.web.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fhir_fixtures"
@@ -379,7 +379,7 @@ class ServerProcess:
                "CRAMP_PATIENT_KEY_SECRET": SECRET, "CRAMP_LOG_LEVEL": "WARNING", **(env or {})}
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from cds_service.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
              "serve", "--port", str(self.port), "--workers", str(workers), "--threads", str(threads)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent,
             start_new_session=True,  # its own process group: kill() reaches gunicorn's workers too

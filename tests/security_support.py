@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 ISSUER = "https://ehr.test.example/oauth2"
 KID = "test-es384-1"
@@ -213,7 +213,7 @@ class SecureServer:
             **extra_env,
         }
         self.env.pop("CRAMP_DEV_MODE", None)
-        self.command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(self.port),
+        self.command = [sys.executable, "-m", "cds_service.cli.main", "serve", "--port", str(self.port),
                         "--workers", str(workers), "--threads", str(threads)]
         self.process: Any = None
 

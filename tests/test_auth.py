@@ -1,4 +1,4 @@
-"""CDS client JWT verification (cds_service.auth): an attack table, the accepted shapes, the real Sandbox token.
+"""CDS client JWT verification (cds_service.auth.verifier): an attack table, the accepted shapes, the real Sandbox token.
 
 No test talks to the network: every test that could fetch runs inside ``responses.RequestsMock()``, where
 an unregistered request fails.
@@ -24,21 +24,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.auth import (
-    CATEGORIES,
-    AuthenticationError,
-    ClientAuthenticator,
-    JWKSCache,
-    MemoryReplayCache,
-    RedisReplayCache,
-    ReplayCache,
-    TrustedClient,
-    TrustedClientsError,
-    VerifiedClient,
-    endpoint_urls,
-    load_trusted_clients,
-    www_authenticate,
-)
+from cds_service.auth.verifier import (CATEGORIES, AuthenticationError, ClientAuthenticator, JWKSCache,
+                                       MemoryReplayCache, RedisReplayCache, ReplayCache, TrustedClient,
+                                       TrustedClientsError, VerifiedClient, endpoint_urls, load_trusted_clients,
+                                       www_authenticate)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SANDBOX_REQUEST = SHARED / "spec" / "sandbox" / "request-patient-view.json"

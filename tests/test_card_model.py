@@ -1,4 +1,4 @@
-"""The CDS Hooks response model (cds_service/card_model.py): the spec's invariants cds-resp-1..7 and the
+"""The CDS Hooks response model (cds_service/hooks/cards.py): the spec's invariants cds-resp-1..7 and the
 2.0 field rules, as a table of invalid cards, and every card example of the spec as valid ones.
 
 Invariants (../shared/spec/artifacts/HL7-cds-hooks@fb10ca7/input/fsh/invariants/cds-resp-*.fsh):
@@ -25,7 +25,7 @@ from typing import Any, Callable
 import pytest
 from pydantic import ValidationError
 
-from cds_service.card_model import Action, CdsResponse, Coding, Source
+from cds_service.hooks.cards import Action, CdsResponse, Coding, Source
 
 EXAMPLES = Path("spec", "artifacts", "examples-extracted")
 VALID_CARD_EXAMPLES = ["spec-2.0.1/spec201-16-valid.json", "spec-3.0.0-ballot/spec300-19-valid.json"]

@@ -1,4 +1,4 @@
-"""Cards as a clinician sees them (cds_service/card_page.py): the HTML card list, its escaping, and every
+"""Cards as a clinician sees them (cds_service/admin/card_page.py): the HTML card list, its escaping, and every
 card type rendered in headless Chromium from the hand-worked fixtures.
 
 The browser tests (marker ``chromium``) read the page's visible text as a person would see it: the card's
@@ -24,11 +24,11 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from card_kinds import RESOURCE_REFERENCE, assert_no_resource_ids, card_id
-from cds_service.app import create_app
-from cds_service.card_page import render_page
-from cds_service.cli import main
+from cds_service.admin.card_page import render_page
+from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fhir_fixtures"

@@ -7,7 +7,7 @@ fixtures and on small charts built here:
   table row; the missing data that could change the card; "could not be checked" naming only the keys the
   card's rule reads; incomplete or unreadable data said in words;
 - a combination's ingredients each under its own class (Dyazide);
-- the wording is typed content (cds_service/card_text.py): a wrong key fails at load, naming file and field.
+- the wording is typed content (cds_service/engine/card_text.py): a wrong key fails at load, naming file and field.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import yaml
 from pydantic import ValidationError
 
 from card_kinds import assert_no_resource_ids, card_id, explanation
-from cds_service.app import create_app
-from cds_service.card_text import read_card_content
 from cds_service.clock import fixed_clock
+from cds_service.engine.card_text import read_card_content
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 from conftest import NOW, SERVICE_URL, minimal_request, patient_resource, searchset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fhir_fixtures"
@@ -235,7 +235,7 @@ def test_card_wording_is_validated_at_load_naming_the_field(tmp_path: Path) -> N
 
 
 def test_every_card_id_has_its_wording() -> None:
-    from cds_service.card_ids import ALL_CARD_IDS
+    from cds_service.ruleset.card_ids import ALL_CARD_IDS
 
     content = read_card_content()
     assert set(ALL_CARD_IDS) <= set(content.cards)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service import chart
+from cds_service.admin.population import iter_bundle_files, latest_record_date
 from cds_service.clock import fixed_clock
-from cds_service.hook_request import parse_hook_request
-from cds_service.pipeline import Engine
-from cds_service.population import iter_bundle_files, latest_record_date
+from cds_service.engine import chart
+from cds_service.engine.pipeline import Engine
+from cds_service.hooks.request import parse_hook_request
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fhir_fixtures"
 SERVICES = {"patient-view": "leg-cramp-patient-view", "order-select": "leg-cramp-order-select",

@@ -22,10 +22,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cds_service.app import create_app
-from cds_service.auth import load_trusted_clients
-from cds_service.cli import main
+from cds_service.auth.verifier import load_trusted_clients
+from cds_service.cli.main import main
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 from tests.conftest import minimal_request
 
 ROOT = Path(__file__).resolve().parents[1]

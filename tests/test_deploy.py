@@ -86,7 +86,7 @@ def test_compose_trusts_forwarded_headers_from_nginx_only():
 
 def test_compose_environment_is_accepted_by_the_service(tmp_path: Path):
     """The replicas' environment passes the service's own settings checks (what `serve` runs first)."""
-    from cds_service import gunicorn_conf
+    from cds_service.serve import gunicorn_conf
     from cds_service.settings import Settings
 
     env = _compose_env({"CRAMP_PUBLIC_BASE_URL": "https://cds.example.org", "CRAMP_PATIENT_KEY_SECRET": "s" * 32,

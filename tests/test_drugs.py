@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.chart import build_chart
-from cds_service.drugs import RXNORM, DrugMatch, DrugTable
-from cds_service.facts import PatientFacts, extract_facts
-from cds_service.ruleset import load_default_ruleset
+from cds_service.engine.chart import build_chart
+from cds_service.engine.drugs import RXNORM, DrugMatch, DrugTable
+from cds_service.engine.facts import PatientFacts, extract_facts
+from cds_service.ruleset.loader import load_default_ruleset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CLINICAL = REPO.parent / "shared" / "clinical"

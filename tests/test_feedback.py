@@ -21,11 +21,11 @@ from feedback_support import (
     NOW, SECRET, FeedbackContract, Service, accepted, cramps_request, dvt_request, overridden, track_stores,
 )
 
-from cds_service.app import create_app
-from cds_service.cli import main
-from cds_service.feedback_report import render_html
+from cds_service.admin.feedback_report import render_html
+from cds_service.cli.main import main
 from cds_service.settings import Settings, SettingsError
-from cds_service.store import CardStore
+from cds_service.storage.store import CardStore
+from cds_service.web.app import create_app
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_report_command_on_a_missing_database_exits_1(tmp_path) -> None:
 
 
 def test_report_html_escapes_reason_text() -> None:
-    from cds_service.store import ReasonCount, ReportRow
+    from cds_service.storage.store import ReasonCount, ReportRow
 
     row = ReportRow("r<1>", "v&1", 2, 0, 1, (ReasonCount("s", "c", "<b>x</b>", 1),))
     html = render_html([row], now=NOW)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from feedback_support import SERVICE_ID, ServerProcess, cramps_request, feedback_rows, instant, overridden
 
-from cds_service.store import CardStore
+from cds_service.storage.store import CardStore
 
 MAX_REQUESTS = 300
 SENDERS = 4

@@ -16,7 +16,7 @@ from feedback_support import (
     FeedbackContract, ServerProcess, cramps_request, feedback_rows, fresh_postgres_database, overridden, postgres_url,
 )
 
-from cds_service.store import CardStore
+from cds_service.storage.store import CardStore
 
 pytestmark = pytest.mark.postgres
 

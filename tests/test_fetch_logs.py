@@ -77,7 +77,7 @@ def service(tmp_path: Path, fhir: LoopbackFhir) -> Iterator[tuple[str, TestIssue
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from cds_service.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
              "serve", "--port", str(port), "--workers", "1", "--threads", "2"],
             env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -31,12 +31,12 @@ import requests
 import responses
 from responses import matchers
 
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
-from cds_service.fhir_client import MAX_ATTEMPTS, PAGE_CAP, FhirFetcher
-from cds_service.pipeline import Engine
+from cds_service.engine.pipeline import Engine
+from cds_service.fhir.client import MAX_ATTEMPTS, PAGE_CAP, FhirFetcher
+from cds_service.hooks.request import HookRequest
 from cds_service.settings import Settings
-from cds_service.hook_request import HookRequest
+from cds_service.web.app import create_app
 from conftest import DROP, NOW, PATIENT_ID, SERVICE_URL, minimal_request, patient_resource, searchset
 from fhir_server import LoopbackFhir
 
@@ -174,7 +174,7 @@ def fetch_log() -> Iterator[list[logging.LogRecord]]:
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    logger = logging.getLogger("cds_service.fhir_client")
+    logger = logging.getLogger("cds_service.fhir.client")
     handler = Keep(level=logging.DEBUG)
     previous = logger.level
     logger.addHandler(handler)

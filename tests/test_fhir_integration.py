@@ -26,16 +26,15 @@ from werkzeug.serving import make_server
 
 from card_kinds import card_id, explanation, suggestion_kinds
 from fhir_server import FhirServerUnavailable, SekmetServer, ensure_fhir_venv
-from cds_service.app import create_app
-from cds_service.cli import main
+from cds_service.admin.population import read_bundle_file
+from cds_service.cli.integration import (LoadReport, build_hook_request, build_prefetch, fetch_query, fixture_sources,
+                                         load_sources, synthea_sources)
+from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
-from cds_service.fhir_client import FhirFetcher
-from cds_service.hook_request import HookRequest
-from cds_service.integration_cli import (
-    LoadReport, build_hook_request, build_prefetch, fetch_query, fixture_sources, load_sources, synthea_sources,
-)
-from cds_service.population import read_bundle_file
+from cds_service.fhir.client import FhirFetcher
+from cds_service.hooks.request import HookRequest
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fhir_fixtures"

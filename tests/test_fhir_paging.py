@@ -25,9 +25,9 @@ import requests
 from card_kinds import card_id, explanation
 from conftest import searchset
 from fhir_server import FhirServerUnavailable, SekmetServer, ensure_fhir_venv
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 pytestmark = pytest.mark.fhir_server
 

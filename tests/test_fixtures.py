@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from card_kinds import assert_detail_cites_records, assert_no_resource_ids, card_id, explanation, suggestion_kinds
-from cds_service.app import create_app
-from cds_service.card_model import CdsResponse
 from cds_service.clock import fixed_clock
+from cds_service.hooks.cards import CdsResponse
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fhir_fixtures"
 # cards whose expected `items` are the A pathways (acute_dvt | two_signs | sign_plus_wells)

@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds_service.openapi import openapi_document
+from cds_service.web.openapi import openapi_document
 from conftest import SERVICE_ID
 from security_support import TestIssuer, secure_app
 

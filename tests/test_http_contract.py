@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from cds_service.card_model import CdsResponse
+from cds_service.hooks.cards import CdsResponse
 from conftest import (
     PATIENT_ID, PATIENT_NAME, SERVICE_ID, SERVICE_URL, DROP, make_app, minimal_request, patient_resource, searchset,
 )

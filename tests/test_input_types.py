@@ -361,7 +361,7 @@ def _skipped(log_records) -> list[dict[str, dict[str, int]]]:
 
 
 def _read_elements(kind: str) -> frozenset[str]:
-    from cds_service.chart import READ_ELEMENTS
+    from cds_service.engine.chart import READ_ELEMENTS
     return READ_ELEMENTS[kind]
 
 

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.serving import make_server
 
 from card_kinds import card_id
-from cds_service.app import create_app
-from cds_service.cli import main
+from cds_service.cli.integration import fixture_resources, make_client_jwt, transaction_resources
+from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
-from cds_service.integration_cli import fixture_resources, make_client_jwt, transaction_resources
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "fhir_fixtures" / "05-cramps-varicose-snomed"

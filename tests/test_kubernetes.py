@@ -175,7 +175,7 @@ def test_probes_readiness_on_readyz_liveness_on_healthz(rendered, overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rolling_update_drops_no_request(rendered, overlay):
-    from cds_service import gunicorn_conf
+    from cds_service.serve import gunicorn_conf
 
     deployment = _one(rendered[overlay], "Deployment")
     strategy = deployment["spec"]["strategy"]
@@ -307,7 +307,7 @@ def test_rule_set_and_secrets_are_mounted_where_the_settings_point(rendered, ove
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_variable_is_read_by_the_service_and_documented(rendered, overlay):
-    code = (ROOT / "cds_service" / "settings.py").read_text() + (ROOT / "cds_service" / "gunicorn_conf.py").read_text()
+    code = (ROOT / "cds_service" / "settings.py").read_text() + (ROOT / "cds_service" / "serve" / "gunicorn_conf.py").read_text()
     reference = (ROOT / "docs" / "configuration.md").read_text()
     env = _env(_container(rendered[overlay]))
     for name in env:
@@ -324,9 +324,9 @@ def test_the_rendered_configuration_starts_the_service(rendered, overlay, tmp_pa
     service's and gunicorn's settings checks, and the app (not in development mode) answers the probes."""
     import base64
 
-    from cds_service import gunicorn_conf
-    from cds_service.app import create_app
+    from cds_service.serve import gunicorn_conf
     from cds_service.settings import Settings
+    from cds_service.web.app import create_app
 
     documents = rendered[overlay]
     container = _container(documents)
@@ -392,7 +392,7 @@ def test_the_pod_runs_on_a_read_only_root_with_only_its_empty_dirs_writable(rend
     import time
     import urllib.request
 
-    from cds_service import client_keys
+    from cds_service.auth import client_keys
     from tests.conftest import minimal_request
 
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
@@ -431,7 +431,7 @@ def test_the_pod_runs_on_a_read_only_root_with_only_its_empty_dirs_writable(rend
         "SOURCE": str(source), "METRICS_DIR": "/run/cramp/metrics",
     })
     env["PROMETHEUS_MULTIPROC_DIR"] = env["METRICS_DIR"]
-    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.serve.gunicorn_conf", "cds_service.serve.wsgi:app"]
     server = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", _POD_FILESYSTEM, "pod", *gunicorn],
                               env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     local = f"http://127.0.0.1:{port}"

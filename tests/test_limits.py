@@ -18,9 +18,9 @@ import re
 
 import pytest
 
-from cds_service import chart
-from cds_service.logs import JsonFormatter
+from cds_service.engine import chart
 from cds_service.settings import DEFAULT_MAX_RESOURCES, Settings, SettingsError
+from cds_service.web.logs import JsonFormatter
 
 from conftest import PATIENT_ID, SERVICE_URL, make_app, minimal_request, patient_resource, searchset
 
@@ -299,7 +299,7 @@ def test_a_gunicorn_worker_freezes_its_startup_heap_out_of_the_garbage_collector
     import gc
     from types import SimpleNamespace
 
-    from cds_service import gunicorn_conf
+    from cds_service.serve import gunicorn_conf
 
     assert gunicorn_conf.build()["post_worker_init"] is gunicorn_conf.worker_ready
     assert gunicorn_conf.post_worker_init is gunicorn_conf.worker_ready
@@ -332,7 +332,7 @@ def served(tmp_path_factory):
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.cli", "serve", "--dev", "--port", str(port), "--workers", "1"],
+            [sys.executable, "-m", "cds_service.cli.main", "serve", "--dev", "--port", str(port), "--workers", "1"],
             env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

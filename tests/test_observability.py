@@ -10,9 +10,9 @@ import sys
 import pytest
 from conftest import PATIENT_ID, PATIENT_NAME, SERVICE_URL, make_app, minimal_request
 
-from cds_service.logs import JsonFormatter
-from cds_service.metrics import _resource_label, observe_fetch
-from cds_service.request_context import request_id_from
+from cds_service.web.logs import JsonFormatter
+from cds_service.web.metrics import _resource_label, observe_fetch
+from cds_service.web.request_context import request_id_from
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -106,9 +106,9 @@ def test_metrics_count_calls_cards_and_prefetch_without_patient_data(client):
 def test_cards_metric_by_rule_and_indicator():
     from chart_builder import NOW, condition, hook_request
 
-    from cds_service.app import create_app
     from cds_service.clock import fixed_clock
     from cds_service.settings import Settings
+    from cds_service.web.app import create_app
 
     client = create_app(Settings(development_mode=True), clock=fixed_clock(NOW)).test_client()
     before = client.get("/metrics").get_data(as_text=True)
@@ -138,13 +138,13 @@ def test_fetch_metrics_take_the_resource_type_only(client):
 
 
 def test_hook_answered_log_line_is_json_with_request_id_and_no_phi(client, caplog):
-    caplog.set_level(logging.INFO, logger="cds_service.pipeline")
+    caplog.set_level(logging.INFO, logger="cds_service.engine.pipeline")
     response = client.post(SERVICE_URL, json=minimal_request(), headers={"X-Request-ID": "req-42"})
     assert response.status_code == 200
     records = [r for r in caplog.records if r.getMessage() == "hook answered"]
     assert records
     # Format inside the request context: the formatter reads the id of the request being served.
-    from cds_service import request_context
+    from cds_service.web import request_context
 
     token = request_context._current.set("req-42")
     try:
@@ -163,7 +163,7 @@ def test_request_id_reaches_log_lines_written_during_the_request(client, capfd):
     logging.getLogger("cds_service.test").propagate = True
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("cds_service.pipeline")
+    logger = logging.getLogger("cds_service.engine.pipeline")
     logger.addHandler(handler)
     try:
         client.post(SERVICE_URL, json=minimal_request(), headers={"X-Request-ID": "trace-7"})
@@ -177,7 +177,7 @@ def test_request_id_reaches_log_lines_written_during_the_request(client, capfd):
 def test_building_the_app_does_not_import_prometheus_client():
     """The workers must be first to import it, after gunicorn has set PROMETHEUS_MULTIPROC_DIR."""
     code = (
-        "import sys; from cds_service.app import create_app; from cds_service.settings import Settings;"
+        "import sys; from cds_service.web.app import create_app; from cds_service.settings import Settings;"
         "create_app(Settings(development_mode=True)); print('prometheus_client' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

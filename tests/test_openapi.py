@@ -10,7 +10,7 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from cds_service.openapi import openapi_document, openapi_yaml
+from cds_service.web.openapi import openapi_document, openapi_yaml
 from conftest import SERVICE_ID, SERVICE_URL, minimal_request
 from security_support import TestIssuer, assert_conforms, secure_app, service_url_for
 

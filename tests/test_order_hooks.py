@@ -36,14 +36,14 @@ import pytest
 import yaml
 
 from card_kinds import assert_detail_cites_records, assert_no_resource_ids, card_id, explanation
-from cds_service.card_ids import (DRUG_ORDER_CARD_IDS, DRUG_ORDER_LABA, DRUG_ORDER_POTASSIUM_SPARING, DRUG_ORDER_THIAZIDE,
-                                  LEGACY_DRUG_ORDER, ORDER_CARD_IDS, QUININE_FOR_CRAMPS)
-from cds_service.app import create_app
-from cds_service.card_model import Card, CdsResponse
 from cds_service.clock import fixed_clock
-from cds_service.pipeline import Engine
-from cds_service.ruleset import RuleSetError, load_default_ruleset, parse_ruleset
+from cds_service.engine.pipeline import Engine
+from cds_service.hooks.cards import Card, CdsResponse
+from cds_service.ruleset.card_ids import (DRUG_ORDER_CARD_IDS, DRUG_ORDER_LABA, DRUG_ORDER_POTASSIUM_SPARING,
+                                          DRUG_ORDER_THIAZIDE, LEGACY_DRUG_ORDER, ORDER_CARD_IDS, QUININE_FOR_CRAMPS)
+from cds_service.ruleset.loader import RuleSetError, load_default_ruleset, parse_ruleset
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 from conftest import NOW, PATIENT_ID, SERVICE_URL, minimal_request, patient_resource, searchset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fhir_fixtures"
@@ -512,9 +512,9 @@ def test_legacy_override_in_the_real_store_suppresses_class_cards_for_90_days(tm
     cramp-associated-drug-order: the thiazide card is suppressed for that patient for 90 days, then shown."""
     from datetime import timedelta
 
-    from cds_service.feedback import FeedbackItem
-    from cds_service.pipeline import ShownCard
-    from cds_service.store import CardStore
+    from cds_service.engine.ledger import ShownCard
+    from cds_service.hooks.feedback import FeedbackItem
+    from cds_service.storage.store import CardStore
 
     shown_at = fixed_clock(NOW)()
     store = CardStore(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "secret-for-tests", clock=lambda: shown_at)

@@ -22,7 +22,7 @@ import pytest
 from feedback_support import NOW, dvt_request, feedback_rows, fresh_postgres_database, overridden, postgres_url
 from security_support import TestIssuer, secure_app
 
-from cds_service import store as store_module
+from cds_service.storage import store as store_module
 
 SERVICE = "/cds-services/leg-cramp-patient-view"
 FEEDBACK = SERVICE + "/feedback"

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from card_kinds import card_id
-from cds_service.app import create_app
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 from conftest import NOW, PATIENT_ID, minimal_request, patient_resource, searchset
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"

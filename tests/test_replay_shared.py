@@ -13,8 +13,8 @@ import pytest
 from conftest import minimal_request
 from feedback_support import ServerProcess, fresh_postgres_database, postgres_url
 from security_support import PUBLIC_BASE_URL, TestIssuer, secure_app, write_trusted_clients
-from cds_service.replay import FallbackReplayCache, MemoryReplayCache, ReplayStoreUnavailable
-from cds_service.store import CardStore
+from cds_service.storage.replay import FallbackReplayCache, MemoryReplayCache, ReplayStoreUnavailable
+from cds_service.storage.store import CardStore
 
 SERVICE = "/cds-services/leg-cramp-patient-view"
 

@@ -7,8 +7,8 @@ import pytest
 from chart_builder import (CPT, ICD10, LOINC, NOW, SNOMED, condition, hook_request, med_request, med_statement,
                            observation, procedure, service_request, text_condition)
 from cds_service.clock import fixed_clock
-from cds_service.hook_request import parse_hook_request
-from cds_service.pipeline import Engine
+from cds_service.engine.pipeline import Engine
+from cds_service.hooks.request import parse_hook_request
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +405,7 @@ def test_cue_list_is_rule_set_data(engine):
     """Admins tune the cues: without "history of", the text counts."""
     import yaml
     from importlib import resources
-    from cds_service.ruleset import parse_ruleset
+    from cds_service.ruleset.loader import parse_ruleset
     data = yaml.safe_load(resources.files("cds_service").joinpath("data/ruleset.yaml").read_text())
     data["condition_text"]["cues"].remove("history of")
     data["condition_text"]["terms"]["leg_cramp"].append("crampi")
@@ -607,7 +607,7 @@ def test_only_procedures_a_rule_reads_are_validated(engine):
 def test_procedure_prefilter_steps_aside_for_prefixes(engine):
     import yaml
     from importlib import resources
-    from cds_service.ruleset import parse_ruleset
+    from cds_service.ruleset.loader import parse_ruleset
     data = yaml.safe_load(resources.files("cds_service").joinpath("data/ruleset.yaml").read_text())
     assert engine.ruleset.procedure_codes == {(SNOMED, "387713003"), (CPT, "93970"), (CPT, "93971"),
                                               (LOINC, "46364-6"), (LOINC, "48691-0"), (LOINC, "48692-8")}
@@ -616,8 +616,8 @@ def test_procedure_prefilter_steps_aside_for_prefixes(engine):
 
 
 def test_every_patient_view_card_says_which_keys_its_rule_reads(engine):
-    from cds_service.card_ids import PATIENT_VIEW_CARD_IDS
-    from cds_service.rules import KEYS_READ
+    from cds_service.engine.rules import KEYS_READ
+    from cds_service.ruleset.card_ids import PATIENT_VIEW_CARD_IDS
     templates = {t.key for t in engine.registry.get("leg-cramp-patient-view").templates}
     assert set(KEYS_READ) == set(PATIENT_VIEW_CARD_IDS)
     assert all(set(keys) <= templates for keys in KEYS_READ.values())

@@ -15,12 +15,12 @@ import responses
 import yaml
 from click.testing import CliRunner
 
-from cds_service.app import create_app
-from cds_service.bulk import write_ndjson
-from cds_service.cli import main
+from cds_service.admin.bulk import write_ndjson
+from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
-from cds_service.ruleset import RuleSetError, card_text_problems, load_default_ruleset, load_ruleset
+from cds_service.ruleset.loader import RuleSetError, card_text_problems, load_default_ruleset, load_ruleset
 from cds_service.settings import Settings
+from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
@@ -333,10 +333,10 @@ def test_reload_invalid_change_keeps_old_version_and_warns(tmp_path, fixture_req
     client = app.test_client()
     rules.write_text(default_text().replace('version: "2026.12.1"', 'version: "2026.12.9"')
                      .replace("    statin: 0.5", "    statin: -1"))
-    with caplog.at_level(logging.WARNING, logger="cds_service.reload"):
+    with caplog.at_level(logging.WARNING, logger="cds_service.engine.reload"):
         switch.request_reload()  # as SIGHUP does
         assert version_of(call(client, fixture_request)) == "2026.12.1"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cds_service.reload"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cds_service.engine.reload"]
     assert len(warnings) == 1 and "contributors.points.statin" in warnings[0].getMessage()
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from importlib import resources
 
-from cds_service.ruleset import RuleSetError, load_default_ruleset, load_ruleset, parse_ruleset
+from cds_service.ruleset.loader import RuleSetError, load_default_ruleset, load_ruleset, parse_ruleset
 
 
 def default_data():
@@ -269,7 +269,7 @@ def test_drug_card_needs_wording_for_each_class_it_judges():
 
 def test_rules_validate_reports_revision_problems_with_lines(tmp_path):
     from click.testing import CliRunner
-    from cds_service.cli import main
+    from cds_service.cli.main import main
     bad = tmp_path / "rules.yaml"
     bad.write_text(_mutate(lambda d: d["condition_text"]["terms"].update(paralysis=["cannot move leg"])))
     result = CliRunner().invoke(main, ["rules", "validate", str(bad)])
@@ -296,5 +296,5 @@ TEXT_MATCHES = [
 
 @pytest.mark.parametrize("text, terms, cues, expected", TEXT_MATCHES, ids=[r[0] for r in TEXT_MATCHES])
 def test_text_matcher(text, terms, cues, expected):
-    from cds_service.text_match import TextMatcher
+    from cds_service.ruleset.text_match import TextMatcher
     assert set(TextMatcher(terms, cues).match([text])) == expected

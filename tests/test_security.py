@@ -30,12 +30,12 @@ import responses
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cds_service.app import DEV_MODE_WARNING, SECURITY_HEADERS, create_app
-from cds_service.auth import CATEGORIES
+from cds_service.auth.verifier import CATEGORIES
 from cds_service.header_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES, MAX_TOKEN_BYTES
-from cds_service.logs import JsonFormatter
-from cds_service.openapi import openapi_document
 from cds_service.settings import Settings, SettingsError
+from cds_service.web.app import DEV_MODE_WARNING, SECURITY_HEADERS, create_app
+from cds_service.web.logs import JsonFormatter
+from cds_service.web.openapi import openapi_document
 from conftest import SERVICE_ID, SERVICE_URL, minimal_request, patient_resource, searchset
 from security_support import (
     FHIR_SERVER,
@@ -392,7 +392,7 @@ def test_an_unexpected_error_is_a_500_without_internals(app, issuer, monkeypatch
     engine = app.extensions["leg_cramp_engine"]
 
     def explode(*args: Any, **kwargs: Any):
-        raise RuntimeError("secret internals: /srv/app/cds_service/pipeline.py line 42 password=hunter2")
+        raise RuntimeError("secret internals: /srv/app/cds_service/engine/pipeline.py line 42 password=hunter2")
 
     monkeypatch.setattr(type(engine), "invoke", explode)
     response = app.test_client().post(SERVICE_URL, json=minimal_request(), headers=issuer.headers(SERVICE_URL))

@@ -26,8 +26,8 @@ DELAY_SECONDS = 2.0
 SERVER = """
 import os, sys, time
 from pathlib import Path
-from cds_service import pipeline
-from cds_service.cli import main
+from cds_service.cli.main import main
+from cds_service.engine import pipeline
 
 marker, delay = Path(os.environ["TEST_MARKER"]), float(os.environ["TEST_DELAY"])
 original = pipeline.Engine.run
@@ -202,8 +202,8 @@ def test_gunicorn_a_16_kib_token_fits(secure_server):
 
 @pytest.mark.parametrize("header", ["Authorization", "X-Padding"])
 def test_gunicorn_a_header_over_the_limit_is_431_with_an_operation_outcome(secure_server, header: str):
-    from cds_service.app import SECURITY_HEADERS
     from cds_service.header_limits import MAX_HEADER_FIELD_BYTES
+    from cds_service.web.app import SECURITY_HEADERS
 
     value = ("Bearer " if header == "Authorization" else "") + "a" * MAX_HEADER_FIELD_BYTES
     status, headers, body = _call(secure_server, {header: value})
@@ -231,7 +231,7 @@ def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path)
            "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}"}
     for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "cds_service.cli", "serve", "--port", str(_free_port())],
+    result = subprocess.run([sys.executable, "-m", "cds_service.cli.main", "serve", "--port", str(_free_port())],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -241,13 +241,13 @@ def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path)
 
 
 def test_the_docker_cmd_without_the_public_base_url_exits_2_before_any_worker(tmp_path: Path):
-    """The image's CMD (gunicorn -c python:cds_service.gunicorn_conf): the master checks the settings once."""
+    """The image's CMD (gunicorn -c python:cds_service.serve.gunicorn_conf): the master checks the settings once."""
     env = {**os.environ, "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
            "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}", "CRAMP_BIND": f"127.0.0.1:{_free_port()}"}
     for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf",
-                             "cds_service.wsgi:app"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:cds_service.serve.gunicorn_conf",
+                             "cds_service.serve.wsgi:app"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "CRAMP_PUBLIC_BASE_URL" in line]
     assert errors == ["cramp-cds: configuration error: CRAMP_PUBLIC_BASE_URL: required outside development mode "

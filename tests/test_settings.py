@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cds_service import gunicorn_conf
-from cds_service.app import create_app
-from cds_service.auth import TrustedClientsError
-from cds_service.cli import CliContext, main
+from cds_service.auth.verifier import TrustedClientsError
+from cds_service.cli.main import CliContext, main
+from cds_service.serve import gunicorn_conf
 from cds_service.settings import Settings, SettingsError, env_float, env_int
+from cds_service.web.app import create_app
 
 SECRET = "test-secret-0123456789abcdef"
 

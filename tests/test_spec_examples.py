@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cds_service.card_model import CdsResponse
+from cds_service.hooks.cards import CdsResponse
 from conftest import SERVICE_URL, SHARED_DIR, make_app
 
 EXAMPLES = Path("spec", "artifacts", "examples-extracted")

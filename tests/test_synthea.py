@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from card_kinds import card_id
-from cds_service.card_ids import PATIENT_VIEW_CARD_IDS
-from cds_service.card_model import CdsResponse
+from cds_service.admin.population import iter_bundle_files, latest_record_date
 from cds_service.clock import fixed_clock
-from cds_service.hook_request import parse_hook_request
-from cds_service.pipeline import Engine
-from cds_service.population import iter_bundle_files, latest_record_date
+from cds_service.engine.pipeline import Engine
+from cds_service.hooks.cards import CdsResponse
+from cds_service.hooks.request import parse_hook_request
+from cds_service.ruleset.card_ids import PATIENT_VIEW_CARD_IDS
 
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea-r4"
 pytestmark = [

@@ -47,7 +47,7 @@ def service(tmp_path: Path, dripping: LoopbackFhir) -> Iterator[str]:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from cds_service.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
              "serve", "--dev", "--port", str(port), "--workers", "2", "--threads", "1"],
             env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,1 @@
+"""Tools around the service: population runs and simulation, explain, reports, the card HTML page."""

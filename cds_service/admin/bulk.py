@@ -1,0 +1,96 @@
+"""Patients from FHIR bulk data (NDJSON: one resource per line, e.g. a ``$export`` output folder), grouped
+per patient by the ``subject`` / ``patient`` reference, and turned into the same ``PatientRecord`` a
+Bundle file gives (``population.record_from_bundle``).
+
+Used by the admin tooling (``rules simulate``); the service itself never reads files of patients.
+``Medication`` resources (which name no patient) are attached to every patient whose medication records
+reference them; other resources that name no patient are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from cds_service.admin.population import BundleError, PatientRecord, record_from_bundle
+
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+
+
+def is_ndjson(path: Path) -> bool:
+    return path.name.lower().endswith(NDJSON_SUFFIXES)
+
+
+def _patient_id(reference: Any) -> str | None:
+    """``Patient/123``, ``https://x/fhir/Patient/123`` or ``Patient/123/_history/2`` -> ``123``."""
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    parts = reference["reference"].split("/")
+    if "Patient" in parts:
+        index = len(parts) - 1 - parts[::-1].index("Patient")
+        if index + 1 < len(parts) and parts[index + 1]:
+            return parts[index + 1]
+    return None
+
+
+def _medication_refs(resource: dict[str, Any]) -> list[str]:
+    reference = (resource.get("medicationReference") or {}).get("reference")
+    if isinstance(reference, str) and not reference.startswith("#"):
+        return [reference.rsplit("/", 1)[-1]]
+    return []
+
+
+def read_ndjson(paths: list[Path]) -> Iterator[PatientRecord]:
+    """Every patient in ``paths`` (read together: a Patient file and its Condition, Observation ... files),
+    in the order their Patient resources appear. Raises ``BundleError`` naming the file and line."""
+    patients: list[tuple[str, dict[str, Any]]] = []  # (source file name, Patient)
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    medications: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        try:
+            handle = path.open(encoding="utf-8")
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    resource = json.loads(line)
+                except ValueError as exc:
+                    raise BundleError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                    raise BundleError(f"{path}:{number}: not a FHIR resource (no resourceType)")
+                kind = resource["resourceType"]
+                if kind == "Patient":
+                    if not resource.get("id"):
+                        raise BundleError(f"{path}:{number}: Patient without an id")
+                    patients.append((path.name, resource))
+                elif kind == "Medication":
+                    if resource.get("id"):
+                        medications[str(resource["id"])] = resource
+                else:
+                    owner = _patient_id(resource.get("subject")) or _patient_id(resource.get("patient"))
+                    if owner is not None:
+                        by_patient.setdefault(owner, []).append(resource)
+    for source, patient in patients:
+        resources = by_patient.get(str(patient["id"]), [])
+        wanted = {ref for r in resources for ref in _medication_refs(r)}
+        entries = [patient, *resources, *(medications[m] for m in sorted(wanted) if m in medications)]
+        bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in entries]}
+        yield record_from_bundle(bundle, source)
+
+
+def write_ndjson(records: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Write resources as one NDJSON file per resource type (``<Type>.ndjson``), as a bulk export does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in records:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    written = []
+    for kind, resources in sorted(by_type.items()):
+        path = folder / f"{kind}.ndjson"
+        path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in resources), encoding="utf-8")
+        written.append(path)
+    return written

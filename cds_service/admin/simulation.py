@@ -1,0 +1,277 @@
+"""Dry run of rule sets over a population (``rules simulate``): which card each patient would be shown,
+with one clock for all, in parallel over processes; and, for two rule sets, which patients' cards change
+and why.
+
+Sources (``collect_tasks``): Bundle files or folders of them (one patient per file, e.g. Synthea), bulk
+NDJSON files (``bulk.read_ndjson``), or a FHIR server base URL (``fhir_population``). Bundle files are
+read by the workers; other sources are read here and their records sent to the workers.
+
+Each worker builds its engines once (``_init_worker``) and returns a compact ``PatientResult`` per
+patient. Suppression is not simulated (no card ledger): the counts are what the rules would show.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from cds_service.admin.bulk import is_ndjson, read_ndjson
+from cds_service.admin.population import BundleError, PatientRecord, read_bundle_file
+from cds_service.clock import fixed_clock
+from cds_service.engine.drugs import DrugTable
+from cds_service.engine.pipeline import Engine
+from cds_service.engine.registry import PATIENT_VIEW_SERVICE
+from cds_service.errors import ServiceError
+from cds_service.fhir.crawler import ServerPopulation, is_server_url
+from cds_service.hooks.request import parse_hook_request
+from cds_service.ruleset.loader import CARD_IDS, RuleSet, load_ruleset
+
+EVALUATIONS = ("red_flag", "venous", "contributors")
+
+
+class SourceError(ValueError):
+    """A source cannot be used (missing path, unreadable file, unreachable server); names it."""
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    card_id: str
+    fired: bool
+    score: float | None
+    threshold: float | None
+    items: tuple[tuple[str, float], ...]
+    pathways: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PatientRun:
+    shown: tuple[str, ...]
+    outcomes: dict[str, RuleOutcome]
+
+
+@dataclass(frozen=True)
+class PatientResult:
+    source: str  # file name (or server URL)
+    patient_id: str
+    runs: tuple[PatientRun, ...] = ()  # one per rule set, in order
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleSetInfo:
+    path: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Change:
+    source: str
+    patient_id: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+@dataclass
+class Simulation:
+    as_of: date
+    rule_sets: list[RuleSetInfo]
+    results: list[PatientResult] = field(default_factory=list)
+
+    @property
+    def evaluated(self) -> list[PatientResult]:
+        return [r for r in self.results if r.error is None]
+
+    @property
+    def errors(self) -> list[PatientResult]:
+        return [r for r in self.results if r.error is not None]
+
+    def shown_counts(self, run: int = 0) -> dict[str, int]:
+        counts = {card: 0 for card in CARD_IDS}
+        for result in self.evaluated:
+            for card in result.runs[run].shown:
+                counts[card] += 1
+        return counts
+
+    def card_rates(self) -> list[dict[str, Any]]:
+        """Per card: the patients shown it under each rule set, and the rate."""
+        total = len(self.evaluated)
+        rows = []
+        per_run = [self.shown_counts(i) for i in range(len(self.rule_sets))]
+        for card in CARD_IDS:
+            counts = [counts[card] for counts in per_run]
+            rows.append({
+                "card": card,
+                "counts": counts,
+                "rates": [count / total if total else 0.0 for count in counts],
+                "patients": [
+                    [f"{r.source}#{r.patient_id}" for r in self.evaluated if card in r.runs[i].shown]
+                    for i in range(len(per_run))
+                ],
+            })
+        return rows
+
+    def changes(self) -> list[Change]:
+        if len(self.rule_sets) < 2:
+            return []
+        found = []
+        for result in self.evaluated:
+            before, after = result.runs[0], result.runs[1]
+            if before.shown != after.shown:
+                found.append(Change(result.source, result.patient_id, before.shown, after.shown,
+                                    tuple(explain_change(before, after))))
+        return found
+
+
+def explain_change(before: PatientRun, after: PatientRun) -> list[str]:
+    """Why the cards differ: each evaluation whose outcome, score, threshold or items differ."""
+    reasons = []
+    for key in EVALUATIONS:
+        old, new = before.outcomes[key], after.outcomes[key]
+        if old == new:
+            continue
+        parts = [f"{key}: {_describe(old)} -> {_describe(new)}"]
+        old_items, new_items = dict(old.items), dict(new.items)
+        diffs = []
+        for item in sorted(set(old_items) | set(new_items)):
+            if item not in new_items:
+                diffs.append(f"-{item} {old_items[item]:g}")
+            elif item not in old_items:
+                diffs.append(f"+{item} {new_items[item]:g}")
+            elif old_items[item] != new_items[item]:
+                diffs.append(f"{item} {old_items[item]:g}->{new_items[item]:g}")
+        if diffs:
+            parts.append("items changed: " + ", ".join(diffs))
+        elif new.items:
+            parts.append("items: " + ", ".join(f"{item} {points:g}" for item, points in new.items))
+        reasons.append("; ".join(parts))
+    if not reasons:
+        reasons.append("same outcomes; the card's enabled flag differs")
+    return reasons
+
+
+def _describe(outcome: RuleOutcome) -> str:
+    verdict = "fires" if outcome.fired else "does not fire"
+    if outcome.score is None:
+        pathways = f" ({', '.join(outcome.pathways)})" if outcome.pathways else ""
+        return f"{outcome.card_id} {verdict}{pathways}"
+    threshold = f" vs threshold {outcome.threshold:g}" if outcome.threshold is not None else ""
+    return f"{outcome.card_id} score {outcome.score:g}{threshold}, {verdict}"
+
+
+# ---------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class Task:
+    path: Path | None = None  # a Bundle file, read by the worker
+    record: PatientRecord | None = None
+
+
+def collect_tasks(sources: Iterable[str], loinc_codes: list[str]) -> list[Task]:
+    tasks: list[Task] = []
+    ndjson: list[Path] = []
+    for source in sources:
+        if is_server_url(source):
+            tasks += [Task(record=r) for r in ServerPopulation(source, loinc_codes).patients()]
+            continue
+        path = Path(source)
+        if path.is_dir():
+            tasks += [Task(path=p) for p in sorted(path.glob("*.json"))]
+            ndjson += sorted(p for p in path.iterdir() if is_ndjson(p))
+        elif path.is_file():
+            if is_ndjson(path):
+                ndjson.append(path)
+            else:
+                tasks.append(Task(path=path))
+        else:
+            raise SourceError(f"{source}: no such file, folder or server URL")
+    if ndjson:
+        try:
+            tasks += [Task(record=r) for r in read_ndjson(ndjson)]
+        except BundleError as exc:
+            raise SourceError(str(exc)) from None
+    return tasks
+
+
+# ---------------------------------------------------------------- workers
+
+_ENGINES: list[Engine] = []  # per worker process, built once by _init_worker
+
+
+def build_engines(rule_sets: list[RuleSet], as_of: date) -> list[Engine]:
+    clock = fixed_clock(f"{as_of.isoformat()}T12:00:00Z")
+    drugs = DrugTable.load_default()
+    return [Engine(ruleset, drugs, clock=clock) for ruleset in rule_sets]
+
+
+def _init_worker(rule_paths: list[str | None], as_of: date) -> None:
+    from cds_service.ruleset.loader import load_default_ruleset
+
+    rule_sets = [load_ruleset(p) if p else load_default_ruleset() for p in rule_paths]
+    _ENGINES[:] = build_engines(rule_sets, as_of)
+
+
+def _summarise(outcome: Any) -> RuleOutcome:
+    return RuleOutcome(outcome.card_id, outcome.fired, outcome.score, outcome.threshold,
+                       tuple((item.item, item.points) for item in outcome.items), tuple(outcome.pathways))
+
+
+def evaluate_record(record: PatientRecord, engines: list[Engine]) -> PatientResult:
+    source = Path(record.source).name if "://" not in record.source else record.source
+    runs = []
+    try:
+        request = parse_hook_request(record.hook_request())
+        for engine in engines:
+            result = engine.run(engine.registry.get(PATIENT_VIEW_SERVICE), request)
+            evaluation = result.evaluation
+            runs.append(PatientRun(
+                shown=tuple(o.card_id for o in evaluation.shown),
+                outcomes={key: _summarise(getattr(evaluation, key)) for key in EVALUATIONS},
+            ))
+    except ServiceError as exc:
+        return PatientResult(source, record.patient_id, error=exc.message)
+    return PatientResult(source, record.patient_id, tuple(runs))
+
+
+def _run_task(task: Task, engines: list[Engine] | None = None) -> PatientResult:
+    engines = engines if engines is not None else _ENGINES
+    if task.path is not None:
+        try:
+            record = read_bundle_file(task.path)
+        except BundleError as exc:
+            return PatientResult(task.path.name, "?", error=str(exc))
+        return evaluate_record(record, engines)
+    assert task.record is not None
+    return evaluate_record(task.record, engines)
+
+
+def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[RuleSet], as_of: date,
+              jobs: int | None = None
+              ) -> Iterator[PatientResult]:
+    """Evaluate every task under every rule set; ``jobs`` processes (default: CPU count; 1 = in process)."""
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1 or len(tasks) <= 1:
+        engines = build_engines(rule_sets, as_of)
+        for task in tasks:
+            yield _run_task(task, engines)
+        return
+    chunk = max(1, min(32, len(tasks) // (jobs * 8)))
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(rule_paths, as_of)) as pool:
+        yield from pool.map(_run_task, tasks, chunksize=chunk)
+
+
+def simulate(rule_paths: list[str | None], rule_sets: list[RuleSet], tasks: list[Task], as_of: date,
+             jobs: int | None = None, progress: Callable[[int], None] | None = None) -> Simulation:
+    simulation = Simulation(as_of, [RuleSetInfo(p or "(bundled rule set)", rs.version)
+                                    for p, rs in zip(rule_paths, rule_sets)])
+    for result in run_tasks(tasks, rule_paths, rule_sets, as_of, jobs):
+        simulation.results.append(result)
+        if progress:
+            progress(1)
+    return simulation

@@ -1,0 +1,1 @@
+"""The ``cramp-cds`` command line (click): serve, rules, keys, and the integration commands."""

@@ -1,0 +1,183 @@
+"""One hook call, end to end: request model -> service -> prefetch -> chart -> facts -> rules -> cards.
+
+``Engine`` holds what a call needs (rule set, drug table, card renderer, clock, FHIR fetcher); the
+Flask layer builds one per application and calls ``Engine.invoke``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Callable
+
+from cds_service.clock import system_clock
+from cds_service.engine.cards import CardRenderer, load_card_content
+from cds_service.engine.chart import build_chart, check_resource_count, count_resources, log_skipped
+from cds_service.engine.drugs import DrugTable
+from cds_service.engine.facts import PatientFacts, extract_facts
+from cds_service.engine.ledger import CardLedger, ShownCard
+from cds_service.engine.order_rules import OrderEvaluation, evaluate_orders
+from cds_service.engine.orders import read_draft_orders
+from cds_service.engine.prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
+from cds_service.engine.registry import CdsService, ServiceRegistry
+from cds_service.engine.rules import Evaluation, evaluate
+from cds_service.hooks.cards import CdsResponse, wire_json
+from cds_service.hooks.request import HookRequest, parse_hook_request
+from cds_service.ruleset.card_ids import legacy_ids
+from cds_service.ruleset.loader import RuleSet, load_default_ruleset
+from cds_service.settings import DEFAULT_MAX_RESOURCES
+from cds_service.web import metrics
+
+log = logging.getLogger(__name__)
+# Observations read for their value only, inside a window (the coded ones count at any age: ever_recorded).
+QUANTITY_OBSERVATIONS = frozenset({"potassium", "magnesium", "bmi"})
+
+
+@dataclass
+class CallResult:
+    response: dict[str, Any]
+    facts: PatientFacts
+    evaluation: Evaluation | OrderEvaluation
+
+
+class Engine:
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        drugs: DrugTable,
+        *,
+        clock: Callable[[], datetime] = system_clock,
+        fetcher: Fetcher | None = None,
+        renderer: CardRenderer | None = None,
+        ledger: CardLedger | None = None,
+        max_resources: int = DEFAULT_MAX_RESOURCES,
+    ) -> None:
+        self.ruleset = ruleset
+        self.max_resources = max_resources  # per request, sent and fetched (CRAMP_MAX_RESOURCES): else 413
+        self.drugs = drugs
+        self.clock = clock
+        self.fetcher = fetcher
+        self.renderer = renderer or CardRenderer(load_card_content(), ruleset, drugs=drugs)
+        # hook -> (evaluation, card rendering): patient-view runs A/B/C; the order hooks only the order rules
+        self._hooks: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "patient-view": (self._evaluate_patient_view, self.renderer.render),
+            "order-select": (self._evaluate_orders, self.renderer.render),
+            "order-sign": (self._evaluate_orders, self.renderer.render),
+        }
+        self.ledger = ledger
+        self.registry = ServiceRegistry.for_ruleset(ruleset)
+        observations = ruleset.spec.observations
+        self._quantity_windows = {
+            pair: getattr(observations, kind).window_days
+            for pair, kind in ruleset.observation_codes.items() if kind in QUANTITY_OBSERVATIONS
+        }
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "Engine":
+        return cls(load_default_ruleset(), DrugTable.load_default(), **kwargs)
+
+    def discovery(self) -> dict[str, Any]:
+        return self.registry.discovery()
+
+    def invoke(self, service_id: str, body: Any) -> CallResult:
+        service = self.registry.get(service_id)
+        request = parse_hook_request(body, expected_hook=service.hook)
+        return self.run(service, request)
+
+    def run(self, service: CdsService, request: HookRequest) -> CallResult:
+        started = time.perf_counter()
+        resolved = resolve_prefetch(request, service.templates, service.id, self.fetcher)
+        # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
+        check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
+        chart = build_chart(
+            request.patient_id,
+            resolved.resources,
+            observation_codes=frozenset(self.ruleset.observation_codes),
+            not_checked=resolved.not_checked,
+            incomplete=resolved.incomplete,
+            stale_before=self._stale_before(),
+            procedure_codes=self.ruleset.procedure_codes,
+        )
+        facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
+        evaluate_hook, render = self._hooks[service.hook]
+        evaluation = evaluate_hook(request, facts)
+        log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records
+        now = self.clock()
+        patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
+        # Which card wins was decided before suppression: a suppressed winner still hides those below it.
+        shown = [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
+        cards = [render(outcome, facts) for outcome in shown]
+        if not cards:
+            self._refuse_all_clear_over_incomplete(service, request, resolved)
+        response = wire_json(CdsResponse(cards=cards))
+        if self.ledger and cards:
+            self.ledger.record_shown([
+                ShownCard(
+                    card_uuid=card.uuid or "",
+                    suggestion_uuids=tuple(s.uuid for s in card.suggestions or [] if s.uuid),
+                    service_id=service.id,
+                    rule=outcome.card_id,
+                    ruleset_version=self.ruleset.version,
+                    indicator=card.indicator,
+                    hook_instance=request.hookInstance,
+                    patient_key=patient_key,
+                    issued_at=now,
+                )
+                for card, outcome in zip(cards, shown)
+            ])
+        elapsed = time.perf_counter() - started
+        metrics.observe_evaluation(service.id, elapsed)
+        metrics.record_prefetch(service.id, service.templates, resolved)
+        metrics.record_cards(service.id, [(o.card_id, card.indicator) for card, o in zip(cards, shown)])
+        log.info(
+            "hook answered",
+            extra={
+                "service": service.id,
+                "hook_instance": request.hookInstance,
+                "cards": [o.card_id for o in shown],
+                "suppressed": [o.card_id for o in evaluation.shown if o not in shown],
+                "skipped_records": len(facts.skipped),
+                "not_checked": list(facts.not_checked),
+                "incomplete": list(facts.incomplete),
+                "medications_mapped": dict(facts.medication_mapping),
+                "elapsed_ms": round(elapsed * 1000, 2),
+            },
+        )
+        return CallResult(response, facts, evaluation)
+
+    def _refuse_all_clear_over_incomplete(self, service: CdsService, request: HookRequest,
+                                          resolved: ResolvedPrefetch) -> None:
+        """No card, but a required key had pages that were not read: 412 naming it, counted and logged."""
+        refusal = incomplete_required_error(resolved, service.templates, service.id)
+        if refusal is None:
+            return
+        metrics.record_prefetch(service.id, service.templates, resolved)
+        log.warning("no card over incomplete required data: answered 412",
+                    extra={"service": service.id, "hook_instance": request.hookInstance,
+                           "incomplete": list(refusal.keys), "reasons": {k: resolved.reasons.get(k) for k in refusal.keys}})
+        raise refusal
+
+    def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Evaluation:
+        return evaluate(facts, self.ruleset)
+
+    def _evaluate_orders(self, request: HookRequest, facts: PatientFacts) -> OrderEvaluation:
+        drafts = read_draft_orders(request, self.ruleset, self.drugs, facts.today)
+        facts.skipped.extend(drafts.skipped)  # invalid draft orders: reported like invalid chart records
+        facts.medication_mapping = drafts.mapping  # the log's mapping counts: the judged draft orders
+        return evaluate_orders(drafts, facts, self.ruleset)
+
+    def _stale_before(self) -> dict[tuple[str, str], date]:
+        """Per quantity-observation code, the date before which facts.py cannot use a value (its window),
+        a day early so that time zones never drop a usable one: chart.py skips validating older ones."""
+        today = self.clock().astimezone(timezone.utc).date()
+        return {pair: today - timedelta(days=window + 1) for pair, window in self._quantity_windows.items()}
+
+    def _is_suppressed(self, patient_key: str, rule: str, now: datetime) -> bool:
+        settings = self.ruleset.spec.cards.get(rule)
+        if self.ledger is None or settings is None or settings.suppress_days == 0 or settings.indicator == "critical":
+            return False  # critical cards are never suppressed (RULES.md)
+        since = now - timedelta(days=settings.suppress_days)
+        # An override recorded under the id a card had before it was split (card_ids.legacy_ids) counts too.
+        return any(self.ledger.overridden_since(patient_key, recorded, since) for recorded in (rule, *legacy_ids(rule)))

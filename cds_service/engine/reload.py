@@ -1,0 +1,165 @@
+"""Rule-set reload without downtime, for a service started with a rules file (``CRAMP_RULES_FILE``).
+
+``EngineSwitch`` holds the current ``Engine``. A request takes the engine once, at its start
+(``current()``), and keeps it to the end: a reload builds a whole new Engine and swaps one reference
+(atomic under the GIL), so requests in flight finish with the engine they started with.
+
+A reload happens when:
+
+* the file changed: ``current()`` compares the file's (mtime, size) with the loaded one at most every
+  ``check_every`` seconds (no extra thread, no dependency);
+* SIGHUP reached this process (``install_sighup``; the handler only sets a flag, the next request
+  reloads). Under gunicorn, ``kill -HUP <master pid>`` is gunicorn's own graceful reload instead: new
+  workers start (each reads the file) and the old ones finish their requests first (docs/rule-set.md).
+
+An invalid new file is not used: the last valid rule set stays, and one warning lists the problems
+(the same file state is not retried until it changes again). Only one thread reloads at a time; the
+others go on with the current engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from cds_service.engine.pipeline import Engine
+from cds_service.ruleset.loader import RuleSet, RuleSetError, load_ruleset
+
+log = logging.getLogger(__name__)
+
+FileState = tuple[int, int] | None  # (mtime_ns, size), None when the file cannot be read
+
+
+def _file_state(path: Path) -> FileState:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+class EngineSwitch:
+    def __init__(self, path: Path, engine: Engine, build: Callable[[RuleSet], Engine], *,
+                 check_every: float = 2.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self._engine = engine
+        self._build = build
+        self._check_every = check_every
+        self._monotonic = monotonic
+        self._state = _file_state(self.path)
+        self._next_check = monotonic() + check_every
+        self._lock = threading.Lock()
+        self._hup = threading.Event()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def current(self) -> Engine:
+        """The engine for a new request, after a reload if one is due."""
+        now = self._monotonic()
+        if self._hup.is_set() or now >= self._next_check:
+            self._maybe_reload(now)
+        return self._engine
+
+    def request_reload(self) -> None:
+        """Ask for a reload at the next request (signal-safe: only sets a flag)."""
+        self._hup.set()
+
+    def reload(self, reason: str = "requested") -> bool:
+        """Reload now; True when a new rule set took effect."""
+        with self._lock:
+            return self._reload_locked(reason)
+
+    def _maybe_reload(self, now: float) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is checking or reloading: go on with the current engine
+        try:
+            self._next_check = now + self._check_every
+            if self._hup.is_set():
+                self._hup.clear()
+                self._reload_locked("SIGHUP")
+            elif _file_state(self.path) != self._state:
+                self._reload_locked("file changed")
+        finally:
+            self._lock.release()
+
+    def _reload_locked(self, reason: str) -> bool:
+        state = _file_state(self.path)
+        old = self._engine.ruleset.version
+        try:
+            engine = self._build(load_ruleset(self.path))
+        except RuleSetError as error:
+            self._state = state  # don't retry the same bad file on every check
+            problems = "; ".join(f"{f'line {line}: ' if line else ''}{path}: {message}"
+                                 for line, path, message in error.located)
+            log.warning("rule set not reloaded (%s): %s is invalid, keeping version %s: %s",
+                        reason, self.path, old, problems)
+            return False
+        self._state = state
+        self._engine = engine  # one reference swap: requests in flight keep the engine they took
+        log.info("rule set reloaded (%s): %s, version %s -> %s", reason, self.path, old, engine.ruleset.version)
+        return True
+
+    def install_sighup(self) -> bool:
+        """Reload on SIGHUP in this process; only from the main thread, and only when nothing else (a
+        gunicorn master, say) handles SIGHUP here. Returns whether the handler was installed."""
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return False
+        if signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None):
+            return False
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+        log.info("SIGHUP reloads the rule set %s (pid %d)", self.path, os.getpid())
+        return True
+
+
+# ---------------------------------------------------------------- across gunicorn's graceful reload
+#
+# ``kill -HUP <master>`` makes gunicorn fork new workers, which build their app from the file. So that an
+# invalid file then does not stop the workers from booting (gunicorn halts when a worker fails to boot),
+# the last valid rule set of each file is remembered in the process: the master remembers it at start
+# (``cramp-cds serve`` builds the app once before forking) and on every HUP (``on_reload``), and forked
+# workers inherit it.
+
+_LAST_VALID: dict[str, RuleSet] = {}
+
+
+def load_ruleset_keeping_last_valid(path: Path) -> RuleSet:
+    """``load_ruleset(path)``; when the file is invalid but a valid version was loaded before in this
+    process (or its parent), log one warning and return that one. Raises RuleSetError otherwise (start
+    refused)."""
+    key = str(Path(path).resolve())
+    try:
+        ruleset = load_ruleset(path)
+    except RuleSetError as error:
+        last = _LAST_VALID.get(key)
+        if last is None:
+            raise
+        log.warning("rule set %s is invalid, keeping version %s: %s", path, last.version,
+                    "; ".join(f"{f'line {line}: ' if line else ''}{p}: {m}" for line, p, m in error.located))
+        return last
+    _LAST_VALID[key] = ruleset
+    return ruleset
+
+
+def gunicorn_on_reload(server: object) -> None:
+    """gunicorn ``on_reload`` hook (in the master, on HUP, before new workers fork): re-read the file."""
+    rules = os.environ.get("CRAMP_RULES_FILE")
+    if rules:
+        try:
+            load_ruleset_keeping_last_valid(Path(rules))
+        except RuleSetError as error:
+            log.warning("rule set %s is invalid and none was loaded before: %s", rules, error)
+
+
+def gunicorn_post_worker_init(worker: object) -> None:
+    """gunicorn ``post_worker_init`` hook: SIGHUP sent to one worker reloads its rule set in place."""
+    app = getattr(worker, "wsgi", None)
+    switch = getattr(app, "extensions", {}).get("leg_cramp_engines") if app is not None else None
+    if switch is not None:
+        switch.install_sighup()

@@ -1,0 +1,1 @@
+"""CDS Hooks wire models (pydantic): hook requests and their contexts, cards and responses, feedback."""

@@ -1,0 +1,1 @@
+"""The gunicorn process: its configuration, its worker class and the WSGI entry point."""

@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy card store and its Alembic migrations, the JWT replay caches."""

@@ -1,0 +1,1 @@
+"""The Flask layer: app factory, views, authentication middleware, request context, OpenAPI, metrics, logs."""

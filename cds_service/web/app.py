@@ -1,0 +1,232 @@
+"""Application factory: wires settings, the engine, routes, CORS, limits and error handling.
+
+Nothing is configured at import time; production calls ``create_app(Settings.from_env())``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from flask import Flask, Response, g, jsonify, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from cds_service.auth.verifier import (AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache,
+                                       endpoint_urls, www_authenticate)
+from cds_service.engine.drugs import DrugTable
+from cds_service.engine.pipeline import Engine
+from cds_service.engine.reload import EngineSwitch, load_ruleset_keeping_last_valid
+from cds_service.errors import PayloadTooLarge, ServiceError, operation_outcome
+from cds_service.fhir.client import FhirFetcher
+from cds_service.header_limits import header_over_limit
+from cds_service.ruleset.loader import RuleSet, load_default_ruleset
+from cds_service.settings import Settings, SettingsError
+from cds_service.storage.replay import FallbackReplayCache
+from cds_service.storage.store import CardStore
+from cds_service.web import metrics, request_context
+from cds_service.web import openapi
+from cds_service.web.logs import configure_logging
+from cds_service.web.views import bp
+
+log = logging.getLogger(__name__)
+
+DEV_MODE_WARNING = (
+    "DEVELOPMENT MODE: CDS client authentication is OFF. Anyone who can reach this port can call the "
+    "service. Never use development mode with real patient data."
+)
+RULES_CHECK_SECONDS = 2.0  # how often (at most) a request checks whether the rules file changed
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Flask:
+    settings = settings or Settings()
+    # Settings required outside development mode, checked before anything is touched (SettingsError, naming them)
+    settings.patient_key_secret_or_default()
+    settings.required_public_base_urls()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep CDS Hooks field order readable
+    app.extensions["leg_cramp_settings"] = settings
+    store = _build_store(settings, clock)  # cards shown, feedback, suppression (docs/feedback.md)
+    app.extensions["leg_cramp_store"] = store
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store)
+    if engine is None and settings.rules_path:
+        _register_rules_reload(app, settings.rules_path)
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    app.register_blueprint(bp)
+    app.register_blueprint(openapi.bp)  # GET /openapi.json, /openapi.yaml (docs/security.md)
+    # First: every request (a refused one too) gets its id and its timer before any other hook runs.
+    request_context.init_app(app)
+    metrics.init_app(app)
+    _register_error_handlers(app)
+    _register_header_limits(app)  # before authentication: an oversized header is a 431, not a 401
+    _register_request_hooks(app, settings)
+    if settings.development_mode:
+        log.warning(DEV_MODE_WARNING)
+    else:
+        _register_authentication(app, settings)
+    return app
+
+
+def _build_authenticator(settings: Settings, store: CardStore) -> ClientAuthenticator:
+    replay_cache = _build_replay_cache(settings, store)
+    if settings.trusted_clients_path is None:
+        log.warning("no trusted CDS clients configured (CRAMP_TRUSTED_CLIENTS_FILE): every CDS call will be refused")
+        return ClientAuthenticator([], replay_cache)
+    return ClientAuthenticator.from_settings(settings, replay_cache=replay_cache)
+
+
+def _build_replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
+    """JWT ids already used, shared by every replica: Redis when configured, else the database; this
+    process's memory while that store does not answer (replay.FallbackReplayCache)."""
+    if settings.redis_url:
+        try:
+            import redis
+        except ImportError:
+            raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
+                                "(pip install 'leg-cramp-cds[redis]')") from None
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return FallbackReplayCache(RedisReplayCache(client), "redis")
+    return FallbackReplayCache(store, "database")
+
+
+def _needs_authentication(settings: Settings) -> bool:
+    if request.method == "OPTIONS" or not request.path.startswith("/cds-services"):
+        return False  # CORS preflights carry no credentials; health checks are open
+    if request.path.rstrip("/") == "/cds-services":
+        return settings.auth_discovery
+    return True
+
+
+def _register_authentication(app: Flask, settings: Settings) -> None:
+    # The JWT audience comes from configuration only: the Host and X-Forwarded-* headers are the caller's.
+    public_base_urls = settings.required_public_base_urls()  # SettingsError: refuse to start without them
+    authenticator = _build_authenticator(settings, app.extensions["leg_cramp_store"])
+    app.extensions["leg_cramp_authenticator"] = authenticator
+
+    @app.before_request
+    def authenticate_client() -> Response | None:
+        if not _needs_authentication(settings):
+            return None
+        audiences = endpoint_urls(public_base_urls, request.path)
+        try:
+            client = authenticator.authenticate(request.headers.get("Authorization"), audiences)
+        except AuthenticationError as exc:
+            log.warning("CDS client rejected",
+                        extra={"reason": exc.reason, "category": exc.category, "path": request.path})
+            return Response(status=401, headers={"WWW-Authenticate": www_authenticate(exc.category)})
+        request.environ["leg_cramp.client"] = client.issuer
+        return None
+
+
+def _build_store(settings: Settings, clock: Callable[[], datetime] | None) -> CardStore:
+    secret, is_random = settings.patient_key_secret_or_default()  # SettingsError outside development mode
+    if is_random:
+        log.warning("CRAMP_PATIENT_KEY_SECRET is not set: development mode uses a random key for this process; "
+                    "suppression is lost at restart and not shared with other processes")
+    return CardStore(settings.database_url, secret, **({"clock": clock} if clock else {}))
+
+
+def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore) -> Engine:
+    # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
+    # version of it (a gunicorn worker forked after a HUP): see reload.py.
+    ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
+    kwargs = {"clock": clock} if clock else {}
+    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store,
+                  max_resources=settings.max_resources, **kwargs)
+
+
+def _register_rules_reload(app: Flask, path: Path) -> None:
+    """A changed rules file takes effect without downtime: each request takes the current engine once
+    (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md)."""
+    def build(ruleset: RuleSet) -> Engine:
+        old = switch.engine
+        return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
+                      max_resources=old.max_resources)
+
+    switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
+    app.extensions["leg_cramp_engines"] = switch
+
+    @app.before_request
+    def take_engine() -> None:
+        g.leg_cramp_engine = engine = switch.current()
+        app.extensions["leg_cramp_engine"] = engine  # readers outside a request see the latest
+
+
+def _error_response(status: int, body: dict) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/fhir+json"
+    return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> Response:
+        log.info("request refused", extra={"status": exc.status, "reason": exc.message, "path": request.path})
+        response = _error_response(exc.status, exc.to_operation_outcome())
+        response.headers.update(exc.headers)  # Retry-After on a 503
+        return response
+
+    @app.errorhandler(413)
+    def too_large(exc: HTTPException) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        error = PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        return _error_response(413, error.to_operation_outcome())
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.code or 500, "processing")
+        return _error_response(exc.code or 500, operation_outcome(exc.description or exc.name, code=code))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error", extra={"path": request.path})
+        return _error_response(500, operation_outcome("Internal error; it has been logged.", code="exception"))
+
+
+def _register_header_limits(app: Flask) -> None:
+    """Headers over the documented limits (header_limits.py): 431 with an OperationOutcome. gunicorn's own
+    limits are higher (gunicorn_conf.py), so the application is the one that answers."""
+    @app.before_request
+    def refuse_oversized_headers() -> Response | None:
+        problem = header_over_limit(request.environ)
+        if problem is None:
+            return None
+        log.info("request refused", extra={"status": 431, "reason": problem, "path": request.path})
+        return _error_response(431, operation_outcome(problem, code="too-long"))
+
+
+def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    @app.before_request
+    def warn_in_development_mode() -> None:
+        if settings.development_mode and request.path.startswith("/cds-services"):
+            log.warning("development mode: request served without client authentication",
+                        extra={"path": request.path})
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response
