@@ -1,17 +1,17 @@
 """Shared fixtures: the ../shared material, a development-mode app on a fixed clock, its test client,
-and ``minimal_request`` (a valid patient-view request with prefetch) for HTTP-level tests.
+and a guard against network access.
 
 No test writes into the working tree: every test runs in a temporary directory of its own (so a relative
 path, such as the default database ``./leg-cramp-cds.sqlite3`` of ``Settings()`` or of a server started
 without CRAMP_DATABASE_URL, lands there), Hypothesis keeps its files in a temporary directory, and the
 session fails if the repository gained a database, log or ignored file during the run.
 
-Import the helpers with ``from conftest import minimal_request, PATIENT_ID, PATIENT_NAME``.
+Helpers live in tests/support/ (``from support.hook_requests import minimal_request, PATIENT_ID``); this
+file holds only fixtures and the session hooks.
 """
 
 from __future__ import annotations
 
-import copy
 import shutil
 import socket
 import subprocess
@@ -22,67 +22,7 @@ from typing import Any, Iterator
 import pytest
 import responses
 
-from cds_service.clock import fixed_clock
-from cds_service.settings import Settings
-from cds_service.web.app import create_app
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO.parent / "shared"
-NOW = "2026-06-15T12:00:00Z"
-SERVICE_ID = "leg-cramp-patient-view"
-SERVICE_URL = f"/cds-services/{SERVICE_ID}"
-PATIENT_ID = "p-zq-1"
-# A distinctive name: tests assert it never appears in any response body (no PHI echoed back).
-PATIENT_NAME = ("Zebulon", "Quixote")
-DROP = object()  # ``minimal_request(hook=DROP)`` removes the key
-
-
-def patient_resource(**fields: Any) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": PATIENT_ID,
-        "name": [{"given": [PATIENT_NAME[0]], "family": PATIENT_NAME[1]}],
-        "gender": "male",
-        "birthDate": "1960-03-02",
-    }
-    resource.update(fields)
-    return resource
-
-
-def searchset(*resources: dict[str, Any], next_url: str | None = None) -> dict[str, Any]:
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [{"resource": r} for r in resources],
-    }
-    if next_url:
-        bundle["link"] = [{"relation": "next", "url": next_url}]
-    return bundle
-
-
-def minimal_request(**overrides: Any) -> dict[str, Any]:
-    """A valid patient-view request: Patient with birthDate and an empty Condition searchset.
-
-    Keyword arguments replace top-level fields (``prefetch=...``, ``context=...``); ``DROP`` removes one.
-    """
-    body: dict[str, Any] = {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/example", "patientId": PATIENT_ID},
-        "prefetch": {"patient": patient_resource(), "conditions": searchset()},
-    }
-    for key, value in overrides.items():
-        if value is DROP:
-            body.pop(key, None)
-        else:
-            body[key] = copy.deepcopy(value)
-    return body
-
-
-def make_app(**settings: Any):
-    settings.setdefault("database_url", "sqlite://")  # an in-memory card store per app (docs/feedback.md)
-    return create_app(Settings(development_mode=True, **settings), clock=fixed_clock(NOW))
+from support.app import REPO, SHARED_DIR, make_app
 
 
 class NetworkGuard:

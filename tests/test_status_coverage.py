@@ -88,13 +88,13 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "test_outage.py::test_sqlite_locked_by_another_connection_serves_cards_and_refuses_feedback",
     ),
     "feedback: malformed, or an unknown outcome": (
-        "feedback_support.py::test_feedback_invalid_body_is_400_naming_the_field",
+        "support/feedback.py::test_feedback_invalid_body_is_400_naming_the_field",
         "test_input_types.py::test_feedback_every_field_every_wrong_type_is_400_naming_it",
     ),
     "feedback: a card uuid this service never issued": (
-        "feedback_support.py::test_feedback_for_unknown_card_is_404_and_stores_nothing",
+        "support/feedback.py::test_feedback_for_unknown_card_is_404_and_stores_nothing",
     ),
-    "feedback: the same item sent again": ("feedback_support.py::test_feedback_same_item_twice_is_stored_once",),
+    "feedback: the same item sent again": ("support/feedback.py::test_feedback_same_item_twice_is_stored_once",),
 }
 
 

@@ -1,0 +1,65 @@
+"""Each benchmark in bench/ once at a tiny size (--quick), as CI runs them: they start, measure, print
+their figures and the baseline of the same run, and stop what they started (a server that does not
+exit 0 on SIGTERM makes the benchmark exit non-zero). Not a performance test:
+the bounds are loose (a shared 2-core machine); the README's figures come from the full runs.
+
+The wrk-based load benchmark is skipped when wrk is missing, unless CRAMP_REQUIRE_WRK=1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.bench_smoke, pytest.mark.synthea]
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(script: str, *args: str, timeout: float = 60) -> str:
+    started = time.monotonic()
+    # Run in this test's temporary directory (conftest.py): a benchmark building Settings() without a
+    # database URL writes ./leg-cramp-cds.sqlite3 there, never into the working tree.
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=Path.cwd())
+    assert out.returncode == 0, f"{script} exited {out.returncode}\n{out.stdout}\n{out.stderr[-3000:]}"
+    assert time.monotonic() - started < timeout
+    return out.stdout
+
+
+def test_bench_scaling_quick(shared_dir):
+    out = _run("bench_scaling.py", "--quick")
+    assert "json.loads" in out and "growth" in out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [row[0] for row in rows] == ["10", "100"]
+
+
+def test_bench_patient_view_quick(shared_dir):
+    out = _run("bench_patient_view.py", "--quick")
+    assert "baseline" in out and "ratio" in out
+
+
+def test_bench_load_quick(shared_dir):
+    if shutil.which("wrk") is None:
+        if os.environ.get("CRAMP_REQUIRE_WRK") == "1":
+            pytest.fail("wrk is required (CRAMP_REQUIRE_WRK=1) but not installed: apt-get install wrk")
+        pytest.skip("wrk not installed (apt-get install wrk); set CRAMP_REQUIRE_WRK=1 to make this a failure")
+    out = _run("bench_load.py", "--quick", "--workers", "2", "--threads", "2", timeout=90)
+    assert "ratio service / baseline throughput" in out
+    assert "service p99" in out and "worker RSS" in out
+
+
+def test_soak_quick(shared_dir):
+    out = _run("soak.py", "--quick", "--rate", "20", "--workers", "2", "--threads", "2", timeout=90)
+    assert "max RSS drift" in out and "errors 0" in out
+
+
+def test_bench_hanging_fhir_quick(shared_dir):
+    out = _run("bench_hanging_fhir.py", "--quick", timeout=120)
+    assert "1. alone:" in out and "8 hanging:" in out and "ratio p50 hanging / alone" in out
+    assert "threads /" in out and "sockets" in out
