@@ -1,7 +1,7 @@
 """A CDS Hooks response's cards as one self-contained HTML page, styled like a CDS client's card list.
 
 For looking at a card as a clinician sees it, without an EHR: ``cramp-cds invoke --html FILE``,
-``cramp-cds render-cards response.json --html FILE``, and the browser tests (tests/test_card_page.py).
+``cramp-cds render-cards response.json --html FILE``, and the browser tests (tests/integration/test_card_page.py).
 Each card shows its summary with the indicator's colour, the detail (CDS Hooks markdown, rendered with
 markdown-it-py: CommonMark plus tables, raw HTML in the markdown escaped, only http(s) and mailto links),
 the source as a link, suggestions as buttons, links, and the override reasons a clinician would pick from.

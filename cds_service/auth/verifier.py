@@ -53,7 +53,7 @@ import jwt
 import requests
 import yaml
 
-from cds_service.storage.replay import MemoryReplayCache, RedisReplayCache, ReplayCache  # (moved to replay.py; re-exported)
+from cds_service.storage.replay import MemoryReplayCache, RedisReplayCache, ReplayCache  # (moved to storage/replay.py; re-exported)
 
 from cds_service.header_limits import MAX_TOKEN_BYTES
 

@@ -6,7 +6,7 @@
     server (``--prefetch``, following ``next`` links on the same server), or sends no prefetch at all so that
     the service fetches from ``fhirServer`` itself (``--no-prefetch``). ``--from-file`` takes the patient from a
     Bundle (Synthea) or a hook-request JSON instead of a FHIR server. Prints the cards readably (or the raw
-    JSON with ``--json``); ``--html FILE`` also writes them as a CDS client shows them (card_page.py).
+    JSON with ``--json``); ``--html FILE`` also writes them as a CDS client shows them (admin/card_page.py).
 ``cramp-cds render-cards RESPONSE.json --html FILE``
     The same HTML page for a saved response.
 ``cramp-cds check-server URL``

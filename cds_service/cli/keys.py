@@ -1,5 +1,5 @@
 """``cramp-cds keys``: a CDS client key pair, its JWKS, a trusted-clients entry and test tokens
-(``client_keys.py``; docs/security.md, "Client keys for testing").
+(``auth/client_keys.py``; docs/security.md, "Client keys for testing").
 
     cramp-cds keys new DIR [--algorithm ES384|RS384] [--issuer ISS] [--force]
     cramp-cds keys jwks --key FILE [--kid KID]

@@ -9,7 +9,7 @@ Observations are validated only when their code is one the rules read: nothing e
 Likewise only the elements ``facts.py`` reads (``READ_ELEMENTS``) are validated: validating a Synthea
 Patient whole costs ~1 ms (names, addresses, extensions), its id and birthDate ~25 us. An element outside
 that list is neither validated nor read; add it there when ``facts.py`` starts reading it
-(tests/test_chart_projection.py checks that projected and whole validation give the same answers).
+(tests/unit/test_chart_projection.py checks that projected and whole validation give the same answers).
 """
 
 from __future__ import annotations

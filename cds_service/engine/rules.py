@@ -18,7 +18,7 @@ from cds_service.engine.facts import (ConditionRecord, Fact, MedicationRecord, P
                                       is_recent_acute_dvt)
 from cds_service.ruleset.card_ids import (CONSERVATIVE_CARE, ELEVATED_CRAMP_RISK, POSSIBLE_DVT, UNTREATED_DVT,
                                           VENOUS_DUPLEX_WORKUP)
-# The item ids scored here are defined once, in ruleset.py (the validator rejects any other id in ``points``).
+# The item ids scored here are defined once, in ruleset/loader.py (the validator rejects any other id in ``points``).
 from cds_service.ruleset.loader import (CONTRIBUTOR_CONDITION_ITEMS, CONTRIBUTOR_DRUG_ITEMS, VENOUS_CONDITION_ITEMS,
                                         RuleSet)
 

@@ -57,7 +57,7 @@ class HookRequest(_Wire):
     context: HookContext
     fhirServer: str | None = Field(default=None, max_length=MAX_URL)
     fhirAuthorization: FhirAuthorization | None = None
-    # Values are checked only for the keys a service asked for (prefetch.py): others are ignored.
+    # Values are checked only for the keys a service asked for (engine/prefetch.py): others are ignored.
     prefetch: dict[str, Any] | None = None
     extension: dict[str, Any] | None = None
 

@@ -41,9 +41,9 @@ from cds_service.ruleset.text_match import TextMatcher, text_problems
 
 # The card ids are defined once, in card_ids.py; these names stay for the modules that import them here.
 CARD_IDS = PATIENT_VIEW_CARD_IDS
-# Cards of the order hooks (order-select, order-sign; order_rules.py): settings in ``cards`` like the above.
-# The order classes order_rules.py and the order cards know (RULES.md, Order hooks: the classes with a clear
-# association in Garrison 2012), and the drug-table classes (drugs.py) they group.
+# Cards of the order hooks (order-select, order-sign; engine/order_rules.py): settings in ``cards`` like the above.
+# The order classes engine/order_rules.py and the order cards know (RULES.md, Order hooks: the classes with a clear
+# association in Garrison 2012), and the drug-table classes (engine/drugs.py) they group.
 ORDER_CLASSES = ("quinine", "potassium-sparing", "thiazide", "laba")
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 # Value sets whose concepts can raise a ``critical`` card (A: acute / previous DVT, the signs, the Wells
@@ -58,7 +58,7 @@ DRUG_TABLE_CLASSES = ("loop", "thiazide", "potassium-sparing", "laba", "statin",
                       "carbonic-anhydrase-inhibitor")
 _CODE_REF = re.compile(r"^(?P<alias>[a-z0-9_]+)\|(?P<code>[^\s|]+)$")
 
-# The item ids the rules score (rules.py reads these; an id in ``points`` outside them is an error).
+# The item ids the rules score (engine/rules.py reads these; an id in ``points`` outside them is an error).
 VENOUS_CONDITION_ITEMS = ("varicose_veins", "venous_insufficiency", "venous_skin_changes", "post_thrombotic_syndrome")
 VENOUS_INDEX_ITEMS = (*VENOUS_CONDITION_ITEMS, "previous_dvt", "chronic_leg_edema", "pregnancy", "age_50_or_over",
                       "bmi_30_or_over")
@@ -72,7 +72,7 @@ CONTRIBUTOR_CONDITION_ITEMS = (
 CONTRIBUTOR_ITEMS = (*CONTRIBUTOR_DRUG_ITEMS, *CONTRIBUTOR_CONDITION_ITEMS, "age_65_or_over")
 RED_FLAG_SIGNS = ("one_sided_leg_swelling", "leg_redness_cellulitis", "leg_pain")
 WELLS_ITEMS = ("active_cancer", "recent_surgery", "paralysis", "previous_dvt")
-# The value sets facts.py and rules.py read by name: a rule set must define every one of them.
+# The value sets engine/facts.py and engine/rules.py read by name: a rule set must define every one of them.
 REQUIRED_VALUE_SETS = (
     "leg_cramp", "pregnancy", "smoking_current", "smoking_former", "smoking_never", "ckd_stage_3_5",
     "ckd_unspecified", "ckd_any", "dialysis_or_eskd", "heart_failure", "dvt_acute", "dvt_history",
@@ -305,8 +305,8 @@ class ValueSet:
 class ConceptIndex:
     """All value sets compiled into one lookup: which of them hold a (system, code).
 
-    The same answers as asking every ``ValueSet.contains`` in turn, for a fraction of the cost: facts.py asks
-    it for every Condition coding and chart.py for every Condition it receives, where looping over 35 value
+    The same answers as asking every ``ValueSet.contains`` in turn, for a fraction of the cost: engine/facts.py asks
+    it for every Condition coding and engine/chart.py for every Condition it receives, where looping over 35 value
     sets and each of their prefixes was ~10 % of a call. Exact codes are one dict probe; prefixes (and
     exclusions) one probe per distinct prefix length, ``code[:length]`` against a dict of prefixes.
     """
@@ -408,7 +408,7 @@ class RuleSet:
 
     @cached_property
     def laterality(self) -> "CompiledLaterality":
-        """The laterality tables with their code references resolved once (facts.py reads them per record)."""
+        """The laterality tables with their code references resolved once (engine/facts.py reads them per record)."""
         spec = self.spec.laterality
 
         def resolved(sides: dict[str, list[str]]) -> tuple[tuple[str, frozenset[tuple[str, str]]], ...]:
@@ -423,7 +423,7 @@ class RuleSet:
     @cached_property
     def procedure_codes(self) -> frozenset[tuple[str, str]] | None:
         """The (system, code) pairs that make a Procedure or ServiceRequest readable by a rule (surgical
-        category, venous duplex), for chart.py to skip validating the rest; None when one of those value sets
+        category, venous duplex), for engine/chart.py to skip validating the rest; None when one of those value sets
         uses prefixes or ranges (then every record is read)."""
         sets = [self.value_sets[name] for name in ("surgical_procedure_category", "venous_duplex")]
         if any(vs.prefixes or vs.ranges for vs in sets):

@@ -1,6 +1,6 @@
 """The card store: cards shown, the feedback on them, suppression and the feedback report.
 
-The only module that imports SQLAlchemy. ``CardStore`` implements the pipeline's ``CardLedger``:
+The only module that imports SQLAlchemy. ``CardStore`` implements the engine's ``CardLedger`` (engine/ledger.py):
 
     record_shown(cards)                         one row per card issued (never the patient id: a keyed hash)
     overridden_since(patient_key, rule, since)  suppression, shared by every replica on the same database

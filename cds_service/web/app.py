@@ -150,7 +150,7 @@ def _build_store(settings: Settings, clock: Callable[[], datetime] | None) -> Ca
 
 def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore) -> Engine:
     # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
-    # version of it (a gunicorn worker forked after a HUP): see reload.py.
+    # version of it (a gunicorn worker forked after a HUP): see engine/reload.py.
     ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
     kwargs = {"clock": clock} if clock else {}
     return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store,
@@ -208,7 +208,7 @@ def _register_error_handlers(app: Flask) -> None:
 
 def _register_header_limits(app: Flask) -> None:
     """Headers over the documented limits (header_limits.py): 431 with an OperationOutcome. gunicorn's own
-    limits are higher (gunicorn_conf.py), so the application is the one that answers."""
+    limits are higher (serve/gunicorn_conf.py), so the application is the one that answers."""
     @app.before_request
     def refuse_oversized_headers() -> Response | None:
         problem = header_over_limit(request.environ)
