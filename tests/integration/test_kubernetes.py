@@ -364,17 +364,26 @@ def test_the_rendered_configuration_starts_the_service(rendered, overlay, tmp_pa
 # A pod's filesystem in a private mount namespace: every mount read-only but /dev (gunicorn's heartbeat
 # files go to /dev/shm), a tmpfs at /tmp and at the metrics directory, the ConfigMap and Secret files under
 # /run/cramp. Runs the image's CMD with all capabilities dropped. (Not as uid 10001: this machine's Python
-# lives under /root, which only root may enter.)
+# lives under /root, which only root may enter.) The checkout and its Python may live under /tmp (a CI
+# clone): the host's /tmp is bound at /run/host-tmp first, and each of $KEEP under /tmp is bound back,
+# read-only, at its own path on the new tmpfs.
 _POD_FILESYSTEM = r"""
 set -eu
 mount -t tmpfs -o size=16m tmpfs /run
-mkdir -p /run/cramp/rules /run/cramp/clients "$METRICS_DIR"
+mkdir -p /run/cramp/rules /run/cramp/clients "$METRICS_DIR" /run/host-tmp
+mount --bind /tmp /run/host-tmp
 cp "$SOURCE/ruleset.yaml" /run/cramp/rules/ && cp "$SOURCE/trusted-clients.yaml" /run/cramp/clients/
 findmnt -rn -o TARGET | while read -r target; do
     case "$target" in /proc*|/sys*|/dev*|/mnt/sandboxing*) continue ;; esac
     mount -o remount,bind,ro "$target"
 done
 mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+for path in $KEEP; do
+    case "$path" in /tmp/*) ;; *) continue ;; esac
+    mkdir -p "$path"
+    mount --bind "/run/host-tmp/${path#/tmp/}" "$path"
+    mount -o remount,bind,ro "$path"
+done
 mount -t tmpfs -o size=64m tmpfs "$METRICS_DIR"
 cd /
 exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all "$@"
@@ -429,6 +438,8 @@ def test_the_pod_runs_on_a_read_only_root_with_only_its_empty_dirs_writable(rend
         "CRAMP_REDIS_URL": "redis://127.0.0.1:6379/0",
         "PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1",
         "SOURCE": str(source), "METRICS_DIR": "/run/cramp/metrics",
+        # the code the pod runs, wherever this checkout and its Python are (under /tmp in a CI clone)
+        "KEEP": " ".join(str(Path(p).resolve()) for p in (ROOT, sys.prefix, sys.base_prefix)),
     })
     env["PROMETHEUS_MULTIPROC_DIR"] = env["METRICS_DIR"]
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.serve.gunicorn_conf", "cds_service.serve.wsgi:app"]
