@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 CONTRACT_IDS = ("layers", "flask", "requests", "database", "prometheus", "engine", "storage-ledger", "independence",
-                "acyclic")
+                "independence-wire", "acyclic")
 
 
 def _lint_imports(cwd: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
@@ -47,7 +47,8 @@ def package_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# (contract id, probe modules {path under cds_service/: source}, a line the broken contract must report)
+# (contract id, probe modules {path under cds_service/: source, or None to add an import to that module},
+#  a line the broken contract must report)
 VIOLATIONS = [
     pytest.param("engine", {"engine/zz_probe.py": "from cds_service.web import metrics\n"},
                  "cds_service.engine.zz_probe -> cds_service.web.metrics", id="engine-imports-metrics"),
@@ -81,15 +82,21 @@ VIOLATIONS = [
                  "cds_service.web.zz_probe -> sqlalchemy", id="sqlalchemy-outside-storage"),
     pytest.param("database", {"serve/zz_probe.py": "import redis\n"},
                  "cds_service.serve.zz_probe -> redis", id="redis-outside-storage"),
-    pytest.param("independence", {"storage/zz_probe.py": "from cds_service.auth import verifier\n"},
-                 "cds_service.storage.zz_probe -> cds_service.auth.verifier", id="storage-knows-auth"),
+    pytest.param("layers", {"storage/zz_probe.py": "from cds_service.auth import verifier\n"},
+                 "cds_service.storage.zz_probe -> cds_service.auth.verifier", id="storage-above-auth"),
+    pytest.param("independence", {"admin/zz_probe.py": "from cds_service.auth import verifier\n"},
+                 "cds_service.admin.zz_probe -> cds_service.auth.verifier", id="admin-knows-auth"),
+    pytest.param("layers", {"ruleset/zz_probe.py": "from cds_service.fhir import client\n"},
+                 "cds_service.ruleset.zz_probe -> cds_service.fhir.client", id="ruleset-knows-fhir"),
+    pytest.param("independence-wire", {"hooks/cards.py": None},
+                 "cds_service.hooks.cards -> cds_service.hooks.feedback", id="card-model-knows-feedback-model"),
     pytest.param("layers", {"zz_probe/__init__.py": ""},
                  "cds_service.zz_probe", id="new-package-not-placed-in-a-layer"),
 ]
 
 
 @pytest.mark.parametrize(("contract", "probes", "reported"), VIOLATIONS)
-def test_import_contract_fails_on_violation(package_copy: Path, contract: str, probes: dict[str, str],
+def test_import_contract_fails_on_violation(package_copy: Path, contract: str, probes: dict[str, str | None],
                                             reported: str) -> None:
     before = _lint_imports(package_copy, contract)
     assert reported not in before.stdout, before.stdout  # the probe, not today's code, breaks it
@@ -97,6 +104,8 @@ def test_import_contract_fails_on_violation(package_copy: Path, contract: str, p
     for relative, source in probes.items():
         probe = package_copy / "cds_service" / relative
         probe.parent.mkdir(exist_ok=True)
+        if source is None:  # append an import to an existing module
+            source = probe.read_text(encoding="utf-8") + "\nfrom cds_service.hooks import feedback  # probe\n"
         probe.write_text(source, encoding="utf-8")
     after = _lint_imports(package_copy, contract)
 
