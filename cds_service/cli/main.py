@@ -111,6 +111,16 @@ def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _check_bind_free(bind: str) -> None:
+    """A busy port: one line naming --port / PORT= (not gunicorn's five retries and "Can't connect")."""
+    from cds_service.serve.bind import check_bind_free
+
+    try:
+        check_bind_free(bind)
+    except SettingsError as error:
+        raise ConfigurationError(str(error)) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -187,6 +197,7 @@ def serve(
                 err=True,
             )
 
+    _check_bind_free(options["bind"][0])
     # Build the app once here so that an invalid rule set or setting stops the start with one clear line,
     # instead of every worker failing to boot. Each worker then builds its own (no state shared by fork).
     _build_app(settings)

@@ -44,6 +44,7 @@ from typing import Any, Mapping
 
 from cds_service.engine.reload import gunicorn_on_reload, gunicorn_post_worker_init
 from cds_service.header_limits import SERVER_HEADER_FIELD_BYTES, SERVER_REQUEST_LINE_BYTES
+from cds_service.serve.bind import check_bind_free
 from cds_service.settings import SettingsError, env_int
 
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -180,10 +181,12 @@ def check_application_settings(env: Mapping[str, str] | None = None) -> None:
     settings = Settings.from_env(env)
     settings.patient_key_secret_or_default()
     settings.required_public_base_urls()
+    for address in build(env)["bind"]:
+        check_bind_free(address)
 
 
 def on_starting(server: Any) -> None:
-    """The ``gunicorn -c`` start: the settings check, then the metrics directory."""
+    """The ``gunicorn -c`` start: the settings check (a busy port too), then the metrics directory."""
     try:
         check_application_settings()
     except SettingsError as error:

@@ -56,6 +56,14 @@ from cds_service.web import metrics
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_alembic() -> None:
+    """Alembic's INFO lines (plugins, context, each revision run) at every start are noise: WARNING and up
+    only, whatever CRAMP_LOG_LEVEL says; ``migrate`` logs the outcome itself."""
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.getEffectiveLevel() < logging.WARNING:
+        alembic_log.setLevel(logging.WARNING)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # A database that does not answer fails the call quickly, never the worker: no call waits seconds on a lock.
 CONNECT_TIMEOUT_SECONDS = 2  # PostgreSQL connect and pool checkout (libpq's smallest connect_timeout is 2)
@@ -211,17 +219,26 @@ class CardStore:
 
     # --- schema ----------------------------------------------------------------------------------
     def migrate(self) -> None:
-        """``alembic upgrade head``, in one transaction that other starting replicas wait for."""
+        """``alembic upgrade head``, in one transaction that other starting replicas wait for. Logs one
+        line: the schema was current, or migrated from which revision to which."""
+        _quiet_alembic()  # before the import: its plugin set-up alone logs 7 INFO lines
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            before = MigrationContext.configure(connection).get_current_revision()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            after = MigrationContext.configure(connection).get_current_revision()
+        if before == after:
+            log.info("database schema current", extra={"revision": after})
+        else:
+            log.info("database schema migrated", extra={"from_revision": before or "empty", "revision": after})
         if not isinstance(self.engine.pool, StaticPool):  # (in memory, the connection is the database)
             self.engine.dispose()  # no connection inherited by forked server workers
 
