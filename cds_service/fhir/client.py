@@ -2,13 +2,14 @@
 missing data from fhirServer"; ../shared/spec/STATUS.md; docs/fetching.md).
 
 ``FhirFetcher`` implements ``prefetch.Fetcher``. It is the only place the service calls a FHIR server and
-the only module that imports ``requests`` for FHIR. For one hook request it:
+the only module that calls a FHIR server within a hook request's deadline; the HTTP policy (session, statuses
+and exceptions to types, the next-link rule) is ``fhir/session.py``'s. For one hook request it:
 
 1. checks ``fhirServer`` before any network call: https only (plain http only to a loopback host, and only
    with ``fhir_allow_http_loopback``), and under an entry of ``fhir_server_allowlist``, compared as
    normalised scheme, host, port and whole path segments (``https://ehr.example.org.evil.com`` is not
-   under ``https://ehr.example.org``). A refused server raises ``FhirServerRefused`` (412) and nothing is
-   sent;
+   under ``https://ehr.example.org``). A refused server raises ``FhirServerRefused`` (412) naming every
+   rule that refuses it (``RefusedByPolicy.reasons``), and nothing is sent;
 2. fetches every key in parallel, ``GET {fhirServer}/{query}`` with ``Accept: application/fhir+json`` and
    ``Authorization: Bearer <access_token>`` only when ``fhirAuthorization`` carries a token that has not
    expired (``expires_in`` <= 0 means expired);
@@ -23,44 +24,41 @@ the only module that imports ``requests`` for FHIR. For one hook request it:
    ``fhirServer``) and up to ``PAGE_CAP`` pages, else marks the key incomplete; never follows redirects.
 
 Each key gets a ``FetchOutcome``: its resources, or ``None`` with a reason that is safe to show a client (a
-status, "timed out", never a URL). Logs name the key and the resource type with status, pages, attempts and
+status, "timed out", never a URL): the ``reason`` of the typed ``FhirError`` (fhir/errors.py) that stopped
+it, whose ``metric_label`` labels the fetch-error metric. Logs name the key and the resource type with status, pages, attempts and
 duration: never the URL (it holds the patient id) and never the token.
 """
 
 from __future__ import annotations
 
 import functools
-import http.cookiejar
-import ipaddress
-import json
 import logging
 import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
-from requests.auth import AuthBase
 
-from cds_service import __version__
 from cds_service.engine.prefetch import FetchOutcome, has_next_page
 from cds_service.errors import FhirServerRefused
-from cds_service.fhir.connections import InFlight, TrackingAdapter
+from cds_service.fhir.connections import InFlight
+from cds_service.fhir.errors import FhirError, Invalid, RefusedByPolicy, Unavailable
+from cds_service.fhir.reader import parse_json, read_body
+from cds_service.fhir.session import (FHIR_JSON, RETRY_STATUSES, ServerBase, build_session,
+                                      error_for_status, error_from_exception, is_retryable, next_link,
+                                      parse_server_url, retry_after_seconds, same_server_url)
 from cds_service.hooks.request import HookRequest
 from cds_service.settings import Settings, SettingsError
-from cds_service.web import metrics
 
 log = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json"
+__all__ = ["FhirFetcher", "build_session", "ServerBase", "parse_server_url", "bearer_token", "RETRY_STATUSES"]
+
 MAX_PARALLEL = 8  # keys fetched at once for one hook request (the service asks for 5)
-POOL_SIZE = 32  # kept-alive connections per host, shared by concurrent hook requests
 PER_CALL_TIMEOUT = 10.0  # seconds; the deadline usually cuts a call shorter
 PAGE_CAP = 20
 MAX_ATTEMPTS = 4
@@ -68,79 +66,16 @@ BACKOFF_BASE = 0.05  # seconds: 0.05, 0.1, 0.2 (+ up to as much again of jitter)
 MIN_CALL_SECONDS = 0.01  # no call is started with less time than this left
 ABANDON_GRACE = 0.05  # the caller waits this long past the deadline for calls finishing their last read
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
-REFUSED_NOT_HTTPS = "fhirServer must be https"
+REFUSED_NOT_HTTPS = "must be https"
 REFUSED_NOT_LOOPBACK = (
-    "fhirServer must be https (plain http is allowed only to a loopback host, with CRAMP_FHIR_ALLOW_HTTP_LOOPBACK)"
+    "must be https (plain http is allowed only to a loopback host, with CRAMP_FHIR_ALLOW_HTTP_LOOPBACK)"
 )
-REFUSED_NOT_ALLOWED = "fhirServer is not on this service's allowlist"
-REFUSED_MALFORMED = "fhirServer is not a usable absolute URL"
+REFUSED_NOT_ALLOWED = "is not on this service's allowlist"
+REFUSED_MALFORMED = "is not a usable absolute URL"
 
 # A relative read (``Type/id``) or type search (``Type?...``), as the prefetch templates render them.
 _QUERY = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})(?:/(?P<id>[A-Za-z0-9\-.]{1,64}))?(?:\?[^#\\\s]*)?$")
-
-
-# ---------------------------------------------------------------- server addresses
-
-
-@dataclass(frozen=True)
-class ServerBase:
-    """A FHIR base URL, normalised: lower-case scheme and host, explicit port, decoded path segments."""
-
-    scheme: str
-    host: str
-    port: int
-    segments: tuple[str, ...]
-
-    @property
-    def origin(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = {"https": 443, "http": 80}[self.scheme]
-        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
-
-    def is_under(self, prefix: "ServerBase") -> bool:
-        """Same scheme, host and port, and ``prefix``'s path segments are a prefix of this one's."""
-        return (self.scheme, self.host, self.port) == (prefix.scheme, prefix.host, prefix.port) and (
-            self.segments[: len(prefix.segments)] == prefix.segments
-        )
-
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def parse_server_url(url: str, *, allow_query: bool = False) -> tuple[ServerBase, str]:
-    """Normalise an absolute http(s) URL; return it and its re-built ``path[?query]``.
-
-    Raises ``ValueError`` naming the problem. Rejects credentials, backslashes, whitespace, fragments,
-    dot segments and encoded slashes, so that what is checked is exactly what is requested.
-    """
-    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
-        raise ValueError("contains whitespace, control characters or backslashes")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http"):
-        raise ValueError("not an http(s) URL")
-    if "@" in parts.netloc:
-        raise ValueError("carries credentials")
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise ValueError("has no host")
-    port = parts.port or (443 if scheme == "https" else 80)  # .port raises ValueError when malformed
-    if parts.fragment or (parts.query and not allow_query):
-        raise ValueError("has a query or fragment")
-    raw_segments = [s for s in parts.path.split("/") if s]
-    segments = tuple(unquote(s) for s in raw_segments)
-    if any(s in (".", "..") or "/" in s for s in segments):
-        raise ValueError("has dot segments or encoded slashes")
-    path = "/" + "/".join(raw_segments) if raw_segments else ""
-    target = path + (f"?{parts.query}" if parts.query else "")
-    return ServerBase(scheme, host, port, segments), target
 
 
 def bearer_token(request: HookRequest) -> str | None:
@@ -156,21 +91,16 @@ def bearer_token(request: HookRequest) -> str | None:
 # ---------------------------------------------------------------- the fetcher
 
 
-class _NoNetrc(AuthBase):
-    """Stands in for "no auth", so that requests never adds ~/.netrc credentials to a FHIR call."""
+class FetchObserver(Protocol):
+    """Told of each key's read (web/metrics.py implements it): a resource type, never a URL."""
 
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
+    def fhir_read_finished(self, resource: str, seconds: float, error: str | None = None) -> None:
+        """``error``: None, or a failed read's fixed label (``FhirError.metric_label``)."""
 
 
-class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    """The session is shared by every hook request: a cookie set for one user must never go out with another's call."""
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
+class _NoObserver:
+    def fhir_read_finished(self, resource: str, seconds: float, error: str | None = None) -> None:
+        pass
 
 
 @dataclass
@@ -180,12 +110,7 @@ class _Trace:
     status: int | None = None
     pages: int = 0
     attempts: int = 0
-
-
-class _Failure(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    error: FhirError | None = None  # the last failure, for the metric's label
 
 
 class FhirFetcher:
@@ -197,8 +122,10 @@ class FhirFetcher:
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        observer: FetchObserver | None = None,
     ) -> None:
         self._settings = settings
+        self.observer: FetchObserver = observer or _NoObserver()
         self._allowlist = tuple(_parse_allowlist_entry(entry) for entry in settings.fhir_server_allowlist)
         self._session = session or build_session()
         self._clock = clock
@@ -217,9 +144,9 @@ class FhirFetcher:
             return {}
         try:
             base = self.check_server(request.fhirServer or "")
-        except FhirServerRefused as refused:
+        except RefusedByPolicy as refused:
             log.warning("fhirServer refused; no request made", extra={"reason": refused.reason, "keys": keys})
-            raise
+            raise FhirServerRefused(refused.reason) from None
         token = bearer_token(request)
         deadline = self._clock() + self._settings.fhir_deadline_seconds
         inflight = InFlight()
@@ -244,17 +171,21 @@ class FhirFetcher:
         return outcomes
 
     def check_server(self, url: str) -> ServerBase:
-        """The normalised ``fhirServer``, or ``FhirServerRefused`` naming why it may not be called."""
+        """The normalised ``fhirServer``, or ``RefusedByPolicy`` naming every rule that refuses it."""
         try:
             base, _ = parse_server_url(url)
         except ValueError:
             scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
             is_other_scheme = scheme.isalpha() and scheme not in ("http", "https")
-            raise FhirServerRefused(REFUSED_NOT_HTTPS if is_other_scheme else REFUSED_MALFORMED) from None
+            raise RefusedByPolicy(REFUSED_NOT_HTTPS if is_other_scheme else REFUSED_MALFORMED,
+                                  subject="fhirServer") from None
+        reasons = []
         if base.scheme == "http" and not (self._settings.fhir_allow_http_loopback and base.is_loopback()):
-            raise FhirServerRefused(REFUSED_NOT_LOOPBACK)
+            reasons.append(REFUSED_NOT_LOOPBACK)
         if not any(base.is_under(entry) for entry in self._allowlist):
-            raise FhirServerRefused(REFUSED_NOT_ALLOWED)
+            reasons.append(REFUSED_NOT_ALLOWED)
+        if reasons:  # both at once: fixing one must not reveal the other only on the next try
+            raise RefusedByPolicy(tuple(reasons), subject="fhirServer")
         return base
 
     # ------------------------------------------------------------ one key
@@ -289,8 +220,9 @@ class FhirFetcher:
             log.error("fhir fetch failed unexpectedly", extra={"key": key, "error": type(exc).__name__})
             outcome = FetchOutcome(None, complete=False, reason="internal error while fetching")
         seconds = time.perf_counter() - started
-        metrics.observe_fetch(resource_type or key, seconds, error=None if outcome.resources is not None
-                              else _error_kind(trace.status, outcome.reason))
+        label = trace.error.metric_label if trace.error is not None else "invalid_response"
+        self.observer.fhir_read_finished(resource_type or key, seconds,
+                                         error=None if outcome.resources is not None else label)
         log.info(
             "fhir fetch",
             extra={
@@ -311,7 +243,7 @@ class FhirFetcher:
         self, base: ServerBase, token: str | None, deadline: float, bundle: dict[str, Any], trace: _Trace
     ) -> FetchOutcome:
         """The pages after a prefetch Bundle the client sent: only the additional resources."""
-        url = _same_server_url(_next_link(bundle) or "", base, base.origin)
+        url = same_server_url(next_link(bundle) or "", base, base.origin)
         if url is None:
             return FetchOutcome([], complete=False, reason="the next link points outside fhirServer; not followed")
         return self._collect(base, token, deadline, url, "Bundle", trace)
@@ -330,7 +262,8 @@ class FhirFetcher:
             seen.add(next_url)
             try:
                 body = self._get(next_url, token, deadline, trace)
-            except _Failure as failure:
+            except FhirError as failure:
+                trace.error = failure
                 if trace.pages == 0:
                     return FetchOutcome(None, complete=False, reason=failure.reason)
                 return FetchOutcome(resources, complete=False, reason=f"page {trace.pages + 1}: {failure.reason}")
@@ -340,10 +273,10 @@ class FhirFetcher:
             if expected != "Bundle":
                 return FetchOutcome([body])
             resources.extend(_search_resources(body))
-            link = _next_link(body)
+            link = next_link(body)
             if link is None:
                 return FetchOutcome(resources)
-            next_url = _same_server_url(link, base, next_url)
+            next_url = same_server_url(link, base, next_url)
             if next_url is None:
                 return FetchOutcome(resources, complete=False, reason="a next link points outside fhirServer; not followed")
         return FetchOutcome(resources)
@@ -355,14 +288,15 @@ class FhirFetcher:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         attempt = 0
-        reason = ""
+        last: FhirError | None = None
         while True:
             remaining = deadline - self._clock()
             if remaining < MIN_CALL_SECONDS:
-                raise _Failure(f"{reason}; the deadline passed before a retry" if reason else "deadline passed")
+                if last is None:
+                    raise Unavailable("deadline passed", cause="deadline", url=url)
+                raise _retried(last, f"{last.reason}; the deadline passed before a retry")
             attempt += 1
             trace.attempts += 1
-            retry_after: float | None = None
             try:
                 response = self._session.get(
                     url,
@@ -371,76 +305,52 @@ class FhirFetcher:
                     allow_redirects=False,
                     stream=True,
                 )
-            except requests.Timeout:
-                reason = "timed out"
-            except requests.ConnectionError:
-                reason = "connection failed"
             except requests.RequestException as exc:
-                raise _Failure(f"request failed ({type(exc).__name__})") from None
+                last = error_from_exception(exc, url)
+                if isinstance(last, Unavailable) and last.cause != "timeout" and is_retryable(last):
+                    last.reason = "connection failed"  # the key's reason: what the client is told
             else:
                 with response:
                     trace.status = response.status_code
-                    status = response.status_code
-                    if 200 <= status < 300:
-                        return self._read_resource(response, deadline)
-                    if 300 <= status < 400:
-                        raise _Failure(f"HTTP {status}: redirects are not followed")
-                    if status not in RETRY_STATUSES:
-                        raise _Failure(f"HTTP {status}")
-                    reason = f"HTTP {status}"
-                    retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                    last = error_for_status(response.status_code, url)
+                    if last is None:
+                        return self._read_resource(response, url, deadline)
+                    last.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if not is_retryable(last):
+                raise last
             if attempt >= MAX_ATTEMPTS:
-                raise _Failure(f"{reason} after {attempt} attempts")
-            if retry_after is not None:
-                delay = retry_after
+                raise _retried(last, f"{last.reason} after {attempt} attempts")
+            if last.retry_after is not None:
+                delay = last.retry_after
             else:
                 delay = BACKOFF_BASE * (2 ** (attempt - 1))
                 delay += random.uniform(0, delay)
             if self._clock() + delay + MIN_CALL_SECONDS >= deadline:
-                raise _Failure(f"{reason}; no time left to retry before the deadline")
+                raise _retried(last, f"{last.reason}; no time left to retry before the deadline")
             self._sleep(delay)
 
-    def _read_resource(self, response: requests.Response, deadline: float) -> dict[str, Any]:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-            raise _Failure("the response is too large")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            for chunk in response.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise _Failure("the response is too large")
-                if self._clock() > deadline:
-                    raise _Failure("deadline passed while reading the response")
-                chunks.append(chunk)
-        except requests.RequestException:
-            raise _Failure("the connection failed while reading the response") from None
-        try:
-            body = json.loads(b"".join(chunks))
-        except ValueError:
-            raise _Failure("the response is not JSON") from None
+    def _read_resource(self, response: requests.Response, url: str, deadline: float) -> dict[str, Any]:
+        def check_deadline() -> None:
+            if self._clock() > deadline:
+                raise Unavailable("deadline passed while reading the response", cause="deadline", url=url)
+
+        body = parse_json(read_body(response, max_bytes=MAX_RESPONSE_BYTES, url=url, on_chunk=check_deadline),
+                          url=url, status=response.status_code)
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
-            raise _Failure("the response is not a FHIR resource")
+            raise Invalid("the response is not a FHIR resource", url=url, status=response.status_code)
         if body["resourceType"] == "OperationOutcome":
-            raise _Failure("the server answered with an OperationOutcome")
+            raise Invalid("the server answered with an OperationOutcome", url=url, status=response.status_code)
         return body
 
 
+def _retried(error: FhirError, reason: str) -> FhirError:
+    """``error`` with the reason the client is told after retrying it (its type and cause unchanged)."""
+    error.reason = reason
+    error.args = (reason,)
+    return error
+
+
 # ---------------------------------------------------------------- helpers
-
-
-def build_session(pool_size: int = POOL_SIZE) -> requests.Session:
-    """One session per fetcher: kept-alive connections sized for the parallelism, no retries on the adapter
-    (they are done here, within the deadline), no cookies, no ~/.netrc credentials."""
-    session = requests.Session()
-    adapter = TrackingAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.cookies.set_policy(_NoCookies())
-    session.auth = _NoNetrc()  # redirects: every call passes allow_redirects=False
-    session.headers["User-Agent"] = f"leg-cramp-cds/{__version__} (CDS Hooks service)"
-    return session
 
 
 def _parse_allowlist_entry(entry: str) -> ServerBase:
@@ -458,28 +368,6 @@ def _join(base: ServerBase, query: str) -> str:
 
 def _quote_segment(segment: str) -> str:
     return quote(segment, safe="!$&'()*+,;=:@-._~")
-
-
-def _same_server_url(link: str, base: ServerBase, current: str) -> str | None:
-    """``link`` (resolved against ``current``) rebuilt from its parsed parts, or None if it leaves ``base``."""
-    if not link:
-        return None
-    try:
-        target, path_query = parse_server_url(urljoin(current, link), allow_query=True)
-    except ValueError:
-        return None
-    if not target.is_under(base):
-        return None
-    return target.origin + path_query
-
-
-def _next_link(bundle: dict[str, Any]) -> str | None:
-    if not has_next_page(bundle):
-        return None
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
-    return None
 
 
 def _search_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -502,35 +390,3 @@ def _first_entry_type(bundle: dict[str, Any]) -> str:
     resources = _search_resources(bundle)
     kind = resources[0].get("resourceType") if resources else None
     return kind if isinstance(kind, str) else "?"
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
-
-
-def _error_kind(status: int | None, reason: str | None) -> str:
-    """A fixed, low-cardinality label for the fetch-error metric (never the free-text reason)."""
-    text = (reason or "").lower()
-    if "deadline" in text or "timed out" in text:
-        return "timeout"
-    if "connection" in text:
-        return "connection"
-    if status is not None and status >= 500:
-        return "http_5xx"
-    if status is not None and status >= 400:
-        return "http_4xx"
-    if status is not None and 300 <= status < 400:
-        return "redirect"
-    return "invalid_response"
