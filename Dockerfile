@@ -41,6 +41,7 @@ USER cramp
 WORKDIR /home/cramp
 VOLUME ["/data"]
 EXPOSE 8080
+# The health check asks the port the server is bound to: CRAMP_BIND's (docker run -e CRAMP_BIND=0.0.0.0:9090 ...).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('CRAMP_BIND', '0.0.0.0:8080').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 CMD ["gunicorn", "-c", "python:cds_service.serve.gunicorn_conf", "cds_service.serve.wsgi:app"]
