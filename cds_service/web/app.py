@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 from flask_cors import CORS
@@ -63,7 +63,7 @@ def create_app(
     app.extensions["leg_cramp_settings"] = settings
     store = _build_store(settings, clock)  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
-    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store)
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, metrics.metrics_of(app))
     if engine is None and settings.rules_path:
         _register_rules_reload(app, settings.rules_path)
     CORS(
@@ -148,12 +148,13 @@ def _build_store(settings: Settings, clock: Callable[[], datetime] | None) -> Ca
     return CardStore(settings.database_url, secret, **({"clock": clock} if clock else {}))
 
 
-def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore) -> Engine:
+def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore,
+                  fetch_observer: Any = None) -> Engine:
     # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
     # version of it (a gunicorn worker forked after a HUP): see engine/reload.py.
     ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
     kwargs = {"clock": clock} if clock else {}
-    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings), ledger=store,
+    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings, observer=fetch_observer), ledger=store,
                   max_resources=settings.max_resources, **kwargs)
 
 
