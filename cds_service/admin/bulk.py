@@ -1,6 +1,12 @@
 """Patients from FHIR bulk data (NDJSON: one resource per line, e.g. a ``$export`` output folder), grouped
 per patient by the ``subject`` / ``patient`` reference, and turned into the same ``PatientRecord`` a
-Bundle file gives (``population.record_from_bundle``).
+Bundle file gives (``population.record_from_resources``).
+
+Only the resource types a prefetch holds (``population.READ_TYPES``) are parsed: a bulk export is mostly
+Claims, ExplanationOfBenefits and Encounters, which no rule reads. A line that begins with its
+``resourceType`` (as bulk exports write them) is skipped from that prefix without JSON parsing when its
+type is not read; any other line is parsed (orjson) to learn its type. A malformed line of a skipped
+type is therefore not reported. No reference is rewritten: bulk data already uses ``Type/id``.
 
 Used by the admin tooling (``rules simulate``); the service itself never reads files of patients.
 ``Medication`` resources (which name no patient) are attached to every patient whose medication records
@@ -10,12 +16,20 @@ reference them; other resources that name no patient are skipped.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from cds_service.admin.population import BundleError, PatientRecord, record_from_bundle
+import orjson
+
+from cds_service.admin.population import (
+    READ_TYPES, BundleError, PatientRecord, cyclic_gc_paused, record_from_resources,
+)
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+# `{"resourceType":"Claim",` at the start of a line: the top-level type, read without parsing the line.
+_LEADING_TYPE = re.compile(rb'[ \t]*\{[ \t]*"resourceType"[ \t]*:[ \t]*"([A-Za-z]{1,64})"[ \t]*[,}]')
+_SKIPPED = object()
 
 
 def is_ndjson(path: Path) -> bool:
@@ -41,27 +55,44 @@ def _medication_refs(resource: dict[str, Any]) -> list[str]:
     return []
 
 
+def _parse_line(line: bytes, where: str) -> dict[str, Any] | object | None:
+    """The resource on ``line``; ``_SKIPPED`` for a type the prefetch does not read; None for a blank line."""
+    leading = _LEADING_TYPE.match(line)
+    if leading is not None and leading.group(1).decode() not in READ_TYPES:
+        return _SKIPPED
+    if not line.strip():
+        return None
+    try:
+        resource = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise BundleError(f"{where}: not a FHIR resource (no resourceType)")
+    return resource if resource["resourceType"] in READ_TYPES else _SKIPPED
+
+
+def _read_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, resource) for each resource of a read type in one NDJSON file."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            resource = _parse_line(line, f"{path}:{number}")
+            if resource is not None and resource is not _SKIPPED:
+                yield number, resource  # type: ignore[misc]
+
+
 def read_ndjson(paths: list[Path]) -> Iterator[PatientRecord]:
     """Every patient in ``paths`` (read together: a Patient file and its Condition, Observation ... files),
     in the order their Patient resources appear. Raises ``BundleError`` naming the file and line."""
     patients: list[tuple[str, dict[str, Any]]] = []  # (source file name, Patient)
     by_patient: dict[str, list[dict[str, Any]]] = {}
     medications: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        try:
-            handle = path.open(encoding="utf-8")
-        except OSError as exc:
-            raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    resource = json.loads(line)
-                except ValueError as exc:
-                    raise BundleError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-                    raise BundleError(f"{path}:{number}: not a FHIR resource (no resourceType)")
+    with cyclic_gc_paused():
+        for path in paths:
+            for number, resource in _read_file(path):
                 kind = resource["resourceType"]
                 if kind == "Patient":
                     if not resource.get("id"):
@@ -78,8 +109,7 @@ def read_ndjson(paths: list[Path]) -> Iterator[PatientRecord]:
         resources = by_patient.get(str(patient["id"]), [])
         wanted = {ref for r in resources for ref in _medication_refs(r)}
         entries = [patient, *resources, *(medications[m] for m in sorted(wanted) if m in medications)]
-        bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in entries]}
-        yield record_from_bundle(bundle, source)
+        yield record_from_resources(entries, source)
 
 
 def write_ndjson(records: list[dict[str, Any]], folder: Path) -> list[Path]:

@@ -8,10 +8,14 @@ read by the workers; other sources are read here and their records sent to the w
 
 Each worker builds its engines once (``_init_worker``) and returns a compact ``PatientResult`` per
 patient. Suppression is not simulated (no card ledger): the counts are what the rules would show.
+
+The unit of work is a shard of patients (``run_shard``): on the embedded process pool (the default) or,
+given a cluster address, on Dask distributed (``admin/cluster.py``).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -215,6 +219,7 @@ def _init_worker(rule_paths: list[str | None], as_of: date) -> None:
 
     rule_sets = [load_ruleset(p) if p else load_default_ruleset() for p in rule_paths]
     _ENGINES[:] = build_engines(rule_sets, as_of)
+    gc.freeze()  # the engines live as long as the worker: keep them out of every later collection
 
 
 def _summarise(outcome: Any) -> RuleOutcome:
@@ -251,10 +256,29 @@ def _run_task(task: Task, engines: list[Engine] | None = None) -> PatientResult:
     return evaluate_record(task.record, engines)
 
 
+_SHARD_ENGINES: dict[str, list[Engine]] = {}  # per process: the engines of the current run, by run key
+
+
+def run_shard(tasks: list[Task], rule_sets: list[RuleSet], as_of: date, run_key: str) -> list[PatientResult]:
+    """The unit of work: a shard of patients, evaluated in this process under every rule set. The engines
+    are built once per process and run (``run_key``), so later shards of the run reuse them."""
+    engines = _SHARD_ENGINES.get(run_key)
+    if engines is None:
+        _SHARD_ENGINES.clear()
+        engines = _SHARD_ENGINES[run_key] = build_engines(rule_sets, as_of)
+    return [_run_task(task, engines) for task in tasks]
+
+
 def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[RuleSet], as_of: date,
-              jobs: int | None = None
+              jobs: int | None = None, cluster: str | None = None
               ) -> Iterator[PatientResult]:
-    """Evaluate every task under every rule set; ``jobs`` processes (default: CPU count; 1 = in process)."""
+    """Evaluate every task under every rule set: on the Dask cluster at ``cluster`` when given, else on
+    ``jobs`` processes (default: CPU count; 1 = in process)."""
+    if cluster:
+        from cds_service.admin.cluster import run_on_cluster
+
+        yield from run_on_cluster(cluster, tasks, rule_sets, as_of)
+        return
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1 or len(tasks) <= 1:
         engines = build_engines(rule_sets, as_of)
@@ -267,10 +291,11 @@ def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[R
 
 
 def simulate(rule_paths: list[str | None], rule_sets: list[RuleSet], tasks: list[Task], as_of: date,
-             jobs: int | None = None, progress: Callable[[int], None] | None = None) -> Simulation:
+             jobs: int | None = None, progress: Callable[[int], None] | None = None,
+             cluster: str | None = None) -> Simulation:
     simulation = Simulation(as_of, [RuleSetInfo(p or "(bundled rule set)", rs.version)
                                     for p, rs in zip(rule_paths, rule_sets)])
-    for result in run_tasks(tasks, rule_paths, rule_sets, as_of, jobs):
+    for result in run_tasks(tasks, rule_paths, rule_sets, as_of, jobs, cluster):
         simulation.results.append(result)
         if progress:
             progress(1)

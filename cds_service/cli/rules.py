@@ -104,12 +104,14 @@ def validate(file: Path) -> None:
               help="A second rule-set file (after): report the patients whose card changes and why.")
 @click.option("--as-of", type=DATE, default=None, help="Evaluation date for every patient [default: today, UTC].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count].")
+@click.option("--cluster", default=None, metavar="tcp://HOST:PORT",
+              help="Run on this Dask distributed scheduler instead of local processes (extra 'distributed').")
 @click.option("--format", "fmt", type=click.Choice(["table", "html", "json"]), default="table", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
               help="Write the report here instead of standard output.")
 @click.argument("sources", nargs=-1, required=True)
-def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: int | None, fmt: str,
-             output: Path | None, sources: tuple[str, ...]) -> None:
+def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: int | None, cluster: str | None,
+             fmt: str, output: Path | None, sources: tuple[str, ...]) -> None:
     """Run the rule set over a population: SOURCE is a folder or file of FHIR Bundles, bulk NDJSON files,
     or a FHIR server base URL. Reports per card the patients shown it and the rate."""
     from cds_service.admin.simulation import SourceError, collect_tasks, simulate as run_simulation
@@ -127,7 +129,11 @@ def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: i
         raise InputError(f"no patients found in {', '.join(sources)}")
     day = _as_of(as_of)
     with click.progressbar(length=len(tasks), label="Simulating", file=sys.stderr) as bar:
-        simulation = run_simulation([str(p) for p in paths], rule_sets, tasks, day, jobs, progress=bar.update)
+        try:
+            simulation = run_simulation([str(p) for p in paths], rule_sets, tasks, day, jobs, progress=bar.update,
+                                        cluster=cluster)
+        except SourceError as exc:  # the cluster cannot be used (admin/cluster.ClusterError)
+            raise InputError(str(exc)) from None
     report = RENDERERS[fmt](simulation)
     if output:
         try:

@@ -1,0 +1,179 @@
+"""``rules simulate`` at scale (issue 15): bulk NDJSON parses only the resource types a prefetch reads,
+records travel to worker processes as orjson bytes, and a shard of patients runs on a Dask cluster
+(``--cluster``) with the same answers as the embedded process pool."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+from datetime import date
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from cds_service.admin import bulk, cluster
+from cds_service.admin.bulk import read_ndjson, write_ndjson
+from cds_service.admin.population import (
+    TEMPLATE_TYPES, BundleError, PatientRecord, iter_bundle_files, record_from_bundle, searchset,
+)
+from cds_service.admin.simulation import Task, build_engines, collect_tasks, evaluate_record, simulate
+from cds_service.cli.main import main
+from cds_service.ruleset.loader import load_default_ruleset
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
+needs_synthea = pytest.mark.skipif(not SYNTHEA.is_dir(), reason=f"shared Synthea data not found at {SYNTHEA}")
+AS_OF = date(2021, 3, 11)
+
+
+def full_rewrite_record(bundle: dict, source: str) -> PatientRecord:
+    """The reader before issue 15, as the oracle: every resource of every type rewritten, then filtered."""
+    refs = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}"
+            for e in bundle["entry"] if str(e.get("fullUrl", "")).startswith("urn:uuid:")}
+
+    def rewrite(node):
+        if isinstance(node, dict):
+            return {k: (refs.get(v, v) if k == "reference" and isinstance(v, str) else rewrite(v)) for k, v in node.items()}
+        return [rewrite(i) for i in node] if isinstance(node, list) else node
+
+    resources = [rewrite(e["resource"]) for e in bundle["entry"]]
+    [patient] = [r for r in resources if r["resourceType"] == "Patient"]
+    prefetch = {"patient": patient}
+    for key, kind in TEMPLATE_TYPES.items():
+        prefetch[key] = searchset([r for r in resources if r["resourceType"] == kind])
+    return PatientRecord(str(patient["id"]), source, prefetch)
+
+
+def synthea_as_ndjson(folder: Path) -> list[dict]:
+    """All Synthea bundles as one bulk export (``Type/id`` references, one file per type); the bundles."""
+    bundles, resources = [], []
+    for path in sorted(SYNTHEA.glob("*.json")):
+        bundle = json.loads(path.read_text())
+        bundles.append(bundle)
+        text = json.dumps([e["resource"] for e in bundle["entry"]])
+        for entry in bundle["entry"]:
+            ref = f"{entry['resource']['resourceType']}/{entry['resource']['id']}"
+            text = text.replace(f'"{entry["fullUrl"]}"', json.dumps(ref))
+        resources += json.loads(text)
+    write_ndjson(resources, folder)
+    return bundles
+
+
+def outcomes(results) -> dict:
+    return {r.patient_id: (r.error, r.runs) for r in results}
+
+
+@needs_synthea
+def test_every_synthea_patient_same_prefetch_and_answers_from_ndjson_bundles_and_the_old_reader(tmp_path):
+    bundles = synthea_as_ndjson(tmp_path)
+    old = {r.patient_id: r for r in (full_rewrite_record(b, "old") for b in bundles)}
+    from_bundles = {r.patient_id: r for r in iter_bundle_files([SYNTHEA])}
+    from_ndjson = {r.patient_id: r for r in read_ndjson(sorted(tmp_path.glob("*.ndjson")))}
+    assert len(old) == 31 and old.keys() == from_bundles.keys() == from_ndjson.keys()
+    for patient_id, record in old.items():
+        assert from_bundles[patient_id].prefetch == record.prefetch, patient_id
+        assert from_ndjson[patient_id].prefetch == record.prefetch, patient_id
+
+    engines = build_engines([load_default_ruleset()], AS_OF)
+    expected = outcomes(evaluate_record(r, engines) for r in old.values())
+    assert sum(bool(runs and runs[0].shown) for _, runs in expected.values()) > 0  # some card is shown
+    ruleset = load_default_ruleset()
+    for source, jobs in ((tmp_path, 2), (SYNTHEA, 1)):
+        simulation = simulate([None], [ruleset], collect_tasks([str(source)], []), AS_OF, jobs)
+        assert outcomes(simulation.results) == expected
+
+
+def test_unread_types_are_skipped_before_json_parsing(tmp_path, monkeypatch):
+    path = tmp_path / "mixed.ndjson"
+    lines = [
+        '{"resourceType":"Patient","id":"p1"}',
+        '{"resourceType":"Claim","patient":{"reference":"Patient/p1"}, this is not JSON',  # never parsed
+        '{"resourceType": "ExplanationOfBenefit" , "id":"e"}',
+        '{"id":"c1","resourceType":"Condition","subject":{"reference":"Patient/p1"}}',  # type not first: parsed
+        '{"contained":[{"resourceType":"Claim"}],"resourceType":"Encounter","subject":{"reference":"Patient/p1"}}',
+        '{"resourceType":"ClaimResponse","id":"cr"}',
+        '',
+        '{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    parsed = []
+    real_loads = orjson.loads
+    monkeypatch.setattr(bulk.orjson, "loads", lambda data: parsed.append(data) or real_loads(data))
+    [record] = read_ndjson([path])
+    assert len(parsed) == 4  # Patient, Condition, Encounter (type not first), Observation
+    assert [e["resource"]["id"] for e in record.prefetch["conditions"]["entry"]] == ["c1"]
+    assert [e["resource"]["id"] for e in record.prefetch["observations"]["entry"]] == ["o1"]
+
+
+def test_malformed_line_of_a_read_type_names_file_and_line(tmp_path):
+    path = tmp_path / "Condition.ndjson"
+    path.write_text('{"resourceType":"Patient","id":"p1"}\n{"resourceType":"Condition", oops\n')
+    with pytest.raises(BundleError, match=r"Condition.ndjson:2: not valid JSON"):
+        list(read_ndjson([path]))
+    path.write_text('["resourceType"]\n')
+    with pytest.raises(BundleError, match=r"Condition.ndjson:1: not a FHIR resource"):
+        list(read_ndjson([path]))
+
+
+def test_bundle_reader_rewrites_only_read_types():
+    bundle = {"resourceType": "Bundle", "entry": [
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": "p"}},
+        {"fullUrl": "urn:uuid:c", "resource": {"resourceType": "Condition", "id": "c",
+                                               "subject": {"reference": "urn:uuid:p"}}},
+        {"resource": {"resourceType": "Claim", "id": "x", "patient": {"reference": "urn:uuid:p"}}},
+    ]}
+    record = record_from_bundle(bundle)
+    assert record.prefetch["conditions"]["entry"][0]["resource"]["subject"] == {"reference": "Patient/p"}
+    assert "Claim" not in json.dumps(record.prefetch)
+
+
+def test_record_pickles_as_orjson_bytes_and_round_trips():
+    record = PatientRecord("p", "src", {"patient": {"resourceType": "Patient", "id": "p", "x": [1.5, None, "é"]}})
+    data = pickle.dumps(record)
+    assert orjson.dumps(record.prefetch) in data
+    assert pickle.loads(data) == record
+
+
+# ---------------------------------------------------------------- Dask distributed
+
+@pytest.fixture
+def dask_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                                  dashboard_address=None, worker_dashboard_address=None) as local:
+        yield local
+
+
+@needs_synthea
+def test_simulate_on_a_dask_cluster_equals_the_process_pool(dask_cluster, tmp_path, monkeypatch):
+    address = dask_cluster.scheduler_address
+    assert address.startswith("tcp://127.0.0.1:")
+    monkeypatch.setattr(cluster, "SHARD_SIZE", 4)  # 31 patients: 8 shards over the 2 workers
+    runner = CliRunner()
+
+    def report(*options):
+        result = runner.invoke(main, ["rules", "simulate", "--as-of", "2021-03-11", "--format", "json",
+                                      "--rules", str(ROOT / "cds_service" / "data" / "ruleset.yaml"),
+                                      *options, str(SYNTHEA)])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    on_cluster = report("--cluster", address)
+    assert on_cluster["patients"] == 31
+    # the scheduler computed the 8 shards (tasks of run_shard) on its workers
+    assert dask_cluster.scheduler.task_prefixes["run_shard"].state_counts["memory"] == 8
+    assert on_cluster == report("--jobs", "1")
+
+
+def test_unreachable_cluster_is_one_line_exit_2(monkeypatch):
+    pytest.importorskip("distributed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_SECONDS", 1)
+    task = Task(record=PatientRecord("p", "src", {"patient": {"resourceType": "Patient", "id": "p"}}))
+    with pytest.raises(cluster.ClusterError, match=rf"tcp://127.0.0.1:{port}: Dask scheduler not reachable"):
+        list(cluster.run_on_cluster(f"tcp://127.0.0.1:{port}", [task], [load_default_ruleset()], AS_OF))
