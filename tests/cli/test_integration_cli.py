@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.serving import make_server
 
 from support.card_kinds import card_id
-from cds_service.cli.integration import fixture_resources, make_client_jwt, transaction_resources
+from cds_service.cli.invoke import sign_call
+from cds_service.cli.load_fixtures import fixture_resources, transaction_resources
 from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
@@ -89,18 +90,20 @@ def test_invoke_signed_jwt_is_accepted_and_without_it_401(secure_service: str, e
     assert "suggestion: Order bilateral lower-extremity venous duplex ultrasound" in signed.stdout
     unsigned = runner.invoke(main, common)
     assert unsigned.exit_code == 1
-    assert "HTTP 401" in unsigned.stdout
+    assert re.fullmatch(rf"Error: 401 from {secure_service}/cds-services/leg-cramp-patient-view: missing "
+                        r"\(request id [A-Za-z0-9._:-]+\)\n", unsigned.stderr), unsigned.stderr
 
 
 def test_client_jwt_claims(ec_key):
+    """invoke signs with auth/client_keys.py (the one signer): the kid and iss given, aud the endpoint."""
     key_path, _ = ec_key
-    token = make_client_jwt(key_path.read_bytes(), KID, ISSUER, "https://cds.example.org/cds-services/x", now=1000)
+    token = sign_call(key_path, KID, ISSUER, "https://cds.example.org/cds-services/x")
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert header == {"alg": "ES384", "kid": KID, "typ": "JWT"}
     assert claims["aud"] == "https://cds.example.org/cds-services/x"
     assert claims["iss"] == ISSUER and claims["exp"] - claims["iat"] == 300 and claims["jti"]
-    assert make_client_jwt(key_path.read_bytes(), KID, ISSUER, "a", now=1000) != token  # fresh jti
+    assert sign_call(key_path, KID, ISSUER, "https://cds.example.org/cds-services/x") != token  # fresh jti
 
 
 def test_invoke_from_synthea_style_bundle_and_json_output(dev_service: str, tmp_path: Path):

@@ -27,11 +27,12 @@ from werkzeug.serving import make_server
 from support.card_kinds import card_id, explanation, suggestion_kinds
 from support.fhir_server import FhirServerUnavailable, SekmetServer, ensure_fhir_venv
 from cds_service.admin.population import read_bundle_file
-from cds_service.cli.integration import (LoadReport, build_hook_request, build_prefetch, fetch_query, fixture_sources,
-                                         load_sources, synthea_sources)
+from cds_service.cli.hook_request import build_hook_request, build_prefetch, fetch_query
+from cds_service.cli.load_fixtures import LoadReport, fixture_sources, load_sources, synthea_sources
 from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
 from cds_service.fhir.client import FhirFetcher
+from cds_service.fhir.reader import FhirReader
 from cds_service.hooks.request import HookRequest
 from cds_service.settings import Settings
 from cds_service.web.app import create_app
@@ -132,11 +133,7 @@ def test_fixtures_and_synthea_loaded_with_stable_ids(fhir_server: LiveFhir):
 
 
 def fetch_query_session(fhir_server: LiveFhir, query: str) -> dict[str, Any]:
-    import requests
-
-    with requests.Session() as session:
-        session.headers["Accept"] = "application/fhir+json"
-        return fetch_query(session, fhir_server.base_url, query)
+    return fetch_query(FhirReader(fhir_server.base_url), query)
 
 
 @pytest.mark.parametrize("folder", VIEW_FIXTURES, ids=[p.name[:2] for p in VIEW_FIXTURES])
@@ -297,7 +294,9 @@ def test_cli_invoke_unknown_patient_is_412_and_exit_1(fhir_server: LiveFhir, liv
     result = CliRunner().invoke(main, ["invoke", "--service-url", live_service, "--patient", "no-such-patient",
                                        "--fhir-server", fhir_server.base_url, "--no-prefetch"])
     assert result.exit_code == 1
-    assert "HTTP 412" in result.stdout and "patient" in result.stdout
+    line = result.stderr.strip()
+    assert line.startswith(f"Error: 412 from {live_service}/cds-services/{SERVICE}: Unable to obtain"), line
+    assert "patient" in line and "(request id " in line and "\n" not in line
 
 
 def test_cli_invoke_order_sign_with_draft_orders(fhir_server: LiveFhir, live_service: str, tmp_path: Path):
