@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -31,10 +32,21 @@ def read_json_body() -> Any:
     raw = request.get_data(cache=False)
     try:
         return orjson.loads(raw)  # a few times faster than json.loads on 100 KiB charts
-    except orjson.JSONDecodeError as exc:
-        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
-            raise BadRequest("The JSON body is nested too deeply.") from None
-        raise BadRequest("The body is not valid JSON (JSONDecodeError).") from None
+    except orjson.JSONDecodeError:
+        raise _json_error(raw) from None
+
+
+def _json_error(raw: bytes) -> BadRequest:
+    """Why ``raw`` is not a JSON body, told by the error's type: orjson's one error type carries the reason
+    only in its text, so the standard parser (already failing, only on this error path) says whether it
+    was the nesting (RecursionError) or the syntax."""
+    try:
+        json.loads(raw)
+    except RecursionError:
+        return BadRequest("The JSON body is nested too deeply.")
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        pass
+    return BadRequest("The body is not valid JSON (JSONDecodeError).")
 
 
 def _json_response(body: Any, status: int = 200, mimetype: str = "application/json") -> Response:
