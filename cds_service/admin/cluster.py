@@ -1,37 +1,33 @@
-"""The population dry run on a Dask distributed cluster (``rules simulate --cluster tcp://host:port``), for
-populations past one machine. Optional: ``pip install 'leg-cramp-cds[distributed]'``.
+"""Shards of work on a Dask distributed cluster, for populations past one machine (``rules simulate
+--cluster tcp://host:port``). Optional: ``pip install 'leg-cramp-cds[distributed]'``.
 
-The patients are cut into shards (``SHARD_SIZE``); each shard is one Dask task running
-``simulation.run_shard`` on a worker, which builds its engines once per run from the rule sets sent with
-the tasks (no rule file needs to exist on the workers). Results come back in the order of the patients.
-Bundle-file sources are read by the workers (the paths must be on a filesystem they share); NDJSON and
-FHIR-server sources are read here and their records sent. Workers need this package installed, at the
-same version.
+``map_shards`` cuts the items into shards (``SHARD_SIZE``) and runs each as one Dask task (the dry run's
+``simulation.run_shard``), sending the shared arguments (the rule sets) once to every worker; results come
+back in the order of the items. Workers need this package installed, at the same version.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import date
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from cds_service.admin.simulation import PatientResult, SourceError, Task, run_shard
-from cds_service.ruleset.loader import RuleSet
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 SHARD_SIZE = 64
 CONNECT_TIMEOUT_SECONDS = 10
 
 
-class ClusterError(SourceError):
+class ClusterError(ValueError):
     """The cluster cannot be used (Dask not installed, scheduler unreachable); names the address."""
 
 
-def shards(tasks: list[Task], size: int = SHARD_SIZE) -> list[list[Task]]:
-    return [tasks[start:start + size] for start in range(0, len(tasks), size)]
+def shards(items: Sequence[Item], size: int) -> list[list[Item]]:
+    return [list(items[start:start + size]) for start in range(0, len(items), size)]
 
 
-def run_on_cluster(address: str, tasks: list[Task], rule_sets: list[RuleSet], as_of: date,
-                   shard_size: int | None = None) -> Iterator[PatientResult]:
+def map_shards(address: str, function: Callable[..., list[Result]], items: Sequence[Item],
+               shard_size: int | None = None, **shared: Any) -> Iterator[Result]:
+    """``function(shard, **shared)`` for each shard of ``items`` on the cluster at ``address``."""
     try:
         from distributed import Client
     except ImportError:
@@ -42,12 +38,15 @@ def run_on_cluster(address: str, tasks: list[Task], rule_sets: list[RuleSet], as
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"{address}: Dask scheduler not reachable ({type(exc).__name__})") from None
     with client:
-        run_key = str(uuid.uuid4())
-        [rules] = client.scatter([rule_sets], broadcast=True)
-        futures = client.map(run_shard, shards(tasks, shard_size or SHARD_SIZE), rule_sets=rules, as_of=as_of,
-                             run_key=run_key, pure=False)
+        [sent] = client.scatter([shared], broadcast=True)  # once per worker, not once per shard
+        futures = client.map(_call, shards(items, shard_size or SHARD_SIZE), function=function, shared=sent,
+                             pure=False)
         try:
             for future in futures:  # in order: the report lists patients as the sources do
                 yield from future.result()
         finally:
             client.cancel(futures)
+
+
+def _call(shard: list[Any], function: Callable[..., list[Any]], shared: dict[str, Any]) -> list[Any]:
+    return function(shard, **shared)

@@ -10,13 +10,15 @@ Each worker builds its engines once (``_init_worker``) and returns a compact ``P
 patient. Suppression is not simulated (no card ledger): the counts are what the rules would show.
 
 The unit of work is a shard of patients (``run_shard``): on the embedded process pool (the default) or,
-given a cluster address, on Dask distributed (``admin/cluster.py``).
+given a cluster address, on Dask distributed (``admin/cluster.py``; Bundle files are then read by the
+Dask workers, so their paths must be on a filesystem the workers share; other sources are read here).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -275,9 +277,9 @@ def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[R
     """Evaluate every task under every rule set: on the Dask cluster at ``cluster`` when given, else on
     ``jobs`` processes (default: CPU count; 1 = in process)."""
     if cluster:
-        from cds_service.admin.cluster import run_on_cluster
+        from cds_service.admin.cluster import map_shards
 
-        yield from run_on_cluster(cluster, tasks, rule_sets, as_of)
+        yield from map_shards(cluster, run_shard, tasks, rule_sets=rule_sets, as_of=as_of, run_key=str(uuid.uuid4()))
         return
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1 or len(tasks) <= 1:

@@ -114,6 +114,7 @@ def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: i
              fmt: str, output: Path | None, sources: tuple[str, ...]) -> None:
     """Run the rule set over a population: SOURCE is a folder or file of FHIR Bundles, bulk NDJSON files,
     or a FHIR server base URL. Reports per card the patients shown it and the rate."""
+    from cds_service.admin.cluster import ClusterError
     from cds_service.admin.simulation import SourceError, collect_tasks, simulate as run_simulation
     from cds_service.admin.simulation_report import RENDERERS
     from cds_service.fhir.crawler import ServerSourceError
@@ -132,7 +133,7 @@ def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: i
         try:
             simulation = run_simulation([str(p) for p in paths], rule_sets, tasks, day, jobs, progress=bar.update,
                                         cluster=cluster)
-        except SourceError as exc:  # the cluster cannot be used (admin/cluster.ClusterError)
+        except ClusterError as exc:
             raise InputError(str(exc)) from None
     report = RENDERERS[fmt](simulation)
     if output:
