@@ -97,7 +97,7 @@ class CliContext:
 
 
 def _build_app(settings: Settings) -> "Flask":
-    from cds_service.auth.verifier import TrustedClientsError
+    from cds_service.auth.trusted_clients import TrustedClientsError
     from cds_service.ruleset.loader import RuleSetError
     from cds_service.web.app import create_app
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from cds_service.auth.verifier import TrustedClientsError
+from cds_service.auth.trusted_clients import TrustedClientsError
 from cds_service.ruleset.loader import RuleSetError
 from cds_service.settings import Settings, SettingsError
 from cds_service.web.app import create_app

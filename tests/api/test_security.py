@@ -30,7 +30,7 @@ import responses
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cds_service.auth.verifier import CATEGORIES
+from cds_service.auth.rejection import CATEGORIES
 from cds_service.header_limits import MAX_HEADER_BYTES, MAX_HEADER_FIELD_BYTES, MAX_TOKEN_BYTES
 from cds_service.settings import Settings, SettingsError
 from cds_service.web.app import DEV_MODE_WARNING, SECURITY_HEADERS, create_app

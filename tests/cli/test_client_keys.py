@@ -22,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cds_service.auth.verifier import load_trusted_clients
+from cds_service.auth.trusted_clients import load_trusted_clients
 from cds_service.cli.main import main
 from cds_service.settings import Settings
 from cds_service.web.app import create_app

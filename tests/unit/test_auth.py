@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.auth.verifier import (CATEGORIES, AuthenticationError, ClientAuthenticator, JWKSCache,
-                                       MemoryReplayCache, RedisReplayCache, ReplayCache, TrustedClient,
-                                       TrustedClientsError, VerifiedClient, endpoint_urls, load_trusted_clients,
-                                       www_authenticate)
+from cds_service.auth.jwks import JWKSCache
+from cds_service.auth.rejection import CATEGORIES, AuthenticationError, www_authenticate
+from cds_service.auth.trusted_clients import TrustedClient, TrustedClientsError, load_trusted_clients
+from cds_service.auth.verifier import ClientAuthenticator, VerifiedClient, endpoint_urls
+from cds_service.storage.replay import MemoryReplayCache, RedisReplayCache, ReplayCache
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SANDBOX_REQUEST = SHARED / "spec" / "sandbox" / "request-patient-view.json"

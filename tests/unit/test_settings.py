@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cds_service.auth.verifier import TrustedClientsError
+from cds_service.auth.trusted_clients import TrustedClientsError
 from cds_service.cli.main import CliContext, main
 from cds_service.serve import gunicorn_conf
 from cds_service.settings import Settings, SettingsError, env_float, env_int
