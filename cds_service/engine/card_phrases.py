@@ -10,7 +10,7 @@ needed ("4 points, 3 needed: varicose veins 3, age 50 or over 1").
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from cds_service.engine.card_text import CommonText
 from cds_service.engine.chart import SkippedRecord
@@ -118,7 +118,7 @@ class Phrasing:
         """``medication orders, medication statements``: what the keys hold, in words."""
         return ", ".join(self.common.data_keys.get(k, k) for k in keys)
 
-    def skipped(self, skipped: list[SkippedRecord]) -> str:
+    def skipped(self, skipped: Sequence[SkippedRecord]) -> str:
         kinds = self.common.record_kinds
         counts = Counter((s.resource_type, s.reason) for s in skipped)
         described = []

@@ -14,11 +14,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from cds_service.engine.card_phrases import Phrasing, escape, join_words, lower_first, number, points
 from cds_service.engine.card_text import (CardContent, ConservativeText, OrderText, PossibleDvtText, RiskText,
                                           UntreatedDvtText, VenousText, load_card_content)
+from cds_service.engine.chart import SkippedRecord
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.facts import PatientFacts, Provenance
 from cds_service.engine.order_cards import OrderBody, order_body, order_explanation
@@ -56,7 +57,11 @@ class CardRenderer:
 
     # ------------------------------------------------------------ the one assembly path
 
-    def render(self, outcome: Outcome | OrderOutcome, facts: PatientFacts) -> Card:
+    def render(self, outcome: Outcome | OrderOutcome, facts: PatientFacts,
+               skipped: Sequence[SkippedRecord] | None = None) -> Card:
+        """``skipped``: the call's skipped records when the evaluation adds its own (invalid draft orders)
+        to the chart's; else ``facts.skipped``."""
+        skipped = facts.skipped if skipped is None else tuple(skipped)
         text = self.content.card(outcome.card_id)
         phrasing = Phrasing(self.content.common, facts)
         missing: list[str] = []
@@ -70,12 +75,12 @@ class CardRenderer:
             summary = self._summary(outcome, text)
             explanation = _explanation(outcome, self.ruleset.version)
             missing = self._missing_lines(outcome, phrasing)
-        explanation.update(_data_explanation(facts))
+        explanation.update(_data_explanation(facts, skipped))
         unchecked = list(outcome.not_checked)  # only keys this card's rule reads (rules.KEYS_READ)
         detail = "\n\n".join(filter(None, [
             "\n".join(body.lines).strip(),
             self._missing_section(missing),
-            self._data_notes(facts, unchecked, phrasing),
+            self._data_notes(facts, skipped, unchecked, phrasing),
             self._footer(),
         ]))
         suggestions = body.suggestions
@@ -254,7 +259,8 @@ class CardRenderer:
             return ""
         return "\n".join([self.content.common.phrases.missing_heading, "", *(f"- {line}" for line in lines)])
 
-    def _data_notes(self, facts: PatientFacts, unchecked: list[str], phrasing: Phrasing) -> str:
+    def _data_notes(self, facts: PatientFacts, skipped: Sequence[SkippedRecord], unchecked: list[str],
+                    phrasing: Phrasing) -> str:
         """What could not be checked (only keys the card's rule reads), incomplete and unreadable data."""
         phrases = self.content.common.phrases
         notes = []
@@ -262,8 +268,8 @@ class CardRenderer:
             notes.append(phrases.not_checked.format(keys=phrasing.keys(unchecked)))
         if facts.incomplete:
             notes.append(phrases.incomplete.format(keys=phrasing.keys(facts.incomplete)))
-        if facts.skipped:
-            notes.append(phrasing.skipped(facts.skipped))
+        if skipped:
+            notes.append(phrasing.skipped(skipped))
         if facts.passed_over:
             notes.append(phrases.passed_over.format(records=escape("; ".join(facts.passed_over))))
         return "\n\n".join(f"_{note}_" for note in notes)
@@ -340,14 +346,14 @@ def _window(days: int | None) -> str:
     return "12 months" if days == 365 else f"{days} days"
 
 
-def _data_explanation(facts: PatientFacts) -> dict[str, Any]:
+def _data_explanation(facts: PatientFacts, skipped: Sequence[SkippedRecord]) -> dict[str, Any]:
     """The data problems by resource id, for machines (the detail says them in words)."""
     extra: dict[str, Any] = {}
     if facts.not_checked:
         extra["notChecked"] = list(facts.not_checked)
     if facts.incomplete:
         extra["incomplete"] = list(facts.incomplete)
-    if facts.skipped:
+    if skipped:
         extra["skippedRecords"] = [{"record": f"{s.resource_type}/{s.resource_id}", "reason": s.reason}
-                                   for s in facts.skipped]
+                                   for s in skipped]
     return extra

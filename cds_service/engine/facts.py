@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from cds_service.engine.chart import Chart, SkippedRecord
 from cds_service.engine.drugs import DrugTable
@@ -122,18 +122,30 @@ class ObservationValue:
     is_low: bool | None
 
 
-@dataclass
-class PatientFacts:
-    evaluated_at: datetime
-    today: date
+@dataclass(frozen=True)
+class PatientRecords:
+    """The chart's records, typed and normalised: what the concept facts are read from."""
+
     patient: Provenance
     age_years: int | None
-    conditions: list[ConditionRecord]
-    medications: list[MedicationRecord]
-    observations: dict[str, ObservationValue]  # latest usable value per kind, inside its window
-    facts: dict[str, Fact]
+    conditions: tuple[ConditionRecord, ...]
+    medications: tuple[MedicationRecord, ...]
+    observations: Mapping[str, ObservationValue]  # latest usable value per kind, inside its window
+
+    def active_conditions(self, concept: str) -> list[ConditionRecord]:
+        return [c for c in self.conditions if c.active and c.valid and concept in c.concepts]
+
+
+@dataclass(frozen=True)
+class PatientFacts(PatientRecords):
+    """Everything the rules read about one patient, made once by ``extract_facts`` and never changed after."""
+
+    evaluated_at: datetime
+    today: date
+    facts: Mapping[str, Fact]
+    # A list, as the chart gives it; nothing adds to it (an order hook's invalid drafts are its own result's).
     skipped: list[SkippedRecord] = field(default_factory=list)
-    passed_over: list[str] = field(default_factory=list)  # observations with an unknown unit
+    passed_over: tuple[str, ...] = ()  # observations with an unknown unit
     not_checked: tuple[str, ...] = ()
     incomplete: tuple[str, ...] = ()
     medication_mapping: Counter = field(default_factory=Counter)
@@ -142,9 +154,6 @@ class PatientFacts:
 
     def has(self, name: str) -> bool:
         return name in self.facts
-
-    def active_conditions(self, concept: str) -> list[ConditionRecord]:
-        return [c for c in self.conditions if c.active and c.valid and concept in c.concepts]
 
     def drug_classes(self) -> dict[str, list[MedicationRecord]]:
         classes: dict[str, list[MedicationRecord]] = {}
@@ -359,7 +368,9 @@ def _is_current_medication(resource: Any, ruleset: RuleSet, today: date) -> bool
 
 # ---------------------------------------------------------------- observations
 
-def _observation_values(chart: Chart, ruleset: RuleSet, today: date, passed_over: list[str]) -> dict[str, ObservationValue]:
+def _observation_values(chart: Chart, ruleset: RuleSet, today: date) -> tuple[dict[str, ObservationValue], tuple[str, ...]]:
+    """The latest usable value of each kind, and the observations passed over for an unusable value or unit."""
+    passed_over: list[str] = []
     kinds = ruleset.observation_codes
     candidates: dict[str, list[tuple[date, int, Any]]] = {}
     for order, resource in enumerate(chart.observations):
@@ -384,7 +395,7 @@ def _observation_values(chart: Chart, ruleset: RuleSet, today: date, passed_over
             # named as a clinician reads it (cards show this line): the test and its date, never the id
             _, code, display = _first_display(resource.code)
             passed_over.append(f"{display or kind} ({code or 'no code'}), {when.isoformat()}: value or unit not usable")
-    return latest
+    return latest, tuple(passed_over)
 
 
 def _read_observation(kind: str, resource: Any, ruleset: RuleSet, when: date) -> ObservationValue | None:
@@ -443,7 +454,7 @@ def _coded_answer(kind: str, resource: Any, ruleset: RuleSet, provenance: Proven
 
 # ---------------------------------------------------------------- concept facts
 
-def _concept_facts(f: PatientFacts, ruleset: RuleSet) -> dict[str, Fact]:
+def _concept_facts(f: PatientRecords, ruleset: RuleSet) -> dict[str, Fact]:
     facts: dict[str, Fact] = {}
 
     def add(name: str, records: Iterable[ConditionRecord], concept: str, note: str | None = None) -> None:
@@ -487,7 +498,7 @@ def _concept_facts(f: PatientFacts, ruleset: RuleSet) -> dict[str, Fact]:
     return facts
 
 
-def _add_lab_fact(facts: dict[str, Fact], f: PatientFacts, name: str, kind: str, diagnosis: str) -> None:
+def _add_lab_fact(facts: dict[str, Fact], f: PatientRecords, name: str, kind: str, diagnosis: str) -> None:
     records = f.active_conditions(diagnosis)
     if records:
         facts[name] = Fact(name, tuple(r.source_for(diagnosis) for r in records), "diagnosis")
@@ -498,7 +509,7 @@ def _add_lab_fact(facts: dict[str, Fact], f: PatientFacts, name: str, kind: str,
         facts[name] = Fact(name, (latest.provenance,), f"latest {kind} {shown}")
 
 
-def _add_pregnancy(facts: dict[str, Fact], f: PatientFacts) -> None:
+def _add_pregnancy(facts: dict[str, Fact], f: PatientRecords) -> None:
     status = f.observations.get("pregnancy_status")
     if status is not None and status.answer == "pregnant":
         facts["pregnancy"] = Fact("pregnancy", (status.provenance,), "pregnancy status: pregnant")
@@ -511,7 +522,7 @@ def _add_pregnancy(facts: dict[str, Fact], f: PatientFacts) -> None:
         facts["pregnancy"] = Fact("pregnancy", tuple(r.source_for("pregnancy") for r in records))
 
 
-def _add_smoking(facts: dict[str, Fact], f: PatientFacts) -> None:
+def _add_smoking(facts: dict[str, Fact], f: PatientRecords) -> None:
     timeline: list[tuple[date, int, bool, Provenance]] = []
     for order, record in enumerate(f.conditions):
         if not (record.active and record.valid):
@@ -534,7 +545,7 @@ def is_recent_acute_dvt(record: ConditionRecord, recent_days: int) -> bool:
             and record.age_days is not None and record.age_days <= recent_days)
 
 
-def _add_dvt_facts(facts: dict[str, Fact], f: PatientFacts, ruleset: RuleSet) -> None:
+def _add_dvt_facts(facts: dict[str, Fact], f: PatientRecords, ruleset: RuleSet) -> None:
     """Previous DVT: a chronic / history code whatever its clinicalStatus, or an acute DVT that is not a
     recent active one (dated before the window, undated, or not active: Revision 2026-12 point 1)."""
     recent = ruleset.spec.windows.recent_days
@@ -559,34 +570,50 @@ def _add_dvt_facts(facts: dict[str, Fact], f: PatientFacts, ruleset: RuleSet) ->
 
 def extract_facts(chart: Chart, ruleset: RuleSet, drugs: DrugTable, now: datetime) -> PatientFacts:
     today = now.astimezone(timezone.utc).date()
-    patient = chart.patient
-    birth = to_date(patient.birthDate)
-    facts = PatientFacts(
+    observations, passed_over = _observation_values(chart, ruleset, today)
+    records = _patient_records(chart, ruleset, drugs, today, observations)
+    return PatientFacts(
+        patient=records.patient,
+        age_years=records.age_years,
+        conditions=records.conditions,
+        medications=records.medications,
+        observations=records.observations,
         evaluated_at=now,
         today=today,
-        patient=Provenance("Patient", str(patient.id), display="birth date" if birth else None, date=birth),
-        age_years=age_in_years(birth, today),
-        conditions=[_condition_record(c, ruleset, today) for c in chart.conditions],
-        medications=[
-            _medication_record(m, chart, ruleset, drugs, today)
-            for m in [*chart.medication_requests, *chart.medication_statements]
-        ],
-        observations={},
-        facts={},
+        facts=_all_facts(records, chart, ruleset, today),
         skipped=list(chart.skipped),
+        passed_over=passed_over,
         not_checked=chart.not_checked,
         incomplete=chart.incomplete,
+        medication_mapping=Counter(m.method or "unmapped" for m in records.medications),
+        ever_recorded=_ever_recorded(records, chart, ruleset),
     )
-    facts.observations = _observation_values(chart, ruleset, today, facts.passed_over)
-    facts.medication_mapping = Counter(m.method or "unmapped" for m in facts.medications)
-    facts.facts = _concept_facts(facts, ruleset)
+
+
+def _patient_records(chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: date,
+                     observations: Mapping[str, ObservationValue]) -> PatientRecords:
+    patient = chart.patient
+    birth = to_date(patient.birthDate)
+    return PatientRecords(
+        patient=Provenance("Patient", str(patient.id), display="birth date" if birth else None, date=birth),
+        age_years=age_in_years(birth, today),
+        conditions=tuple(_condition_record(c, ruleset, today) for c in chart.conditions),
+        medications=tuple(
+            _medication_record(m, chart, ruleset, drugs, today)
+            for m in [*chart.medication_requests, *chart.medication_statements]
+        ),
+        observations=observations,
+    )
+
+
+def _all_facts(records: PatientRecords, chart: Chart, ruleset: RuleSet, today: date) -> dict[str, Fact]:
+    facts = _concept_facts(records, ruleset)
     _add_recent_surgery(facts, chart, ruleset, today)
     _add_duplex_on_record(facts, chart, ruleset, today)
-    facts.ever_recorded = _ever_recorded(facts, chart, ruleset)
     return facts
 
 
-def _ever_recorded(facts: PatientFacts, chart: Chart, ruleset: RuleSet) -> frozenset[str]:
+def _ever_recorded(facts: PatientRecords, chart: Chart, ruleset: RuleSet) -> frozenset[str]:
     """Concepts on any valid Condition, classes of any medication record, answers of any observation."""
     ever: set[str] = set()
     for record in facts.conditions:
@@ -609,7 +636,7 @@ def _dated_within(resource: Any, today: date, window: int) -> date | None:
     return when if days is not None and days <= window else None
 
 
-def _add_recent_surgery(facts: PatientFacts, chart: Chart, ruleset: RuleSet, today: date) -> None:
+def _add_recent_surgery(facts: dict[str, Fact], chart: Chart, ruleset: RuleSet, today: date) -> None:
     """RULES.md Recent surgery: a completed Procedure, category surgical, in the last 28 days."""
     category = ruleset.value_set("surgical_procedure_category")
     window = ruleset.spec.windows.recent_surgery_days
@@ -624,10 +651,10 @@ def _add_recent_surgery(facts: PatientFacts, chart: Chart, ruleset: RuleSet, tod
             sources.append(Provenance("Procedure", str(procedure.id), system, code, display, when,
                                       status=procedure.status))
     if sources:
-        facts.facts["recent_surgery"] = Fact("recent_surgery", tuple(sources))
+        facts["recent_surgery"] = Fact("recent_surgery", tuple(sources))
 
 
-def _add_duplex_on_record(facts: PatientFacts, chart: Chart, ruleset: RuleSet, today: date) -> None:
+def _add_duplex_on_record(facts: dict[str, Fact], chart: Chart, ruleset: RuleSet, today: date) -> None:
     """RULES.md Venous duplex on record: a completed Procedure, or an active / on-hold / completed
     ServiceRequest, coded in ``venous_duplex``, dated within 180 days. Latest first."""
     spec = ruleset.spec.procedures
@@ -646,4 +673,4 @@ def _add_duplex_on_record(facts: PatientFacts, chart: Chart, ruleset: RuleSet, t
                                       display or getattr(resource.code, "text", None), when, status=resource.status))
     if sources:
         sources.sort(key=lambda source: source.date or date.min, reverse=True)
-        facts.facts["venous_duplex_on_record"] = Fact("venous_duplex_on_record", tuple(sources))
+        facts["venous_duplex_on_record"] = Fact("venous_duplex_on_record", tuple(sources))

@@ -14,8 +14,10 @@ The order classes of a drug come from ``order_rules.order_classes`` (order class
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from cds_service.engine.chart import SkippedRecord
 from cds_service.engine.facts import PatientFacts, Provenance
 from cds_service.engine.orders import DraftOrder, DraftOrders
 from cds_service.ruleset.card_ids import QUININE_FOR_CRAMPS, is_drug_order_card
@@ -41,6 +43,10 @@ class OrderEvaluation:
     outcomes: tuple[OrderOutcome, ...]  # every card that fired, in card order then order-class order
     shown: tuple[OrderOutcome, ...] = field(default=())  # those whose card is enabled
     not_judged: tuple[DraftOrder, ...] = ()  # draft orders outside the selections (order-select)
+    # The draft orders' own data, beside the chart's facts (which they never change): the invalid or
+    # another patient's drafts, reported with the chart's skipped records; how the judged ones were mapped.
+    skipped: tuple[SkippedRecord, ...] = ()
+    medication_mapping: Counter = field(default_factory=Counter)
 
 
 def order_classes_of(order: DraftOrder, ruleset: RuleSet) -> dict[str, frozenset[str]]:
@@ -68,7 +74,8 @@ def evaluate_orders(drafts: DraftOrders, facts: PatientFacts, ruleset: RuleSet) 
                 outcomes.append(replace(outcome, not_checked=unread))
     shown = tuple(o for o in outcomes if ruleset.spec.cards[o.card_id].enabled)
     not_judged = tuple(order for order in drafts.orders if not order.selected)
-    return OrderEvaluation(judged=judged, outcomes=tuple(outcomes), shown=shown, not_judged=not_judged)
+    return OrderEvaluation(judged=judged, outcomes=tuple(outcomes), shown=shown, not_judged=not_judged,
+                           skipped=tuple(drafts.skipped), medication_mapping=drafts.mapping)
 
 
 def _class_outcome(card_id: str, order_class: str, judged: tuple[DraftOrder, ...], ruleset: RuleSet,

@@ -8,27 +8,30 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from cds_service.clock import system_clock
 from cds_service.engine.cards import CardRenderer, load_card_content
-from cds_service.engine.chart import build_chart, check_resource_count, count_resources, log_skipped
+from cds_service.engine.chart import (Chart, SkippedRecord, build_chart, check_resource_count, count_resources,
+                                      log_skipped)
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.facts import PatientFacts, extract_facts
 from cds_service.engine.ledger import CardLedger, ShownCard
-from cds_service.engine.order_rules import OrderEvaluation, evaluate_orders
+from cds_service.engine.observer import NULL_OBSERVER, EngineObserver
+from cds_service.engine.order_rules import OrderEvaluation, OrderOutcome, evaluate_orders
 from cds_service.engine.orders import read_draft_orders
-from cds_service.engine.prefetch import Fetcher, ResolvedPrefetch, incomplete_required_error, resolve_prefetch
+from cds_service.engine.prefetch import (Fetcher, ResolvedPrefetch, incomplete_required_error, key_outcomes,
+                                         resolve_prefetch)
 from cds_service.engine.registry import CdsService, ServiceRegistry
-from cds_service.engine.rules import Evaluation, evaluate
-from cds_service.hooks.cards import CdsResponse, wire_json
+from cds_service.engine.rules import Evaluation, Outcome, evaluate
+from cds_service.hooks.cards import Card, CdsResponse, wire_json
 from cds_service.hooks.request import HookRequest, parse_hook_request
 from cds_service.ruleset.card_ids import legacy_ids
 from cds_service.ruleset.loader import RuleSet, load_default_ruleset
 from cds_service.settings import DEFAULT_MAX_RESOURCES
-from cds_service.web import metrics
 
 log = logging.getLogger(__name__)
 # Observations read for their value only, inside a window (the coded ones count at any age: ever_recorded).
@@ -42,6 +45,24 @@ class CallResult:
     evaluation: Evaluation | OrderEvaluation
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A hook's evaluation, with the call's data problems: the chart's skipped records and the evaluation's
+    own (invalid draft orders), and how the medications it judged were mapped (the log's counts)."""
+
+    evaluation: Evaluation | OrderEvaluation
+    skipped: tuple[SkippedRecord, ...]
+    medication_mapping: Counter
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The cards a call answers with, each with the outcome it renders; and the outcomes suppressed."""
+
+    cards: tuple[tuple[Card, Outcome | OrderOutcome], ...]
+    suppressed: tuple[str, ...]
+
+
 class Engine:
     def __init__(
         self,
@@ -53,6 +74,7 @@ class Engine:
         renderer: CardRenderer | None = None,
         ledger: CardLedger | None = None,
         max_resources: int = DEFAULT_MAX_RESOURCES,
+        observer: EngineObserver = NULL_OBSERVER,
     ) -> None:
         self.ruleset = ruleset
         self.max_resources = max_resources  # per request, sent and fetched (CRAMP_MAX_RESOURCES): else 413
@@ -60,13 +82,14 @@ class Engine:
         self.clock = clock
         self.fetcher = fetcher
         self.renderer = renderer or CardRenderer(load_card_content(), ruleset, drugs=drugs)
-        # hook -> (evaluation, card rendering): patient-view runs A/B/C; the order hooks only the order rules
-        self._hooks: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-            "patient-view": (self._evaluate_patient_view, self.renderer.render),
-            "order-select": (self._evaluate_orders, self.renderer.render),
-            "order-sign": (self._evaluate_orders, self.renderer.render),
+        # hook -> its evaluation: patient-view runs A/B/C; the order hooks only the order rules
+        self._evaluations: dict[str, Callable[[HookRequest, PatientFacts], Judged]] = {
+            "patient-view": self._evaluate_patient_view,
+            "order-select": self._evaluate_orders,
+            "order-sign": self._evaluate_orders,
         }
         self.ledger = ledger
+        self.observer = observer  # metrics (web/metrics.py), or nowhere
         self.registry = ServiceRegistry.for_ruleset(ruleset)
         observations = ruleset.spec.observations
         self._quantity_windows = {
@@ -91,7 +114,23 @@ class Engine:
         resolved = resolve_prefetch(request, service.templates, service.id, self.fetcher)
         # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
         check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
-        chart = build_chart(
+        chart = self._read_chart(request, resolved)
+        facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
+        judged = self._evaluations[service.hook](request, facts)
+        self._report_skipped(service, judged.skipped)
+        patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
+        now = self.clock()
+        shown = self._render(self._unsuppressed(judged.evaluation, patient_key, now), facts, judged)
+        if not shown.cards:
+            self._refuse_all_clear_over_incomplete(service, request, resolved)
+        self._record(shown, service, request, patient_key, now)
+        self._report(service, request, resolved, judged, shown, facts, time.perf_counter() - started)
+        return CallResult(wire_json(CdsResponse(cards=[card for card, _ in shown.cards])), facts, judged.evaluation)
+
+    # ------------------------------------------------------------ the stages
+
+    def _read_chart(self, request: HookRequest, resolved: ResolvedPrefetch) -> Chart:
+        return build_chart(
             request.patient_id,
             resolved.resources,
             observation_codes=frozenset(self.ruleset.observation_codes),
@@ -100,52 +139,69 @@ class Engine:
             stale_before=self._stale_before(),
             procedure_codes=self.ruleset.procedure_codes,
         )
-        facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
-        evaluate_hook, render = self._hooks[service.hook]
-        evaluation = evaluate_hook(request, facts)
-        log_skipped(facts.skipped, service=service.id)  # one line for the request's skipped records
-        now = self.clock()
-        patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
+
+    def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Judged:
+        return Judged(evaluate(facts, self.ruleset), facts.skipped, facts.medication_mapping)
+
+    def _evaluate_orders(self, request: HookRequest, facts: PatientFacts) -> Judged:
+        drafts = read_draft_orders(request, self.ruleset, self.drugs, facts.today)
+        evaluation = evaluate_orders(drafts, facts, self.ruleset)
+        # invalid draft orders are reported like invalid chart records; the log's mapping counts are the drafts'
+        return Judged(evaluation, (*facts.skipped, *evaluation.skipped), evaluation.medication_mapping)
+
+    def _report_skipped(self, service: CdsService, skipped: tuple[SkippedRecord, ...]) -> None:
+        log_skipped(list(skipped), service=service.id)  # one line for the request's skipped records
+        if skipped:
+            self.observer.records_skipped(service.id, Counter(record.resource_type for record in skipped))
+
+    def _unsuppressed(self, evaluation: Evaluation | OrderEvaluation, patient_key: str,
+                      now: datetime) -> list[Outcome | OrderOutcome]:
         # Which card wins was decided before suppression: a suppressed winner still hides those below it.
-        shown = [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
-        cards = [render(outcome, facts) for outcome in shown]
-        if not cards:
-            self._refuse_all_clear_over_incomplete(service, request, resolved)
-        response = wire_json(CdsResponse(cards=cards))
-        if self.ledger and cards:
-            self.ledger.record_shown([
-                ShownCard(
-                    card_uuid=card.uuid or "",
-                    suggestion_uuids=tuple(s.uuid for s in card.suggestions or [] if s.uuid),
-                    service_id=service.id,
-                    rule=outcome.card_id,
-                    ruleset_version=self.ruleset.version,
-                    indicator=card.indicator,
-                    hook_instance=request.hookInstance,
-                    patient_key=patient_key,
-                    issued_at=now,
-                )
-                for card, outcome in zip(cards, shown)
-            ])
-        elapsed = time.perf_counter() - started
-        metrics.observe_evaluation(service.id, elapsed)
-        metrics.record_prefetch(service.id, service.templates, resolved)
-        metrics.record_cards(service.id, [(o.card_id, card.indicator) for card, o in zip(cards, shown)])
+        return [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
+
+    def _render(self, outcomes: Sequence[Outcome | OrderOutcome], facts: PatientFacts, judged: Judged) -> Shown:
+        cards = tuple((self.renderer.render(outcome, facts, skipped=judged.skipped), outcome) for outcome in outcomes)
+        suppressed = tuple(o.card_id for o in judged.evaluation.shown if o not in outcomes)
+        return Shown(cards, suppressed)
+
+    def _record(self, shown: Shown, service: CdsService, request: HookRequest, patient_key: str,
+                now: datetime) -> None:
+        if self.ledger is None or not shown.cards:
+            return
+        self.ledger.record_shown([
+            ShownCard(
+                card_uuid=card.uuid or "",
+                suggestion_uuids=tuple(s.uuid for s in card.suggestions or [] if s.uuid),
+                service_id=service.id,
+                rule=outcome.card_id,
+                ruleset_version=self.ruleset.version,
+                indicator=card.indicator,
+                hook_instance=request.hookInstance,
+                patient_key=patient_key,
+                issued_at=now,
+            )
+            for card, outcome in shown.cards
+        ])
+
+    def _report(self, service: CdsService, request: HookRequest, resolved: ResolvedPrefetch, judged: Judged,
+                shown: Shown, facts: PatientFacts, elapsed: float) -> None:
+        self.observer.evaluation_finished(service.id, elapsed)
+        self.observer.prefetch_keys_resolved(service.id, key_outcomes(resolved, service.templates))
+        self.observer.cards_returned(service.id, [(outcome.card_id, card.indicator) for card, outcome in shown.cards])
         log.info(
             "hook answered",
             extra={
                 "service": service.id,
                 "hook_instance": request.hookInstance,
-                "cards": [o.card_id for o in shown],
-                "suppressed": [o.card_id for o in evaluation.shown if o not in shown],
-                "skipped_records": len(facts.skipped),
+                "cards": [outcome.card_id for _, outcome in shown.cards],
+                "suppressed": list(shown.suppressed),
+                "skipped_records": len(judged.skipped),
                 "not_checked": list(facts.not_checked),
                 "incomplete": list(facts.incomplete),
-                "medications_mapped": dict(facts.medication_mapping),
+                "medications_mapped": dict(judged.medication_mapping),
                 "elapsed_ms": round(elapsed * 1000, 2),
             },
         )
-        return CallResult(response, facts, evaluation)
 
     def _refuse_all_clear_over_incomplete(self, service: CdsService, request: HookRequest,
                                           resolved: ResolvedPrefetch) -> None:
@@ -153,20 +209,14 @@ class Engine:
         refusal = incomplete_required_error(resolved, service.templates, service.id)
         if refusal is None:
             return
-        metrics.record_prefetch(service.id, service.templates, resolved)
+        self.observer.prefetch_keys_resolved(service.id, key_outcomes(resolved, service.templates))
+        self.observer.all_clear_refused(service.id, refusal.keys)
         log.warning("no card over incomplete required data: answered 412",
                     extra={"service": service.id, "hook_instance": request.hookInstance,
                            "incomplete": list(refusal.keys), "reasons": {k: resolved.reasons.get(k) for k in refusal.keys}})
         raise refusal
 
-    def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Evaluation:
-        return evaluate(facts, self.ruleset)
-
-    def _evaluate_orders(self, request: HookRequest, facts: PatientFacts) -> OrderEvaluation:
-        drafts = read_draft_orders(request, self.ruleset, self.drugs, facts.today)
-        facts.skipped.extend(drafts.skipped)  # invalid draft orders: reported like invalid chart records
-        facts.medication_mapping = drafts.mapping  # the log's mapping counts: the judged draft orders
-        return evaluate_orders(drafts, facts, self.ruleset)
+    # ------------------------------------------------------------ helpers of the stages
 
     def _stale_before(self) -> dict[tuple[str, str], date]:
         """Per quantity-observation code, the date before which facts.py cannot use a value (its window),

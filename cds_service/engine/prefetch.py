@@ -17,6 +17,7 @@ from typing import Any, Mapping, Protocol
 from urllib.parse import quote
 
 from cds_service.errors import BadRequest, FhirServerRefused, PreconditionFailed
+from cds_service.fhir.outcome import FetchOutcome
 from cds_service.hooks.request import HookRequest
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -36,13 +37,6 @@ class ResolvedPrefetch:
     incomplete: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # why a fetch failed or stopped, by key (no PHI)
-
-
-@dataclass(frozen=True)
-class FetchOutcome:
-    resources: list[dict[str, Any]] | None  # None: could not be had
-    complete: bool = True
-    reason: str | None = None
 
 
 class Fetcher(Protocol):
@@ -196,6 +190,23 @@ def _missing_message(keys: list[str], service_id: str, request: HookRequest,
         f"Unable to obtain required prefetch data with key(s) {', '.join(keys)} for CDS Hooks service "
         f"{service_id}: {why}."
     )
+
+
+def key_outcomes(resolved: ResolvedPrefetch, templates: tuple[PrefetchTemplate, ...]) -> dict[str, str]:
+    """Each of the service's prefetch keys that has data or lacks it -> how: "incomplete" (pages that were
+    not read, whoever sent the others), "fetched" (by us), "not_checked" or "sent" (by the client)."""
+    outcomes: dict[str, str] = {}
+    for template in templates:
+        key = template.key
+        if key in resolved.incomplete:
+            outcomes[key] = "incomplete"
+        elif key in resolved.fetched:
+            outcomes[key] = "fetched"
+        elif key in resolved.not_checked:
+            outcomes[key] = "not_checked"
+        elif key in resolved.resources:
+            outcomes[key] = "sent"
+    return outcomes
 
 
 def incomplete_required_error(resolved: ResolvedPrefetch, templates: tuple[PrefetchTemplate, ...],

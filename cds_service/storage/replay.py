@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from cds_service.web import metrics
+from cds_service.engine.observer import NULL_OBSERVER, StorageObserver
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ class FallbackReplayCache:
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
         retry_seconds: float = RETRY_SECONDS,
+        observer: StorageObserver = NULL_OBSERVER,
     ) -> None:
         self.name = name
+        self._observer = observer  # counts the checks answered from memory (web/metrics.py)
         self._shared = shared
         self._local = MemoryReplayCache(clock)
         self._monotonic = monotonic
@@ -152,13 +154,13 @@ class FallbackReplayCache:
         if self._local.seen_before(jti, issuer, expires_at):
             return True  # this replica accepted it already: a replay, whatever the shared cache says
         if not self._may_ask_shared():
-            metrics.record_replay_fallback(self.name)
+            self._observer.replay_fallback(self.name)
             return False
         try:
             replayed = self._shared.seen_before(jti, issuer, expires_at)
         except ReplayStoreUnavailable as exc:
             self._outage(exc.error_type)
-            metrics.record_replay_fallback(self.name)
+            self._observer.replay_fallback(self.name)
             return False
         self._recovered()
         return replayed

@@ -52,7 +52,7 @@ from cds_service.errors import BadRequest, ServiceUnavailable, UnknownCard
 from cds_service.hooks.feedback import FeedbackItem
 from cds_service.settings import SettingsError
 from cds_service.storage.replay import ReplayStoreUnavailable, token_key
-from cds_service.web import metrics
+from cds_service.engine.observer import NULL_OBSERVER, StorageObserver
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,11 @@ class CardStore:
         clock: Callable[[], datetime] = system_clock,
         migrate: bool = True,
         must_exist: bool = False,
+        observer: StorageObserver = NULL_OBSERVER,
     ) -> None:
         self._secret = patient_key_secret.encode() if patient_key_secret else None
         self.clock = clock
+        self.observer = observer  # counts the calls the database did not answer (web/metrics.py)
         self._replay_inserts = 0
         self.engine = _create_engine(database_url, must_exist=must_exist)
         self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
@@ -275,7 +277,7 @@ class CardStore:
                     connection.execute(_insert_ignore(connection, cards_shown, ["card_uuid"]), row)
         except UNAVAILABLE as exc:
             # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
-            _unavailable("record_shown", "cards shown not recorded: database unavailable", exc, cards=len(rows))
+            _unavailable(self.observer, "record_shown", "cards shown not recorded: database unavailable", exc, cards=len(rows))
 
     def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
         query = (
@@ -292,7 +294,7 @@ class CardStore:
             with self._reading() as connection:
                 return connection.execute(query).first() is not None
         except UNAVAILABLE as exc:
-            _unavailable("suppression_check", "suppression not checked: database unavailable; the card is shown",
+            _unavailable(self.observer, "suppression_check", "suppression not checked: database unavailable; the card is shown",
                          exc, rule=rule)
             return False
 
@@ -335,7 +337,7 @@ class CardStore:
                     row = _feedback_row(index, item, issued.get(item.card), service_id, received_at)
                     stored += _inserted(connection, feedback, FEEDBACK_ITEM_KEY, row)
         except UNAVAILABLE as exc:
-            _unavailable("feedback", "feedback not stored: database unavailable; answered 503", exc, items=len(items))
+            _unavailable(self.observer, "feedback", "feedback not stored: database unavailable; answered 503", exc, items=len(items))
             raise ServiceUnavailable(
                 "The feedback could not be stored (database unavailable); nothing was stored. Send it again.",
                 retry_after=FEEDBACK_RETRY_AFTER_SECONDS,
@@ -432,9 +434,9 @@ def _error_type(exc: Exception) -> str:
     return type(orig if orig is not None else exc).__name__
 
 
-def _unavailable(operation: str, message: str, exc: Exception, **details: Any) -> None:
+def _unavailable(observer: StorageObserver, operation: str, message: str, exc: Exception, **details: Any) -> None:
     """Log (with the exception type, never the SQL or its parameters) and count a call the database missed."""
-    metrics.record_ledger_unavailable(operation)
+    observer.ledger_unavailable(operation)
     log.error(message, extra={**details, "error_type": _error_type(exc), "error": _reason(exc)})
 
 

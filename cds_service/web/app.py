@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from flask import Flask, Response, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_service.auth.rejection import AuthenticationError, www_authenticate
-from cds_service.auth.verifier import ClientAuthenticator, endpoint_urls
+from cds_service.auth.verifier import (AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache,
+                                       endpoint_urls, www_authenticate)
 from cds_service.engine.drugs import DrugTable
+from cds_service.engine.observer import Observer, StorageObserver
 from cds_service.engine.pipeline import Engine
 from cds_service.engine.reload import EngineSwitch, load_ruleset_keeping_last_valid
 from cds_service.errors import PayloadTooLarge, ServiceError, operation_outcome
@@ -24,7 +25,7 @@ from cds_service.fhir.client import FhirFetcher
 from cds_service.header_limits import header_over_limit
 from cds_service.ruleset.loader import RuleSet, load_default_ruleset
 from cds_service.settings import Settings, SettingsError
-from cds_service.storage.replay import FallbackReplayCache, RedisReplayCache, ReplayCache
+from cds_service.storage.replay import FallbackReplayCache
 from cds_service.storage.store import CardStore
 from cds_service.web import metrics, request_context
 from cds_service.web import openapi
@@ -61,7 +62,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep CDS Hooks field order readable
     app.extensions["leg_cramp_settings"] = settings
-    store = _build_store(settings, clock)  # cards shown, feedback, suppression (docs/feedback.md)
+    store = _build_store(settings, clock, metrics.metrics_of(app))  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
     app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, metrics.metrics_of(app))
     if engine is None and settings.rules_path:
@@ -107,8 +108,8 @@ def _build_replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
             raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
                                 "(pip install 'leg-cramp-cds[redis]')") from None
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return FallbackReplayCache(RedisReplayCache(client), "redis")
-    return FallbackReplayCache(store, "database")
+        return FallbackReplayCache(RedisReplayCache(client), "redis", observer=store.observer)
+    return FallbackReplayCache(store, "database", observer=store.observer)
 
 
 def _needs_authentication(settings: Settings) -> bool:
@@ -140,22 +141,22 @@ def _register_authentication(app: Flask, settings: Settings) -> None:
         return None
 
 
-def _build_store(settings: Settings, clock: Callable[[], datetime] | None) -> CardStore:
+def _build_store(settings: Settings, clock: Callable[[], datetime] | None, observer: StorageObserver) -> CardStore:
     secret, is_random = settings.patient_key_secret_or_default()  # SettingsError outside development mode
     if is_random:
         log.warning("CRAMP_PATIENT_KEY_SECRET is not set: development mode uses a random key for this process; "
                     "suppression is lost at restart and not shared with other processes")
-    return CardStore(settings.database_url, secret, **({"clock": clock} if clock else {}))
+    return CardStore(settings.database_url, secret, observer=observer, **({"clock": clock} if clock else {}))
 
 
 def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore,
-                  fetch_observer: Any = None) -> Engine:
+                  observer: Observer) -> Engine:
     # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
     # version of it (a gunicorn worker forked after a HUP): see engine/reload.py.
     ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
     kwargs = {"clock": clock} if clock else {}
-    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings, observer=fetch_observer), ledger=store,
-                  max_resources=settings.max_resources, **kwargs)
+    return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings, observer=observer), ledger=store,
+                  max_resources=settings.max_resources, observer=observer, **kwargs)
 
 
 def _register_rules_reload(app: Flask, path: Path) -> None:
@@ -164,7 +165,7 @@ def _register_rules_reload(app: Flask, path: Path) -> None:
     def build(ruleset: RuleSet) -> Engine:
         old = switch.engine
         return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
-                      max_resources=old.max_resources)
+                      max_resources=old.max_resources, observer=old.observer)
 
     switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
     app.extensions["leg_cramp_engines"] = switch

@@ -11,12 +11,24 @@ or hook name taken as is from a client):
                                                             us from the FHIR server), not_checked, incomplete
                                                             (pages not read)
     cramp_cards_total{service, rule, indicator}             cards returned
-    cramp_fhir_fetch_duration_seconds{resource, outcome}    one FHIR read (fhir_client calls observe_fetch)
+    cramp_fhir_fetch_duration_seconds{resource, outcome}    one FHIR read (the FHIR client calls fhir_read_finished)
     cramp_fhir_fetch_errors_total{resource, reason}         failed FHIR reads
     cramp_replay_fallback_total{store}                      JWT replay checks answered from this process's
                                                             memory: the shared store (database, redis) was down
     cramp_ledger_unavailable_total{operation}               card-ledger calls the database did not answer:
                                                             record_shown, suppression_check, feedback
+    cramp_skipped_records_total{service, resource}          records left out of a call (invalid, another
+                                                            patient's), by resource type
+    cramp_all_clear_refused_total{service, key}             no card over a required key with unread pages: 412
+    cramp_auth_rejections_total{category}                   CDS calls refused 401, by the coarse category the
+                                                            WWW-Authenticate names (auth/verifier.CATEGORIES)
+    cramp_build_info{version, ruleset_version}              1: the running package and rule-set versions
+                                                            (a reloaded rule set's old version drops to 0)
+
+``PrometheusMetrics`` implements the engine's ``Observer`` (engine/observer.py) and the FHIR client's read
+observer: the engine, the fetcher and the stores are handed the application's instance, and never import
+this module. Each application has its own instance and registry (``init_app``), so two apps in one process
+(tests) never read each other's values.
 
 Under gunicorn the workers are separate processes: ``gunicorn_conf`` points ``PROMETHEUS_MULTIPROC_DIR``
 at a directory made fresh for each master, every worker writes its values there, and ``/metrics``
@@ -34,97 +46,68 @@ import os
 import threading
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Mapping, Sequence
 
-from flask import Flask, Response, g, request
-
-if TYPE_CHECKING:
-    from cds_service.engine.prefetch import ResolvedPrefetch
+from flask import Flask, Response, current_app, g, request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds. A call's own work is a few ms; the CDS Hooks budget is ~500 ms end to end, FHIR reads included.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 KNOWN_HOOKS = frozenset({"patient-view", "order-select", "order-sign"})
 CDS_ENDPOINT = "cds.call_service"
+EXTENSION = "leg_cramp_metrics"
 
 
-_created: list[SimpleNamespace] = []
-_lock = threading.Lock()
-
-
-def _metrics() -> SimpleNamespace:
-    """The metric objects, created once per process on first use (see the module docstring)."""
-    if _created:
-        return _created[0]
-    with _lock:  # gthread: two first requests may arrive at once
-        if not _created:
-            _created.append(_create_metrics())
-    return _created[0]
-
-
-def _create_metrics() -> SimpleNamespace:
-    from prometheus_client import Counter, Histogram
+def _create_metrics(registry: Any) -> SimpleNamespace:
+    from prometheus_client import Counter, Gauge, Histogram
 
     return SimpleNamespace(
-        requests=Counter("cramp_requests", "CDS service calls.", ["service", "hook", "status"]),
+        requests=Counter("cramp_requests", "CDS service calls.", ["service", "hook", "status"], registry=registry),
         request_seconds=Histogram(
             "cramp_request_duration_seconds", "CDS service call latency, request in to response out.",
-            ["service", "hook"], buckets=LATENCY_BUCKETS,
+            ["service", "hook"], buckets=LATENCY_BUCKETS, registry=registry,
         ),
-        http=Counter("cramp_http_requests", "HTTP requests by route.", ["endpoint", "method", "status"]),
+        http=Counter("cramp_http_requests", "HTTP requests by route.", ["endpoint", "method", "status"],
+                     registry=registry),
         evaluation_seconds=Histogram(
             "cramp_evaluation_duration_seconds", "Engine work for one call (prefetch to cards).",
-            ["service"], buckets=LATENCY_BUCKETS,
+            ["service"], buckets=LATENCY_BUCKETS, registry=registry,
         ),
         prefetch=Counter(
-            "cramp_prefetch_keys", "Prefetch keys by how they were satisfied.", ["service", "key", "outcome"]
+            "cramp_prefetch_keys", "Prefetch keys by how they were satisfied.", ["service", "key", "outcome"],
+            registry=registry,
         ),
-        cards=Counter("cramp_cards", "Cards returned.", ["service", "rule", "indicator"]),
+        cards=Counter("cramp_cards", "Cards returned.", ["service", "rule", "indicator"], registry=registry),
         fetch_seconds=Histogram(
             "cramp_fhir_fetch_duration_seconds", "One read from the client's FHIR server.",
-            ["resource", "outcome"], buckets=LATENCY_BUCKETS,
+            ["resource", "outcome"], buckets=LATENCY_BUCKETS, registry=registry,
         ),
-        fetch_errors=Counter("cramp_fhir_fetch_errors", "Failed reads from FHIR servers.", ["resource", "reason"]),
+        fetch_errors=Counter("cramp_fhir_fetch_errors", "Failed reads from FHIR servers.", ["resource", "reason"],
+                             registry=registry),
         replay_fallback=Counter(
-            "cramp_replay_fallback", "JWT replay checks answered from memory: the shared store was down.", ["store"]
+            "cramp_replay_fallback", "JWT replay checks answered from memory: the shared store was down.", ["store"],
+            registry=registry,
         ),
         ledger_unavailable=Counter(
-            "cramp_ledger_unavailable", "Card-ledger calls the database did not answer.", ["operation"]
+            "cramp_ledger_unavailable", "Card-ledger calls the database did not answer.", ["operation"],
+            registry=registry,
         ),
+        skipped_records=Counter(
+            "cramp_skipped_records", "Records left out of a call: invalid, or another patient's.",
+            ["service", "resource"], registry=registry,
+        ),
+        all_clear_refused=Counter(
+            "cramp_all_clear_refused", "No card over a required key with unread pages: answered 412.",
+            ["service", "key"], registry=registry,
+        ),
+        auth_rejections=Counter(
+            "cramp_auth_rejections", "CDS calls refused for authentication, by coarse category.", ["category"],
+            registry=registry,
+        ),
+        # livemax: under gunicorn, the workers alive now (during a rule-set reload both versions may show 1)
+        build_info=Gauge("cramp_build_info", "The running service and rule-set versions (always 1).",
+                         ["version", "ruleset_version"], multiprocess_mode="livemax", registry=registry),
     )
-
-
-# --------------------------------------------------------------------------- recording (engine, fetcher)
-
-def observe_evaluation(service_id: str, seconds: float) -> None:
-    _metrics().evaluation_seconds.labels(service_id).observe(seconds)
-
-
-def record_prefetch(service_id: str, templates: Iterable[Any], resolved: "ResolvedPrefetch") -> None:
-    """Count each of the service's prefetch keys once: sent by the client, fetched by us, not checked, or
-    incomplete (more pages that were not read)."""
-    counter = _metrics().prefetch
-    fetched, not_checked, incomplete = set(resolved.fetched), set(resolved.not_checked), set(resolved.incomplete)
-    for template in templates:
-        key = template.key
-        if key in incomplete:  # pages that were not read, whoever sent the others
-            outcome = "incomplete"
-        elif key in fetched:
-            outcome = "fetched"
-        elif key in not_checked:
-            outcome = "not_checked"
-        elif key in resolved.resources:
-            outcome = "sent"
-        else:
-            continue
-        counter.labels(service_id, key, outcome).inc()
-
-
-def record_cards(service_id: str, cards: Iterable[tuple[str, str]]) -> None:
-    """``cards``: (rule, indicator) of each card returned."""
-    counter = _metrics().cards
-    for rule, indicator in cards:
-        counter.labels(service_id, rule, indicator).inc()
 
 
 def _resource_label(resource: str) -> str:
@@ -133,29 +116,106 @@ def _resource_label(resource: str) -> str:
     return name if name.isalpha() and len(name) <= 40 else "other"
 
 
-def observe_fetch(resource: str, seconds: float, error: str | None = None) -> None:
-    """For the FHIR client: one read of ``resource`` (a type or a query) took ``seconds``; ``error`` is a
-    short, fixed reason ("timeout", "http_5xx", "invalid_json", ...) when it failed."""
-    label = _resource_label(resource)
-    metrics = _metrics()
-    metrics.fetch_seconds.labels(label, "error" if error else "ok").observe(seconds)
-    if error:
-        metrics.fetch_errors.labels(label, error[:40]).inc()
+class PrometheusMetrics:
+    """One application's metrics: the engine's, the FHIR client's and the stores' observer, and the HTTP
+    counters. The metric objects are made on first use (see the module docstring: the import must wait)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # gthread: two first requests may arrive at once
+        self._registry: Any = None
+        self._metrics: SimpleNamespace | None = None
+        self._ruleset_version: str | None = None  # for cramp_build_info, told before the families exist
+
+    @property
+    def families(self) -> SimpleNamespace:
+        if self._metrics is None:
+            with self._lock:
+                if self._metrics is None:
+                    from prometheus_client import CollectorRegistry
+
+                    self._registry = CollectorRegistry(auto_describe=True)
+                    families = _create_metrics(self._registry)
+                    if self._ruleset_version is not None:
+                        _show_build_info(families, None, self._ruleset_version)
+                    self._metrics = families
+        return self._metrics
+
+    @property
+    def registry(self) -> Any:
+        _ = self.families  # made on first use
+        return self._registry
+
+    # ----------------------------------------------------------------- the engine (engine/observer.py)
+
+    def evaluation_finished(self, service_id: str, seconds: float) -> None:
+        self.families.evaluation_seconds.labels(service_id).observe(seconds)
+
+    def prefetch_keys_resolved(self, service_id: str, outcomes: Mapping[str, str]) -> None:
+        for key, outcome in outcomes.items():
+            self.families.prefetch.labels(service_id, key, outcome).inc()
+
+    def cards_returned(self, service_id: str, cards: Sequence[tuple[str, str]]) -> None:
+        for rule, indicator in cards:
+            self.families.cards.labels(service_id, rule, indicator).inc()
+
+    def records_skipped(self, service_id: str, by_resource_type: Mapping[str, int]) -> None:
+        for resource_type, count in by_resource_type.items():
+            self.families.skipped_records.labels(service_id, _resource_label(resource_type)).inc(count)
+
+    def all_clear_refused(self, service_id: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.families.all_clear_refused.labels(service_id, key).inc()
+
+    # ----------------------------------------------------------------- the FHIR client
+
+    def fhir_read_finished(self, resource: str, seconds: float, error: str | None = None) -> None:
+        """One read of ``resource`` (a type or a query) took ``seconds``; ``error`` is a short, fixed reason
+        ("timeout", "http_5xx", "invalid_json", ...) when it failed."""
+        label = _resource_label(resource)
+        self.families.fetch_seconds.labels(label, "error" if error else "ok").observe(seconds)
+        if error:
+            self.families.fetch_errors.labels(label, error[:40]).inc()
+
+    # ----------------------------------------------------------------- storage outages (replay, store)
+
+    def ledger_unavailable(self, operation: str) -> None:
+        self.families.ledger_unavailable.labels(operation).inc()
+
+    def replay_fallback(self, store: str) -> None:
+        self.families.replay_fallback.labels(store).inc()
+
+    # ----------------------------------------------------------------- authentication, build info (web/app.py)
+
+    def auth_rejected(self, category: str) -> None:
+        """``category``: one of auth/verifier.CATEGORIES, what the 401's WWW-Authenticate names."""
+        self.families.auth_rejections.labels(category).inc()
+
+    def ruleset_serving(self, version: str) -> None:
+        """The rule set now serving (at start, after each reload). Safe before the families exist (in
+        gunicorn's master, where prometheus_client must not be imported yet): they show it when made."""
+        with self._lock:
+            previous, self._ruleset_version = self._ruleset_version, version
+            families = self._metrics
+        if families is not None:
+            _show_build_info(families, previous, version)
 
 
-# --------------------------------------------------------------------------- storage outages (replay, store)
+def _show_build_info(families: SimpleNamespace, previous: str | None, ruleset_version: str) -> None:
+    from cds_service import __version__
 
-def record_replay_fallback(store: str) -> None:
-    """``store``: "database" or "redis", the shared replay store that could not answer."""
-    _metrics().replay_fallback.labels(store).inc()
-
-
-def record_ledger_unavailable(operation: str) -> None:
-    """``operation``: "record_shown", "suppression_check" or "feedback"."""
-    _metrics().ledger_unavailable.labels(operation).inc()
+    if previous is not None and previous != ruleset_version:
+        families.build_info.labels(__version__, previous).set(0)
+    families.build_info.labels(__version__, ruleset_version).set(1)
 
 
 # --------------------------------------------------------------------------- HTTP side
+
+def metrics_of(app: Flask) -> PrometheusMetrics:
+    """The app's metrics, made on first ask: ``create_app`` hands them to the engine and the stores."""
+    if EXTENSION not in app.extensions:
+        app.extensions[EXTENSION] = PrometheusMetrics()
+    return app.extensions[EXTENSION]
+
 
 def _cds_labels(app: Flask, status: int) -> tuple[str, str, str]:
     service_id = (request.view_args or {}).get("service_id", "")
@@ -172,8 +232,9 @@ def _cds_labels(app: Flask, status: int) -> tuple[str, str, str]:
     )
 
 
-def init_app(app: Flask) -> None:
-    """Time every request and count it by route; CDS calls also by service, hook and status."""
+def init_app(app: Flask) -> PrometheusMetrics:
+    """The app's metrics; time every request and count it by route, CDS calls also by service, hook and status."""
+    metrics = metrics_of(app)
 
     @app.before_request
     def start_timer() -> None:
@@ -185,28 +246,29 @@ def init_app(app: Flask) -> None:
         if started is None or request.endpoint == "cds.metrics":
             return response
         elapsed = time.perf_counter() - started
-        metrics = _metrics()
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.http.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.families.http.labels(endpoint, request.method, str(response.status_code)).inc()
         if request.endpoint == CDS_ENDPOINT and request.method == "POST":
             service, hook, status = _cds_labels(app, response.status_code)
-            metrics.requests.labels(service, hook, status).inc()
-            metrics.request_seconds.labels(service, hook).observe(elapsed)
+            metrics.families.requests.labels(service, hook, status).inc()
+            metrics.families.request_seconds.labels(service, hook).observe(elapsed)
         return response
+
+    return metrics
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics text and its content type: all workers' values under gunicorn, else this process's."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    """The metrics text and its content type: all workers' values under gunicorn, else this app's."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    _metrics()  # so that a fresh process shows its (zero-valued) families
+    own = metrics_of(current_app).registry  # so that a fresh process shows its (zero-valued) families
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(own), CONTENT_TYPE_LATEST
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -12,7 +12,7 @@ from support.app import make_app
 from support.hook_requests import PATIENT_ID, PATIENT_NAME, SERVICE_URL, minimal_request
 
 from cds_service.web.logs import JsonFormatter
-from cds_service.web.metrics import _resource_label, observe_fetch
+from cds_service.web.metrics import _resource_label, metrics_of
 from cds_service.web.request_context import request_id_from
 
 
@@ -128,6 +128,7 @@ def test_cards_metric_by_rule_and_indicator():
 
 
 def test_fetch_metrics_take_the_resource_type_only(client):
+    observe_fetch = metrics_of(client.application).fhir_read_finished  # the app's FHIR client reports here
     observe_fetch("Observation?patient=p-zq-1&code=1", 0.02)
     observe_fetch("Condition?patient=p-zq-1", 3.0, error="timeout")
     text = client.get("/metrics").get_data(as_text=True)
