@@ -14,8 +14,8 @@ from flask import Flask, Response, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_service.auth.verifier import (AuthenticationError, ClientAuthenticator, RedisReplayCache, ReplayCache,
-                                       endpoint_urls, www_authenticate)
+from cds_service.auth.rejection import AuthenticationError, www_authenticate
+from cds_service.auth.verifier import ClientAuthenticator, endpoint_urls
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.observer import Observer, StorageObserver
 from cds_service.engine.pipeline import Engine
@@ -25,7 +25,7 @@ from cds_service.fhir.client import FhirFetcher
 from cds_service.header_limits import header_over_limit
 from cds_service.ruleset.loader import RuleSet, load_default_ruleset
 from cds_service.settings import Settings, SettingsError
-from cds_service.storage.replay import FallbackReplayCache
+from cds_service.storage.replay import FallbackReplayCache, RedisReplayCache, ReplayCache
 from cds_service.storage.store import CardStore
 from cds_service.web import metrics, request_context
 from cds_service.web import openapi
