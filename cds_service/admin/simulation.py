@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from cds_service.admin.bulk import is_ndjson, read_ndjson
-from cds_service.admin.population import BundleError, PatientRecord, read_bundle_file
+from cds_service.admin.population import BundleError, PatientRecord, read_bundle_file, record_from_bundle
 from cds_service.clock import fixed_clock
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.pipeline import Engine
@@ -184,7 +184,8 @@ def collect_tasks(sources: Iterable[str], loinc_codes: list[str]) -> list[Task]:
     ndjson: list[Path] = []
     for source in sources:
         if is_server_url(source):
-            tasks += [Task(record=r) for r in ServerPopulation(source, loinc_codes).patients()]
+            tasks += [Task(record=record_from_bundle(bundle, source.rstrip("/")))
+                      for bundle in ServerPopulation(source, loinc_codes).patient_bundles()]
             continue
         path = Path(source)
         if path.is_dir():

@@ -43,10 +43,10 @@ from urllib.parse import quote
 
 import requests
 
-from cds_service.engine.prefetch import FetchOutcome, has_next_page
 from cds_service.errors import FhirServerRefused
 from cds_service.fhir.connections import InFlight
 from cds_service.fhir.errors import FhirError, Invalid, RefusedByPolicy, Unavailable
+from cds_service.fhir.outcome import FetchOutcome
 from cds_service.fhir.reader import parse_json, read_body
 from cds_service.fhir.session import (FHIR_JSON, RETRY_STATUSES, ServerBase, build_session,
                                       error_for_status, error_from_exception, is_retryable, next_link,

@@ -1,4 +1,4 @@
-"""Patients from a FHIR server, for ``rules simulate``: ``Patient?_count=`` pages, then for each patient
+"""Patients from a FHIR server, for ``rules simulate`` (as Bundles: ``admin/simulation.py`` makes them records): ``Patient?_count=`` pages, then for each patient
 the searches of the patient-view prefetch (Condition, MedicationRequest with its Medications,
 MedicationStatement, Observation, Procedure, ServiceRequest), through ``fhir/reader.py`` (the one session
 policy: a timeout on every call, one retry rule, no redirects, next links on the same server only).
@@ -7,11 +7,10 @@ The service itself never uses this module (the hook path fetches through the pre
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import requests
 
-from cds_service.admin.population import PatientRecord, record_from_bundle
 from cds_service.fhir.errors import FhirError
 from cds_service.fhir.reader import FhirReader
 
@@ -55,7 +54,9 @@ class ServerPopulation:
         except FhirError as error:  # the CLI prints it: the URL is the operator's own server
             raise ServerSourceError(f"{error.url or self.base}: {error.reason}", error) from None
 
-    def patients(self) -> Iterator[PatientRecord]:
+    def patient_bundles(self) -> Iterator[dict[str, Any]]:
+        """One collection Bundle per patient: the Patient and what the searches found (admin/population.py
+        reads each as a record)."""
         for patient in self._resources(f"Patient?_count={self.page_size}"):
             if patient.get("resourceType") != "Patient" or not patient.get("id"):
                 continue
@@ -65,4 +66,4 @@ class ServerPopulation:
             unique = {(r.get("resourceType"), r.get("id")): r for r in resources}
             bundle = {"resourceType": "Bundle", "type": "collection",
                       "entry": [{"resource": r} for r in unique.values()]}
-            yield record_from_bundle(bundle, self.base.rstrip("/"))
+            yield bundle

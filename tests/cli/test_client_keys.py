@@ -244,14 +244,14 @@ def test_security_md_key_commands_run_as_documented(tmp_path):
 
 
 def test_integration_md_walkthrough_signs_a_call_to_a_real_server(tmp_path):
-    """The block as written (port 8080 swapped for a free one, one worker), against `cramp-cds serve`
+    """The block as written (port 8081 swapped for a free one, one worker), against `cramp-cds serve`
     outside development mode; then the same call without a JWT, which the server refuses."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     script = _block_after(ROOT / "docs" / "integration.md", "### Signing calls with a client key")
-    assert "127.0.0.1:8080" in script and "--port 8080" in script
-    script = script.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace("--port 8080", f"--port {port}")
+    assert "127.0.0.1:8081" in script and "--port 8081" in script
+    script = script.replace("127.0.0.1:8081", f"127.0.0.1:{port}").replace("--port 8081", f"--port {port}")
     fixture = re.search(r"--from-file (\S+)", script)[1]
     (tmp_path / fixture).parent.mkdir(parents=True)
     shutil.copy(ROOT / fixture, tmp_path / fixture)
@@ -260,5 +260,7 @@ def test_integration_md_walkthrough_signs_a_call_to_a_real_server(tmp_path):
     result = _run_script(script, tmp_path, env)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert re.search(r"^\d+ cards?$", result.stdout, re.M), result.stdout
-    assert "HTTP 401" in result.stdout + result.stderr  # the unsigned call
+    # the unsigned call: one line, the cause first (cli/invoke.py)
+    assert re.search(rf"^Error: 401 from http://127\.0\.0\.1:{port}/cds-services/\S+: missing \(request id \S+\)$",
+                     result.stderr, re.M), result.stderr
     assert "DEVELOPMENT MODE" not in result.stderr

@@ -159,6 +159,6 @@ def test_fhir_crawler_carries_the_typed_cause() -> None:
     with responses.RequestsMock() as mock:
         mock.get(f"{BASE}/Patient?_count=100", json=page)
         with pytest.raises(ServerSourceError) as caught:
-            list(ServerPopulation(BASE, ["1234-5"]).patients())
+            list(ServerPopulation(BASE, ["1234-5"]).patient_bundles())
     assert isinstance(caught.value.error, RefusedByPolicy)
     assert "a next link leaves https://ehr.example.org/fhir" in str(caught.value)
