@@ -162,3 +162,19 @@ def test_fhir_crawler_carries_the_typed_cause() -> None:
             list(ServerPopulation(BASE, ["1234-5"]).patient_bundles())
     assert isinstance(caught.value.error, RefusedByPolicy)
     assert "a next link leaves https://ehr.example.org/fhir" in str(caught.value)
+
+
+def test_jwks_fetch_goes_through_the_fhir_client(caplog) -> None:
+    """Authentication's key fetch uses fhir/reader.read_json: a redirect is not followed, and the log says
+    why in the typed error's words (no requests exception text)."""
+    from cds_service.auth.jwks import JWKSCache
+    from cds_service.auth.rejection import AuthenticationError
+
+    jwks_url = "https://ehr.example.org/.well-known/jwks.json"
+    cache = JWKSCache(clock=lambda: 1000.0)
+    with responses.RequestsMock() as mock:
+        mock.get(jwks_url, status=302, headers={"Location": "https://evil.example.org/jwks.json"})
+        with caplog.at_level("WARNING", logger="cds_service.auth.jwks"), pytest.raises(AuthenticationError):
+            cache.get_key(f"url:{jwks_url}", "kid-1")
+        assert len(mock.calls) == 1 and mock.calls[0].request.url == jwks_url
+    assert any("HTTP 302: redirects are not followed" in r.getMessage() for r in caplog.records), caplog.text
