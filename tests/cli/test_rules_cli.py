@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from cds_service.admin.bulk import write_ndjson
 from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
-from cds_service.ruleset.loader import RuleSetError, card_text_problems, load_default_ruleset, load_ruleset
+from cds_service.ruleset.checks import card_text_problems
+from cds_service.ruleset.loader import RuleSetError, load_default_ruleset, load_ruleset
 from cds_service.settings import Settings
 from cds_service.web.app import create_app
 
