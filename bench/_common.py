@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +86,10 @@ class Server:
         return self.process.returncode
 
 
-def start_server(kind: str, *, workers: int | None, threads: int | None, extra_env: dict | None = None) -> Server:
-    """``kind``: "service" (cramp-cds serve --dev) or "baseline" (bench/baseline_app.py), same gunicorn settings."""
+def start_server(kind: str, *, workers: int | None, threads: int | None, extra_env: dict | None = None,
+                 production: "ProductionPath | None" = None) -> Server:
+    """``kind``: "service" (cramp-cds serve --dev, or without --dev on ``production``: signed requests,
+    the replay check, production logging) or "baseline" (bench/baseline_app.py), same gunicorn settings."""
     workdir = Path(tempfile.mkdtemp(prefix=f"cramp-bench-{kind}-"))
     port = free_port()
     options = ["--port", str(port)]
@@ -95,7 +98,8 @@ def start_server(kind: str, *, workers: int | None, threads: int | None, extra_e
     if threads:
         options += ["--threads", str(threads)]
     if kind == "service":
-        command = [sys.executable, "-m", "cds_service.cli.main", "serve", "--dev", *options]
+        dev = [] if production else ["--dev"]
+        command = [sys.executable, "-m", "cds_service.cli.main", "serve", *dev, *options]
         path = SERVICE_PATH
     else:
         command = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), *options]
@@ -106,8 +110,11 @@ def start_server(kind: str, *, workers: int | None, threads: int | None, extra_e
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
         # Not read in development mode; without --dev (a run with client JWTs) the audience is this URL.
         "CRAMP_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        **(production.server_env(workdir) if production else {}),
         **(extra_env or {}),
     }
+    if production:
+        env.pop("CRAMP_DEV_MODE", None)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -156,9 +163,11 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def warm_up(server: Server, bodies: list[bytes], rounds: int = 2) -> None:
+def warm_up(server: Server, bodies: list[bytes], rounds: int = 2, production: "ProductionPath | None" = None) -> None:
     """Every worker imports and compiles what it needs before the timed runs."""
-    results = paced_load(server, bodies, rate=200.0, duration=max(1.0, rounds * len(bodies) / 200.0), threads=8)
+    duration = max(1.0, rounds * len(bodies) / 200.0)
+    tokens = production.tokens(server, int(200 * duration) + 1) if production else None
+    results = paced_load(server, bodies, rate=200.0, duration=duration, threads=8, tokens=tokens)
     if results.errors:
         raise SystemExit(f"warm-up against {server.name}: {results.errors} errors ({results.error_kinds})")
 
@@ -179,13 +188,14 @@ class PacedResult:
 
 
 def paced_load(server: Server, bodies: list[bytes], *, rate: float, duration: float, threads: int = 16,
-               on_window=None, window_seconds: float = 30.0) -> PacedResult:
+               on_window=None, window_seconds: float = 30.0, tokens: list[str] | None = None) -> PacedResult:
     """Send ``rate`` requests per second for ``duration`` seconds at fixed inter-arrival times.
 
     Request i is due at start + i / rate; a pool of threads, each with its own keep-alive connection,
     takes the next due request. Latency counts from the *due* time, so a stalled server cannot hide its
     queueing (no coordinated omission). ``on_window(index, window_result)`` is called every
-    ``window_seconds`` with that window's figures.
+    ``window_seconds`` with that window's figures. ``tokens``: request i carries ``Bearer tokens[i]``
+    (made ahead, one fresh jti each; at least rate x duration of them).
     """
     result = PacedResult(rate, duration)
     total = int(rate * duration)
@@ -218,7 +228,10 @@ def paced_load(server: Server, bodies: list[bytes], *, rate: float, duration: fl
                 time.sleep(delay)
             body = bodies[index % len(bodies)]
             try:
-                connection.request("POST", server.path, body=body, headers={"Content-Type": "application/json"})
+                headers = {"Content-Type": "application/json"}
+                if tokens is not None:
+                    headers["Authorization"] = f"Bearer {tokens[index % len(tokens)]}"
+                connection.request("POST", server.path, body=body, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 error = None if response.status == 200 else f"http_{response.status}"
@@ -258,13 +271,25 @@ local bodies = {}
 for i, p in ipairs(paths) do
   local f = assert(io.open(p, "rb")); bodies[i] = f:read("*a"); f:close()
 end
+-- TOKENS_LIST (optional): one client JWT per line, each sent once (a fresh jti per request).
+local tokens = {}
+local tokens_path = os.getenv("TOKENS_LIST")
+if tokens_path and tokens_path ~= "" then
+  for line in io.lines(tokens_path) do tokens[#tokens + 1] = line end
+end
 local counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, bodies[(counter % #bodies) + 1])
+  local headers = nil
+  if #tokens > 0 then
+    -- past the last token the request goes without one: a 401, counted as an error (never a replay)
+    headers = {["Content-Type"] = "application/json"}
+    if counter <= #tokens then headers["Authorization"] = "Bearer " .. tokens[counter] end
+  end
+  return wrk.format(nil, nil, headers, bodies[(counter % #bodies) + 1])
 end
 
 done = function(summary, latency, requests)
@@ -284,15 +309,20 @@ def have_wrk() -> bool:
     return which("wrk") is not None
 
 
-def run_wrk(server: Server, body_paths: list[Path], *, duration: float, connections: int, threads: int = 1) -> dict:
+def run_wrk(server: Server, body_paths: list[Path], *, duration: float, connections: int, threads: int = 1,
+            tokens: list[str] | None = None) -> dict:
+    """Closed-loop maximum throughput. ``tokens``: one per request, made ahead (run out: 401 errors)."""
     workdir = server.workdir
+    tokens_list = workdir / "tokens.txt"
+    tokens_list.write_text("".join(f"{t}\n" for t in tokens or []))
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     listing = workdir / "bodies.txt"
     listing.write_text("\n".join(str(p) for p in body_paths) + "\n")
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
                "-s", str(script), server.url]
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "BODIES_LIST": str(listing)},
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "BODIES_LIST": str(listing),
+                                                               "TOKENS_LIST": str(tokens_list) if tokens else ""},
                          timeout=duration + 60)
     line = next((l for l in out.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
     if line is None:
@@ -301,3 +331,65 @@ def run_wrk(server: Server, body_paths: list[Path], *, duration: float, connecti
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
     figures["errors"] = sum(figures[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
     return figures
+
+
+# --------------------------------------------------------------------------- the production path
+
+@dataclass
+class ProductionPath:
+    """The service as deployed: no development mode, a trusted client whose signed JWT (ES384, a fresh
+    jti each, made ahead with auth/client_keys.py) every request carries, the replay check on
+    ``replay`` ("database": the card store's database, SQLite unless ``database_url``; or "redis"), and
+    production logging (one JSON ``hook answered`` line per request, no per-request warning)."""
+
+    replay: str = "database"
+    database_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    issuer: str = "https://ehr.bench.example"
+
+    def __post_init__(self) -> None:
+        from cds_service.auth import client_keys
+
+        self._keys = client_keys
+        self._key = client_keys.generate_private_key("ES384")
+
+    @property
+    def name(self) -> str:
+        store = "redis" if self.replay == "redis" else (
+            "postgres" if (self.database_url or "").startswith("postgresql") else "sqlite")
+        return f"prod/{store}"
+
+    def server_env(self, workdir: Path) -> dict[str, str]:
+        import yaml
+
+        (workdir / "jwks.json").write_text(json.dumps(self._keys.public_jwks(self._key)))
+        entry = self._keys.trusted_client_entry(self.issuer, algorithm="ES384", jwks_file="jwks.json")
+        (workdir / "trusted-clients.yaml").write_text(yaml.safe_dump({"clients": [entry]}))
+        env = {"CRAMP_TRUSTED_CLIENTS_FILE": str(workdir / "trusted-clients.yaml"),
+               "CRAMP_PATIENT_KEY_SECRET": "bench-patient-key-secret-0123456789"}
+        if self.database_url:
+            env["CRAMP_DATABASE_URL"] = self.database_url
+        if self.replay == "redis":
+            env["CRAMP_REDIS_URL"] = self.redis_url
+        return env
+
+    def tokens(self, server: Server, count: int) -> list[str]:
+        """``count`` signed tokens for ``server``'s endpoint, made now (they live 5 minutes)."""
+        audience = f"http://127.0.0.1:{server.port}{server.path}"
+        return [self._keys.make_client_token(self._key, issuer=self.issuer, audience=audience) for _ in range(count)]
+
+
+@contextmanager
+def postgres_database(host: str = "127.0.0.1", port: int = 5432):
+    """A fresh PostgreSQL database for one benchmark run (dropped after): its SQLAlchemy URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"cramp_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@{host}:{port}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

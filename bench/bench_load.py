@@ -1,43 +1,117 @@
-"""Load on loopback: the gunicorn-served service against a baseline app on the same stack.
+"""Load on loopback: the gunicorn-served service, on the development and the production paths, against a
+baseline app on the same stack, in one run.
 
-    python bench/bench_load.py [--duration 20] [--connections 16] [--workers N] [--threads N] [--quick]
+    python bench/bench_load.py [--duration 20] [--paced-duration 20] [--connections 16] [--workers N]
+                               [--threads N] [--paths dev,sqlite,redis[,postgres]] [--quick]
 
-Starts, on 127.0.0.1, the service (``cramp-cds serve --dev``: gunicorn with cds_service/serve/gunicorn_conf.py,
-its defaults or CRAMP_WORKERS / CRAMP_THREADS / CRAMP_WORKER_CLASS / CRAMP_KEEPALIVE from the environment,
-unless --workers / --threads) and the baseline (bench/baseline_app.py: the same gunicorn
-settings, a Flask view that only parses the body with the same JSON library and returns a fixed card).
-Both get patient-view requests with full prefetch built from the 31 Synthea patients, round robin.
+Starts, on 127.0.0.1, the baseline (bench/baseline_app.py: the same gunicorn settings, a Flask view that only
+parses the body with the same JSON library and returns a fixed card) and, one after the other, the service
+(``cramp-cds serve``: gunicorn with cds_service/serve/gunicorn_conf.py, its defaults or CRAMP_WORKERS /
+CRAMP_THREADS / CRAMP_WORKER_CLASS / CRAMP_KEEPALIVE from the environment, unless --workers / --threads) on
+each path of --paths:
 
-1. Maximum throughput: ``wrk`` (closed loop, --connections connections, one wrk thread) against each:
-   requests/s and p50 / p95 / p99; the ratio service / baseline (target >= 0.25).
-2. Half the service's maximum throughput, paced (open loop, fixed inter-arrival times, latency counted
-   from each request's due time), against each: p50 / p95 / p99 (target: service p99 < 50 ms).
+- ``dev``: development mode (``--dev``: no authentication, a warning per request);
+- ``sqlite``, ``postgres``, ``redis``: the production path: no --dev, every request signed (ES384 client
+  JWT, a fresh jti each, made ahead with auth/client_keys.py, so signing is not timed), the replay check on
+  the card store's database (SQLite file; PostgreSQL on 127.0.0.1:5432, a fresh database dropped after)
+  or on Redis (127.0.0.1:6379), production logging (JSON lines, one ``hook answered`` per request).
+
+All get patient-view requests with full prefetch built from the 31 Synthea patients, round robin.
+Per path:
+
+1. Maximum throughput: ``wrk`` (closed loop, --connections connections, one wrk thread): requests/s and
+   p50 / p95 / p99; the ratio service / baseline (the baseline's wrk run is once per run).
+2. Half that path's maximum, paced (open loop, fixed inter-arrival times, latency counted from each
+   request's due time), against the service and then the baseline at the same rate: p50 / p95 / p99, the
+   p99 ratio (targets: service p99 <= 2x the baseline's and < 50 ms).
 3. The RSS of each service worker at the end (target: none above 250 MB).
 
---quick: a ~5 s smoke run (short phases, fewer patients). Exit status 1 when a request failed.
+A table at the end shows every path's throughput and paced p99 ratios beside each other.
+--quick: a smoke run (1 s phases, fewer patients). Exit status 1 when a request failed.
 Needs ``wrk`` (Debian: apt-get install wrk).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    have_wrk, paced_load, rss_mib, run_wrk, start_server, synthea_bodies, warm_up, write_bodies,
+    ProductionPath, have_wrk, paced_load, postgres_database, rss_mib, run_wrk, start_server, synthea_bodies,
+    warm_up, write_bodies,
 )
 
+PATHS = ("dev", "sqlite", "postgres", "redis")
 TARGET_RATIO = 0.25
 TARGET_P99_MS = 50.0
+TARGET_P99_RATIO = 2.0
 TARGET_RSS_MB = 250.0
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:6.2f} ms"
+
+
+def _line(name: str, figures: dict) -> str:
+    return (f"   {name:14s} {figures['rps']:8.1f} req/s   p50 {figures['p50_us'] / 1000:6.2f} ms"
+            f"   p95 {figures['p95_us'] / 1000:6.2f} ms   p99 {figures['p99_us'] / 1000:6.2f} ms"
+            f"   errors {figures['errors']}")
+
+
+def measure_path(path: str, production: ProductionPath | None, args, bodies, body_paths, baseline,
+                 baseline_peak: dict, expected_rps: float) -> tuple[dict, bool]:
+    """One service path against the baseline: its max throughput, then paced at half of it (both)."""
+    failed = False
+    service = start_server("service", workers=args.workers, threads=args.threads, production=production)
+    service.name = f"service {path}"
+    try:
+        warm_up(service, bodies, rounds=1 if args.quick else 3, production=production)
+        print(f"\n== {service.name}")
+        tokens = production.tokens(service, int(expected_rps * 1.5 * args.duration) + 200) if production else None
+        figures = run_wrk(service, body_paths, duration=args.duration, connections=args.connections, tokens=tokens)
+        failed |= figures["errors"] > 0
+        print(f"1. maximum throughput (wrk, {args.duration:.0f} s)")
+        print(_line(service.name, figures))
+        print(_line("baseline", baseline_peak))
+        ratio = figures["rps"] / baseline_peak["rps"]
+        print(f"   ratio service / baseline throughput: {ratio:.2f}  (target >= {TARGET_RATIO})"
+              f"  {'OK' if ratio >= TARGET_RATIO else 'MISSED'}")
+
+        rate = figures["rps"] / 2
+        print(f"2. paced at half its maximum: {rate:.1f} req/s, {args.paced_duration:.0f} s each "
+              "(latency from each request's due time)")
+        paced = {}
+        for server in (service, baseline):
+            tokens = production.tokens(server, int(rate * args.paced_duration) + 1) \
+                if production and server is service else None
+            result = paced_load(server, bodies, rate=rate, duration=args.paced_duration, tokens=tokens)
+            paced[server.name] = result
+            failed |= result.errors > 0
+            print(f"   {server.name:14s} sent {result.sent:6d}   p50 {ms(result.p(0.5))}   p95 {ms(result.p(0.95))}"
+                  f"   p99 {ms(result.p(0.99))}   errors {result.errors} {result.error_kinds or ''}")
+        p99 = paced[service.name].p(0.99) * 1000
+        p99_ratio = p99 / (paced["baseline"].p(0.99) * 1000)
+        print(f"   service p99 {p99:.2f} ms  (target < {TARGET_P99_MS:.0f} ms)"
+              f"  {'OK' if p99 < TARGET_P99_MS else 'MISSED'}; p99 ratio service / baseline {p99_ratio:.2f}"
+              f"  (target <= {TARGET_P99_RATIO:.0f})  {'OK' if p99_ratio <= TARGET_P99_RATIO else 'MISSED'}")
+
+        rss = [r for r in (rss_mib(pid) for pid in service.worker_pids()) if r is not None]
+        print(f"3. service worker RSS: {', '.join(f'{r:.0f}' for r in rss)} MiB; max {max(rss):.0f} MiB"
+              f"  (target <= {TARGET_RSS_MB:.0f} MB)  {'OK' if max(rss) * 1.048576 <= TARGET_RSS_MB else 'MISSED'}")
+        row = {"path": path, "rps": figures["rps"], "ratio": ratio, "rate": rate, "p99": p99,
+               "baseline_p99": paced["baseline"].p(0.99) * 1000, "p99_ratio": p99_ratio}
+    finally:
+        code = service.stop()
+        if code != 0:
+            print(f"{service.name} exited with {code}; log: {service.log_path}", file=sys.stderr)
+            failed = True
+    return row, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections [16]")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers [gunicorn_conf: cores + 1]")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker [gunicorn_conf]")
-    parser.add_argument("--quick", action="store_true", help="a ~5 s smoke run")
+    parser.add_argument("--paths", default="dev,sqlite,redis",
+                        help=f"service paths to measure, comma-separated, of {', '.join(PATHS)} [dev,sqlite,redis]")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if unknown := [p for p in paths if p not in PATHS]:
+        parser.error(f"--paths: unknown {', '.join(unknown)} (expected {', '.join(PATHS)})")
     if args.quick:
         args.duration, args.paced_duration = 1.0, 1.0
     if not have_wrk():
@@ -58,64 +137,52 @@ def main(argv: list[str] | None = None) -> int:
     bodies = synthea_bodies(limit=8 if args.quick else None)
     body_paths = write_bodies(bodies, Path(tempfile.mkdtemp(prefix="cramp-bench-bodies-")))
     mean_kib = sum(map(len, bodies)) / len(bodies) / 1024
-    servers = []
     failed = False
+    rows = []
+    baseline = start_server("baseline", workers=args.workers, threads=args.threads)
     try:
-        service = start_server("service", workers=args.workers, threads=args.threads)
-        servers.append(service)
-        baseline = start_server("baseline", workers=args.workers, threads=args.threads)
-        servers.append(baseline)
-        workers = len(service.worker_pids())
         from cds_service.serve import gunicorn_conf  # the settings both servers start with (same environment)
 
         conf = gunicorn_conf.build()
-        threads = args.threads or conf["threads"]
         print(f"bodies: {len(bodies)} Synthea patients, mean {mean_kib:.0f} KiB; gunicorn per server: "
-              f"{workers} {conf['worker_class']} workers x {threads} thread(s), keepalive {conf['keepalive']} s, "
-              f"max_requests {conf['max_requests']}; wrk -c{args.connections} -t1")
-        for server in (service, baseline):
-            warm_up(server, bodies, rounds=1 if args.quick else 3)
-
-        print(f"\n1. maximum throughput (wrk, {args.duration:.0f} s each)")
-        peak = {}
-        for server in (service, baseline):
-            figures = run_wrk(server, body_paths, duration=args.duration, connections=args.connections)
-            peak[server.name] = figures
-            failed |= figures["errors"] > 0
-            print(f"   {server.name:8s} {figures['rps']:8.1f} req/s   p50 {figures['p50_us'] / 1000:6.2f} ms"
-                  f"   p95 {figures['p95_us'] / 1000:6.2f} ms   p99 {figures['p99_us'] / 1000:6.2f} ms"
-                  f"   errors {figures['errors']}")
-        ratio = peak["service"]["rps"] / peak["baseline"]["rps"]
-        print(f"   ratio service / baseline throughput: {ratio:.2f}  (target >= {TARGET_RATIO})"
-              f"  {'OK' if ratio >= TARGET_RATIO else 'MISSED'}")
-
-        rate = peak["service"]["rps"] / 2
-        print(f"\n2. paced at half the service's maximum: {rate:.1f} req/s, {args.paced_duration:.0f} s each "
-              "(latency from each request's due time)")
-        paced = {}
-        for server in (service, baseline):
-            result = paced_load(server, bodies, rate=rate, duration=args.paced_duration)
-            paced[server.name] = result
-            failed |= result.errors > 0
-            print(f"   {server.name:8s} sent {result.sent:6d}   p50 {ms(result.p(0.5))}   p95 {ms(result.p(0.95))}"
-                  f"   p99 {ms(result.p(0.99))}   errors {result.errors} {result.error_kinds or ''}")
-        p99_ms = paced["service"].p(0.99) * 1000
-        print(f"   service p99 {p99_ms:.2f} ms  (target < {TARGET_P99_MS:.0f} ms)"
-              f"  {'OK' if p99_ms < TARGET_P99_MS else 'MISSED'}")
-
-        rss = [rss_mib(pid) for pid in service.worker_pids()]
-        rss = [r for r in rss if r is not None]
-        print(f"\n3. service worker RSS: {', '.join(f'{r:.0f}' for r in rss)} MiB; max {max(rss):.0f} MiB"
-              f"  (target <= {TARGET_RSS_MB:.0f} MB)  {'OK' if max(rss) * 1.048576 <= TARGET_RSS_MB else 'MISSED'}")
+              f"{len(baseline.worker_pids())} {conf['worker_class']} workers x {args.threads or conf['threads']} "
+              f"thread(s), keepalive {conf['keepalive']} s, max_requests {conf['max_requests']}; "
+              f"wrk -c{args.connections} -t1; load average {os.getloadavg()[0]:.2f}")
+        warm_up(baseline, bodies, rounds=1 if args.quick else 3)
+        baseline_peak = run_wrk(baseline, body_paths, duration=args.duration, connections=args.connections)
+        failed |= baseline_peak["errors"] > 0
+        expected_rps = baseline_peak["rps"] / 2  # tokens to make for a production wrk run, until one is known
+        for path in paths:
+            with _production(path) as production:
+                row, path_failed = measure_path(path, production, args, bodies, body_paths, baseline,
+                                                baseline_peak, expected_rps)
+            failed |= path_failed
+            rows.append(row)
+            expected_rps = max(row["rps"], 50.0)
     finally:
-        for server in servers:
-            code = server.stop()
-            if code != 0:
-                print(f"{server.name} exited with {code}; log: {server.log_path}", file=sys.stderr)
-                failed = True
+        if baseline.stop() != 0:
+            print(f"baseline exited with an error; log: {baseline.log_path}", file=sys.stderr)
+            failed = True
+
+    print(f"\nsummary (baseline max {baseline_peak['rps']:.1f} req/s; load average now {os.getloadavg()[0]:.2f})")
+    print(f"   {'path':10s} {'req/s':>8s} {'ratio':>6s} {'paced at':>9s} {'p99':>9s} {'baseline p99':>13s} {'p99 ratio':>9s}")
+    for row in rows:
+        print(f"   {row['path']:10s} {row['rps']:8.1f} {row['ratio']:6.2f} {row['rate']:7.1f}/s {row['p99']:6.2f} ms"
+              f" {row['baseline_p99']:10.2f} ms {row['p99_ratio']:9.2f}")
     if failed:
         print("FAILED: some requests failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+@contextmanager
+def _production(path: str):
+    if path == "dev":
+        yield None
+    elif path == "postgres":
+        with postgres_database() as url:
+            yield ProductionPath(replay="database", database_url=url)
+    else:
+        yield ProductionPath(replay=path if path == "redis" else "database")
 
 
 if __name__ == "__main__":

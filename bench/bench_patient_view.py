@@ -1,12 +1,17 @@
-"""In-process time per patient-view request over the shared Synthea patients.
+"""In-process time per patient-view request over the shared Synthea patients, on the development and the
+production paths.
 
-    python bench/bench_patient_view.py [--rounds 20] [--quick]
+    python bench/bench_patient_view.py [--rounds 20] [--paths dev,sqlite,redis] [--quick]
 
 Each round sends every patient once through the Flask test client (full HTTP handling: JSON parsing,
 validation with fhir.resources, facts, rules, cards, response serialisation), with the clock at the
-data's last date. The baseline, measured in the same process on the same bodies, is ``json.loads`` of
-the request body plus ``json.dumps`` of a fixed card: the floor any JSON service pays. Prints p50 / p99
-per request and the ratio to the baseline.
+data's last date. Paths: ``dev`` (development mode, its per-request warning not logged), ``sqlite`` and
+``redis``: the production path (no development mode; each request carries a signed ES384 client JWT
+with a fresh jti, made ahead with auth/client_keys.py; the replay check on the SQLite card store or on
+Redis at 127.0.0.1:6379; logging as in production: JSON lines at INFO, written to /dev/null here).
+The baseline, measured in the same process on the same bodies, interleaved with the service's requests,
+is ``json.loads`` of the request body plus ``json.dumps`` of a fixed card: the floor any JSON service
+pays. Prints p50 / p99 per request per path and the ratio to the baseline.
 """
 
 from __future__ import annotations
@@ -14,14 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from cds_service.admin.population import iter_bundle_files, latest_record_date
+from cds_service.auth import client_keys
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
 from cds_service.web.app import create_app
+from cds_service.web.logs import configure_logging
 
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea-r4"
 FIXED_CARD = {"cards": [{"summary": "baseline", "indicator": "info", "source": {"label": "bench"}}]}
@@ -32,38 +43,80 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+PATHS = ("dev", "sqlite", "redis")
+BASE_URL = "http://bench.example"
+SERVICE = "/cds-services/leg-cramp-patient-view"
+ISSUER = "https://ehr.bench.example"
+
+
+def production_settings(path: str, workdir: Path, key) -> Settings:
+    (workdir / "jwks.json").write_text(json.dumps(client_keys.public_jwks(key)))
+    entry = client_keys.trusted_client_entry(ISSUER, algorithm="ES384", jwks_file="jwks.json")
+    (workdir / "trusted-clients.yaml").write_text(yaml.safe_dump({"clients": [entry]}))
+    return Settings(trusted_clients_path=workdir / "trusted-clients.yaml", public_base_urls=BASE_URL,
+                    database_url=f"sqlite:///{workdir / 'cards.sqlite3'}",
+                    patient_key_secret="bench-patient-key-secret-0123456789",
+                    redis_url="redis://127.0.0.1:6379/0" if path == "redis" else None)
+
+
+def measure(path: str, bodies: list[bytes], rounds: int, as_of: str) -> tuple[list[float], list[float]]:
+    """Per-request seconds of the service on ``path`` and of the baseline, interleaved."""
+    clock = fixed_clock(f"{as_of}T12:00:00Z")
+    tokens: list[str] = []
+    if path == "dev":
+        logging.disable(logging.WARNING)  # development mode warns on every request
+        app = create_app(Settings(development_mode=True), clock=clock)
+    else:
+        logging.disable(logging.NOTSET)
+        configure_logging("INFO")
+        logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # production lines, not shown
+        key = client_keys.generate_private_key("ES384")
+        app = create_app(production_settings(path, Path(tempfile.mkdtemp(prefix="cramp-bench-pv-")), key))
+        # Made ahead (signing is the client's cost); the JWT's iat/exp are checked against the real time.
+        tokens = [client_keys.make_client_token(key, issuer=ISSUER, audience=BASE_URL + SERVICE)
+                  for _ in range(rounds * len(bodies) + 1)]
+    client = app.test_client()
+    service, baseline = [], []
+    for index in range(rounds * len(bodies)):
+        body = bodies[index % len(bodies)]
+        headers = {"Authorization": f"Bearer {tokens[index]}"} if tokens else {}
+        started = time.perf_counter()
+        response = client.post(SERVICE, data=body, content_type="application/json", headers=headers,
+                               base_url=BASE_URL)
+        service.append(time.perf_counter() - started)
+        assert response.status_code == 200, (path, response.status_code, response.get_data(as_text=True)[:500])
+        started = time.perf_counter()
+        json.loads(body)
+        json.dumps(FIXED_CARD)
+        baseline.append(time.perf_counter() - started)
+    return service, baseline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--paths", default="dev,sqlite,redis", help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--quick", action="store_true", help="one round: a smoke run")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
-    logging.disable(logging.WARNING)  # development mode warns on every request
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if unknown := [p for p in paths if p not in PATHS]:
+        parser.error(f"--paths: unknown {', '.join(unknown)}")
 
     records = list(iter_bundle_files([SYNTHEA]))
     as_of = max(latest_record_date(r) for r in records)
     bodies = [json.dumps(r.hook_request()).encode() for r in records]
-    client = create_app(Settings(development_mode=True), clock=fixed_clock(f"{as_of}T12:00:00Z")).test_client()
-
-    service, baseline = [], []
-    for _ in range(rounds):
-        for body in bodies:
-            started = time.perf_counter()
-            response = client.post("/cds-services/leg-cramp-patient-view", data=body, content_type="application/json")
-            service.append(time.perf_counter() - started)
-            assert response.status_code == 200, response.get_data(as_text=True)
-            started = time.perf_counter()
-            json.loads(body)
-            json.dumps(FIXED_CARD)
-            baseline.append(time.perf_counter() - started)
 
     def ms(value: float) -> str:
         return f"{value * 1000:.2f} ms"
 
-    print(f"patients {len(bodies)} x rounds {rounds} = {len(service)} requests; mean body {statistics.mean(map(len, bodies)) / 1024:.0f} KiB")
-    print(f"service  p50 {ms(percentile(service, 0.5))}  p99 {ms(percentile(service, 0.99))}")
-    print(f"baseline p50 {ms(percentile(baseline, 0.5))}  p99 {ms(percentile(baseline, 0.99))}  (json.loads + dumps)")
-    print(f"ratio p50 {percentile(service, 0.5) / percentile(baseline, 0.5):.1f}x")
+    print(f"patients {len(bodies)} x rounds {rounds} = {rounds * len(bodies)} requests per path; "
+          f"mean body {statistics.mean(map(len, bodies)) / 1024:.0f} KiB; load average {os.getloadavg()[0]:.2f}")
+    for path in paths:
+        service, baseline = measure(path, bodies, rounds, as_of)
+        print(f"{path:7s} service  p50 {ms(percentile(service, 0.5))}  p99 {ms(percentile(service, 0.99))}   "
+              f"baseline p50 {ms(percentile(baseline, 0.5))}  p99 {ms(percentile(baseline, 0.99))}"
+              f"  (json.loads + dumps)   ratio p50 {percentile(service, 0.5) / percentile(baseline, 0.5):.1f}x")
 
 
 if __name__ == "__main__":

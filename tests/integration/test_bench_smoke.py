@@ -42,6 +42,13 @@ def test_bench_scaling_quick(shared_dir):
 def test_bench_patient_view_quick(shared_dir):
     out = _run("bench_patient_view.py", "--quick")
     assert "baseline" in out and "ratio" in out
+    # the development path and the production path (signed requests, replay check on SQLite and Redis)
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["dev", "sqlite", "redis"]
+
+
+def test_bench_simulate_quick(shared_dir):
+    out = _run("bench_simulate.py", "--quick", timeout=120)
+    assert "baseline json.loads" in out and "jobs=1" in out and "jobs=2" in out and "patients/s" in out
 
 
 def test_bench_load_quick(shared_dir):
@@ -49,9 +56,12 @@ def test_bench_load_quick(shared_dir):
         if os.environ.get("CRAMP_REQUIRE_WRK") == "1":
             pytest.fail("wrk is required (CRAMP_REQUIRE_WRK=1) but not installed: apt-get install wrk")
         pytest.skip("wrk not installed (apt-get install wrk); set CRAMP_REQUIRE_WRK=1 to make this a failure")
-    out = _run("bench_load.py", "--quick", "--workers", "2", "--threads", "2", timeout=90)
+    out = _run("bench_load.py", "--quick", "--workers", "2", "--threads", "2", "--paths", "dev,sqlite,redis,postgres",
+               timeout=150)
     assert "ratio service / baseline throughput" in out
-    assert "service p99" in out and "worker RSS" in out
+    assert "service p99" in out and "worker RSS" in out and "p99 ratio service / baseline" in out
+    summary = out[out.index("summary"):].splitlines()[2:]
+    assert [row.split()[0] for row in summary] == ["dev", "sqlite", "redis", "postgres"]  # errors 0: exit 0
 
 
 def test_soak_quick(shared_dir):
