@@ -228,6 +228,17 @@ def _stop_group(process: subprocess.Popen) -> None:
         pass
 
 
+def test_an_unmarked_block_that_cannot_run_here_fails(tmp_path: Path) -> None:
+    """What an unmarked Docker example would do: the runner fails it, naming the block."""
+    sandbox = Sandbox(tmp_path)
+    block = Block("README.md", 1, "sh", "docker build -t leg-cramp-cds .\n", "run", "")
+    sandbox.env["PATH"] = f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin"  # no Docker CLI (this one has /usr/local/bin/docker)
+    if shutil.which("docker", path=sandbox.env["PATH"]):
+        pytest.skip("docker is in /usr/bin here")
+    with pytest.raises(AssertionError, match=r"README.md:1 exited 127"):
+        sandbox.run(block)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_the_docs_commands_run_against_loopback_servers(doc: str, tmp_path: Path) -> None:
