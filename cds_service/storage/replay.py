@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from cds_service.engine.observer import NULL_OBSERVER, StorageObserver
+from cds_service.settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,17 @@ class RedisReplayCache:
         self._prefix = prefix
         self._clock = clock
         self._errors = _redis_errors()
+
+    @classmethod
+    def from_url(cls, url: str) -> "RedisReplayCache":
+        """On the Redis at ``url`` (CRAMP_REDIS_URL), with short timeouts: a Redis that does not answer costs a
+        call half a second, then the fallback answers. Raises ``SettingsError`` without the redis package."""
+        try:
+            import redis
+        except ImportError:
+            raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
+                                "(pip install 'leg-cramp-cds[redis]')") from None
+        return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5))
 
     def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
         ttl = max(1, math.ceil(expires_at - self._clock()))

@@ -102,13 +102,7 @@ def _build_replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
     """JWT ids already used, shared by every replica: Redis when configured, else the database; this
     process's memory while that store does not answer (replay.FallbackReplayCache)."""
     if settings.redis_url:
-        try:
-            import redis
-        except ImportError:
-            raise SettingsError("CRAMP_REDIS_URL is set but the redis package is not installed "
-                                "(pip install 'leg-cramp-cds[redis]')") from None
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return FallbackReplayCache(RedisReplayCache(client), "redis", observer=store.observer)
+        return FallbackReplayCache(RedisReplayCache.from_url(settings.redis_url), "redis", observer=store.observer)
     return FallbackReplayCache(store, "database", observer=store.observer)
 
 
