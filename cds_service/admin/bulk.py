@@ -105,11 +105,13 @@ def read_ndjson(paths: list[Path]) -> Iterator[PatientRecord]:
                     owner = _patient_id(resource.get("subject")) or _patient_id(resource.get("patient"))
                     if owner is not None:
                         by_patient.setdefault(owner, []).append(resource)
-    for source, patient in patients:
-        resources = by_patient.get(str(patient["id"]), [])
-        wanted = {ref for r in resources for ref in _medication_refs(r)}
-        entries = [patient, *resources, *(medications[m] for m in sorted(wanted) if m in medications)]
-        yield record_from_resources(entries, source)
+        records = []
+        for source, patient in patients:
+            resources = by_patient.get(str(patient["id"]), [])
+            wanted = {ref for r in resources for ref in _medication_refs(r)}
+            entries = [patient, *resources, *(medications[m] for m in sorted(wanted) if m in medications)]
+            records.append(record_from_resources(entries, source))
+    yield from records
 
 
 def write_ndjson(records: list[dict[str, Any]], folder: Path) -> list[Path]:

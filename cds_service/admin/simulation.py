@@ -289,8 +289,12 @@ def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[R
             yield _run_task(task, engines)
         return
     chunk = max(1, min(32, len(tasks) // (jobs * 8)))
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(rule_paths, as_of)) as pool:
-        yield from pool.map(_run_task, tasks, chunksize=chunk)
+    gc.freeze()  # the tasks (all their records) live through the run: no collection need rescan them
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(rule_paths, as_of)) as pool:
+            yield from pool.map(_run_task, tasks, chunksize=chunk)
+    finally:
+        gc.unfreeze()
 
 
 def simulate(rule_paths: list[str | None], rule_sets: list[RuleSet], tasks: list[Task], as_of: date,
