@@ -79,8 +79,13 @@ class NotAString(ValueError):
     """A date element sent as another JSON type; ``str()`` is its location, never its value."""
 
 
-def _validate(resource_type: str, raw: dict[str, Any]) -> Any:
-    """``raw`` as a fhir.resources model, validating only the elements that facts.py reads."""
+# What validating a client's resource may raise: each means "skip this record, say why" (never a 500).
+INVALID_RESOURCE = (ValidationError, ValueError, TypeError, RecursionError)
+
+
+def validate_resource(resource_type: str, raw: dict[str, Any]) -> Any:
+    """``raw`` as a fhir.resources model, validating only the elements that facts.py reads; raises one of
+    ``INVALID_RESOURCE`` (``invalid_reason`` says it without the value)."""
     if PROJECT:
         keep = READ_ELEMENTS[resource_type]
         raw = {key: value for key, value in raw.items() if key in keep}
@@ -200,8 +205,8 @@ def _parse_patient(patient_id: str, raws: list[dict[str, Any]]) -> Any:
             "prefetch.patient is a different patient than context.patientId.", expression="prefetch.patient"
         )
     try:
-        return _validate("Patient", raw)
-    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
+        return validate_resource("Patient", raw)
+    except INVALID_RESOURCE as exc:
         raise InvalidPatient(
             f"prefetch.patient is not a valid FHIR R4 Patient ({_field_of(exc)}).", expression="prefetch.patient"
         ) from None
@@ -237,14 +242,13 @@ def _add_resource(
     if resource_id != "?" and identity in seen:
         return  # the same record sent under two keys counts once
     seen.add(identity)
-    if _is_other_patient(raw, patient_id):
+    if is_other_patient(raw, patient_id):
         chart.skipped.append(SkippedRecord(resource_type, resource_id, "refers to another patient"))
         return
     try:
-        resource = _validate(resource_type, raw)
-    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
-        reason = f"invalid FHIR R4 ({_field_of(exc)})"
-        chart.skipped.append(SkippedRecord(resource_type, resource_id, reason))
+        resource = validate_resource(resource_type, raw)
+    except INVALID_RESOURCE as exc:
+        chart.skipped.append(SkippedRecord(resource_type, resource_id, invalid_reason(exc)))
         return
     if resource_type == "Medication":
         chart.medications[f"Medication/{resource_id}"] = resource
@@ -304,7 +308,8 @@ def _is_stale_quantity(raw: dict[str, Any], stale_before: Mapping[tuple[str, str
     return when is not None and all(when < cutoff for cutoff in cutoffs)
 
 
-def _is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
+def is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
+    """The resource's subject or patient reference names another patient than ``patient_id``."""
     for field_name in ("subject", "patient"):
         ref = raw.get(field_name)
         if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
@@ -327,6 +332,11 @@ def log_skipped(skipped: list[SkippedRecord], **context: Any) -> None:
     if skipped:
         log.warning("records skipped", extra={**context, "skipped_records": len(skipped),
                                               "skipped_by_type_and_reason": skipped_counts(skipped)})
+
+
+def invalid_reason(exc: Exception) -> str:
+    """A skipped record's reason: ``invalid FHIR R4 (<first failing field>: <error type>)``."""
+    return f"invalid FHIR R4 ({_field_of(exc)})"
 
 
 def _field_of(exc: Exception) -> str:

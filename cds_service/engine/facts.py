@@ -333,7 +333,9 @@ def _medication_concept(resource: Any, chart: Chart) -> Any:
     return getattr(medication, "code", None) if medication is not None else None
 
 
-def _medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: date) -> MedicationRecord:
+def medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: date) -> MedicationRecord:
+    """One MedicationRequest or MedicationStatement as a ``MedicationRecord`` (``chart`` resolves a
+    ``medicationReference``); orders.py reads the order hooks' draft orders with it."""
     concept = _medication_concept(resource, chart)
     codings = codings_of(concept)
     match = drugs.match_medication(codings, getattr(concept, "text", None) if concept else None)
@@ -348,12 +350,6 @@ def _medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: Dru
         counted=_is_current_medication(resource, ruleset, today),
         by_ingredient=match.by_ingredient if match else (),
     )
-
-
-def medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: date) -> MedicationRecord:
-    """One MedicationRequest or MedicationStatement as a ``MedicationRecord`` (``chart`` resolves a
-    ``medicationReference``); orders.py reads the order hooks' draft orders with it."""
-    return _medication_record(resource, chart, ruleset, drugs, today)
 
 
 def _is_current_medication(resource: Any, ruleset: RuleSet, today: date) -> bool:
@@ -599,7 +595,7 @@ def _patient_records(chart: Chart, ruleset: RuleSet, drugs: DrugTable, today: da
         age_years=age_in_years(birth, today),
         conditions=tuple(_condition_record(c, ruleset, today) for c in chart.conditions),
         medications=tuple(
-            _medication_record(m, chart, ruleset, drugs, today)
+            medication_record(m, chart, ruleset, drugs, today)
             for m in [*chart.medication_requests, *chart.medication_statements]
         ),
         observations=observations,

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cds_service.engine.orders import MAX_IDENTIFIER, check_order_context
 from cds_service.errors import BadRequest
+from cds_service.hooks.order_context import MAX_IDENTIFIER, check_order_context
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
 MAX_HOOK_INSTANCE = 128
@@ -48,7 +48,7 @@ class HookContext(_Wire):
     encounterId: str | None = Field(default=None, max_length=MAX_IDENTIFIER)
     # order hooks only; validated by hook in ``parse_hook_request``
     draftOrders: dict[str, Any] | None = None
-    selections: list[Any] | None = None  # entries checked by orders.check_order_context (naming selections[i])
+    selections: list[Any] | None = None  # entries checked by order_context.check_order_context (naming selections[i])
 
 
 class HookRequest(_Wire):
