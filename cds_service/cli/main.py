@@ -153,7 +153,7 @@ def main(ctx: click.Context) -> None:
     "--threads",
     type=click.IntRange(1, 64),  # = gunicorn_conf.THREADS_RANGE
     default=None,
-    help="Threads per worker. [default: CRAMP_THREADS, else 1]",
+    help="Threads per worker. [default: CRAMP_THREADS, else 8]",
 )
 @click.option(
     "--dev",

@@ -65,6 +65,7 @@ def create_app(
     store = _build_store(settings, clock, metrics.metrics_of(app))  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
     app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, metrics.metrics_of(app))
+    metrics.metrics_of(app).ruleset_serving(app.extensions["leg_cramp_engine"].ruleset.version)  # build info
     if engine is None and settings.rules_path:
         _register_rules_reload(app, settings.rules_path)
     CORS(
@@ -130,6 +131,7 @@ def _register_authentication(app: Flask, settings: Settings) -> None:
         except AuthenticationError as exc:
             log.warning("CDS client rejected",
                         extra={"reason": exc.reason, "category": exc.category, "path": request.path})
+            metrics.metrics_of(app).auth_rejected(exc.category)
             return Response(status=401, headers={"WWW-Authenticate": www_authenticate(exc.category)})
         request.environ["leg_cramp.client"] = client.issuer
         return None
@@ -158,8 +160,10 @@ def _register_rules_reload(app: Flask, path: Path) -> None:
     (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md)."""
     def build(ruleset: RuleSet) -> Engine:
         old = switch.engine
-        return Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
-                      max_resources=old.max_resources, observer=old.observer)
+        engine = Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
+                        max_resources=old.max_resources, observer=old.observer)
+        metrics.metrics_of(app).ruleset_serving(ruleset.version)
+        return engine
 
     switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
     app.extensions["leg_cramp_engines"] = switch
