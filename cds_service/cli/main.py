@@ -27,10 +27,10 @@ import click
 from cds_service import __version__
 from cds_service.settings import Settings, SettingsError
 
-if TYPE_CHECKING:
-    from flask import Flask
+if TYPE_CHECKING:  # the app is a WSGI callable to the CLI: only web/ imports Flask (ARCHITECTURE.md)
+    from _typeshed.wsgi import WSGIApplication
 
-AppFactory = Callable[[], "Flask"]
+AppFactory = Callable[[], "WSGIApplication"]
 ServerRunner = Callable[[AppFactory, Mapping[str, Any]], None]
 
 DEV_MODE_WARNING = """\
@@ -64,7 +64,7 @@ def run_gunicorn(app_factory: AppFactory, options: Mapping[str, Any]) -> None:
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)
 
-        def load(self) -> "Flask":
+        def load(self) -> "WSGIApplication":
             return app_factory()
 
     _Server(prog="cramp-cds serve").run()
@@ -96,7 +96,7 @@ class CliContext:
             raise ConfigurationError(str(error)) from None
 
 
-def _build_app(settings: Settings) -> "Flask":
+def _build_app(settings: Settings) -> "WSGIApplication":
     from cds_service.auth.trusted_clients import TrustedClientsError
     from cds_service.ruleset.loader import RuleSetError
     from cds_service.web.app import create_app
