@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, TypeAdapter
+
+from cds_service.ruleset.card_ids import (CONSERVATIVE_CARE, ELEVATED_CRAMP_RISK, LEGACY_DRUG_ORDER, POSSIBLE_DVT,
+                                          QUININE_FOR_CRAMPS, UNTREATED_DVT, VENOUS_DUPLEX_WORKUP)
 
 SHARED_FILES = ("common.yaml", "advice.yaml")
 
@@ -140,7 +143,7 @@ class _Card(_Text):
 
 
 class PossibleDvtText(_Card):
-    kind: Literal["possible-dvt"]
+    kind: str
     intro: str
     pathways: dict[str, str]
     wells_found: str
@@ -152,7 +155,7 @@ class PossibleDvtText(_Card):
 
 
 class UntreatedDvtText(_Card):
-    kind: Literal["untreated-dvt"]
+    kind: str
     summary_not_checked: str
     intro: str
     medications_read: str
@@ -162,7 +165,7 @@ class UntreatedDvtText(_Card):
 
 
 class VenousText(_Card):
-    kind: Literal["venous-duplex-workup"]
+    kind: str
     intro: str
     score_label: str
     cramps: str
@@ -171,7 +174,7 @@ class VenousText(_Card):
 
 
 class ConservativeText(_Card):
-    kind: Literal["conservative-care"]
+    kind: str
     intro: str
     score_label: str
     no_items: str
@@ -179,13 +182,13 @@ class ConservativeText(_Card):
 
 
 class RiskText(_Card):
-    kind: Literal["elevated-cramp-risk"]
+    kind: str
     intro: str
     score_label: str
 
 
 class QuinineText(_Card):
-    kind: Literal["quinine-for-cramps"]
+    kind: str
     intro: str
     advice: str
     cramps_known: str
@@ -202,7 +205,7 @@ class DrugClassText(_Text):
 
 
 class DrugOrderText(_Card):
-    kind: Literal["cramp-associated-drug-order"]
+    kind: str
     intro: str
     cramps: str
     advice: str
@@ -210,9 +213,23 @@ class DrugOrderText(_Card):
     drug_classes: dict[str, str]  # drug-table class -> name in the orders table
 
 
+def _kind_of(value: Any) -> Any:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+# A card file's ``kind`` picks its model: the card's id (card_ids), and for the three drug-order cards the
+# id of the card they were split from, whose wording model they share.
 CardText = Annotated[
-    Union[PossibleDvtText, UntreatedDvtText, VenousText, ConservativeText, RiskText, QuinineText, DrugOrderText],
-    Field(discriminator="kind"),
+    Union[
+        Annotated[PossibleDvtText, Tag(POSSIBLE_DVT)],
+        Annotated[UntreatedDvtText, Tag(UNTREATED_DVT)],
+        Annotated[VenousText, Tag(VENOUS_DUPLEX_WORKUP)],
+        Annotated[ConservativeText, Tag(CONSERVATIVE_CARE)],
+        Annotated[RiskText, Tag(ELEVATED_CRAMP_RISK)],
+        Annotated[QuinineText, Tag(QUININE_FOR_CRAMPS)],
+        Annotated[DrugOrderText, Tag(LEGACY_DRUG_ORDER)],
+    ],
+    Discriminator(_kind_of),
 ]
 _CARD_TEXT: TypeAdapter[Any] = TypeAdapter(CardText)
 

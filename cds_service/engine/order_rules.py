@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 from cds_service.engine.chart import SkippedRecord
 from cds_service.engine.facts import PatientFacts, Provenance
 from cds_service.engine.orders import DraftOrder, DraftOrders
-from cds_service.ruleset.card_ids import QUININE_FOR_CRAMPS, is_drug_order_card
+from cds_service.ruleset.card_ids import is_drug_order_card
 from cds_service.ruleset.loader import RuleSet
 
-QUININE_CARD = QUININE_FOR_CRAMPS  # the name order_cards.py imports
 ORDER_KEYS_READ = ("conditions",)  # the order rules read the chart only for the cramp record
 
 
