@@ -127,6 +127,26 @@ def test_cards_metric_by_rule_and_indicator():
     assert "Indicator." not in after  # plain label values
 
 
+def test_each_app_counts_only_its_own_calls():
+    """Metrics belong to one app (its own registry): an engine or another app in the same process never
+    moves this app's counts (test_cards_metric_by_rule_and_indicator once failed after test_rules.py)."""
+    from support.chart_builder import NOW, condition, hook_request
+
+    from cds_service.clock import fixed_clock
+    from cds_service.engine.pipeline import Engine
+
+    body = hook_request([condition("M79.661", age=3), condition("R60.0", age=2), condition("L03.115", age=1)],
+                        birth_date="1950-01-01")
+    watched, other = make_app().test_client(), make_app().test_client()
+    before = watched.get("/metrics").get_data(as_text=True)
+    assert other.post(SERVICE_URL, json=body).status_code == 200
+    Engine.default(clock=fixed_clock(NOW)).invoke("leg-cramp-patient-view", body)  # the CLI's way: no observer
+    after = watched.get("/metrics").get_data(as_text=True)
+    assert _metric(before, "cramp_cards_total", indicator="critical") == 0
+    assert _metric(after, "cramp_cards_total", indicator="critical") == 0
+    assert _metric(other.get("/metrics").get_data(as_text=True), "cramp_cards_total", indicator="critical") == 1
+
+
 def test_fetch_metrics_take_the_resource_type_only(client):
     observe_fetch = metrics_of(client.application).fhir_read_finished  # the app's FHIR client reports here
     observe_fetch("Observation?patient=p-zq-1&code=1", 0.02)
