@@ -277,7 +277,8 @@ class CardStore:
                     connection.execute(_insert_ignore(connection, cards_shown, ["card_uuid"]), row)
         except UNAVAILABLE as exc:
             # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
-            _unavailable(self.observer, "record_shown", "cards shown not recorded: database unavailable", exc, cards=len(rows))
+            _unavailable(self.observer, "record_shown", "cards shown not recorded: database unavailable", exc,
+                         cards=len(rows))
 
     def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
         query = (
@@ -294,8 +295,8 @@ class CardStore:
             with self._reading() as connection:
                 return connection.execute(query).first() is not None
         except UNAVAILABLE as exc:
-            _unavailable(self.observer, "suppression_check", "suppression not checked: database unavailable; the card is shown",
-                         exc, rule=rule)
+            _unavailable(self.observer, "suppression_check",
+                         "suppression not checked: database unavailable; the card is shown", exc, rule=rule)
             return False
 
     # --- JWT replay protection (replay.ReplayCache) --------------------------------------------------
@@ -337,7 +338,8 @@ class CardStore:
                     row = _feedback_row(index, item, issued.get(item.card), service_id, received_at)
                     stored += _inserted(connection, feedback, FEEDBACK_ITEM_KEY, row)
         except UNAVAILABLE as exc:
-            _unavailable(self.observer, "feedback", "feedback not stored: database unavailable; answered 503", exc, items=len(items))
+            _unavailable(self.observer, "feedback", "feedback not stored: database unavailable; answered 503", exc,
+                         items=len(items))
             raise ServiceUnavailable(
                 "The feedback could not be stored (database unavailable); nothing was stored. Send it again.",
                 retry_after=FEEDBACK_RETRY_AFTER_SECONDS,
