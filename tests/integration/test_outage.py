@@ -109,10 +109,14 @@ def _close(connection: socket.socket) -> None:
     connection.close()
 
 
-def _counter(name: str, **labels: str) -> float:
-    from prometheus_client import REGISTRY
+_APPS: list[Any] = []  # every Replica's app: each counts into its own registry (web/metrics.py)
 
-    return REGISTRY.get_sample_value(name + "_total", labels) or 0.0
+
+def _counter(name: str, **labels: str) -> float:
+    """A counter's value, added up over the replicas made so far (as one process-wide registry would)."""
+    from cds_service.web.metrics import metrics_of
+
+    return sum(metrics_of(app).registry.get_sample_value(name + "_total", labels) or 0.0 for app in _APPS)
 
 
 class Replica:
@@ -121,6 +125,7 @@ class Replica:
     def __init__(self, directory, issuer: TestIssuer, **settings: Any) -> None:
         directory.mkdir(exist_ok=True)
         self.app = secure_app(directory, issuer, **settings)
+        _APPS.append(self.app)
         self.client = self.app.test_client()
         self.issuer = issuer
 
