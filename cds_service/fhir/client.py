@@ -310,6 +310,8 @@ class FhirFetcher:
                 if isinstance(last, Unavailable) and last.cause != "timeout" and is_retryable(last):
                     last.reason = "connection failed"  # the key's reason: what the client is told
             else:
+                # No URL, not even the host: a FHIR read or search URL holds the patient id (docs/fetching.md).
+                log.debug("fhir call", extra={"status": response.status_code, "attempt": attempt})
                 with response:
                     trace.status = response.status_code
                     last = error_for_status(response.status_code, url)
