@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -327,7 +327,7 @@ def skipped_counts(skipped: Iterable[SkippedRecord]) -> dict[str, dict[str, int]
     return counts
 
 
-def log_skipped(skipped: list[SkippedRecord], **context: Any) -> None:
+def log_skipped(skipped: Sequence[SkippedRecord], **context: Any) -> None:
     """One WARNING line per request for all its skipped records (never a line per record), no ids."""
     if skipped:
         log.warning("records skipped", extra={**context, "skipped_records": len(skipped),

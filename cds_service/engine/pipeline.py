@@ -141,7 +141,7 @@ class Engine:
         )
 
     def _evaluate_patient_view(self, request: HookRequest, facts: PatientFacts) -> Judged:
-        return Judged(evaluate(facts, self.ruleset), facts.skipped, facts.medication_mapping)
+        return Judged(evaluate(facts, self.ruleset), tuple(facts.skipped), facts.medication_mapping)
 
     def _evaluate_orders(self, request: HookRequest, facts: PatientFacts) -> Judged:
         drafts = read_draft_orders(request, self.ruleset, self.drugs, facts.today)
@@ -150,7 +150,7 @@ class Engine:
         return Judged(evaluation, (*facts.skipped, *evaluation.skipped), evaluation.medication_mapping)
 
     def _report_skipped(self, service: CdsService, skipped: tuple[SkippedRecord, ...]) -> None:
-        log_skipped(list(skipped), service=service.id)  # one line for the request's skipped records
+        log_skipped(skipped, service=service.id)  # one line for the request's skipped records
         if skipped:
             self.observer.records_skipped(service.id, Counter(record.resource_type for record in skipped))
 
