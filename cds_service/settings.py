@@ -6,12 +6,11 @@ Every variable is prefixed ``CRAMP_``; ``docs/configuration.md`` lists them all.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -43,35 +42,35 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise SettingsError(f"{name}: expected true/false, got {raw!r}")
 
 
+_N = TypeVar("_N", int, float)
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
     """The whole number in ``env[name]`` (``default`` when unset or empty), within [minimum, maximum].
 
     Anything else raises ``SettingsError`` with one line naming the variable and its range.
     """
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not minimum <= value <= maximum:
-        raise SettingsError(f"{name}: expected a whole number from {minimum} to {maximum}, got {raw!r}")
-    return value
+    return _env_number(env, name, default, int, minimum, maximum, f"a whole number from {minimum} to {maximum}")
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
     """The number in ``env[name]`` (``default`` when unset or empty), within [minimum, maximum]; NaN and
     infinities are refused. Anything else raises ``SettingsError`` naming the variable and its range."""
+    return _env_number(env, name, default, float, minimum, maximum, f"a number from {minimum:g} to {maximum:g}")
+
+
+def _env_number(env: Mapping[str, str], name: str, default: _N, parse: Callable[[str], _N],
+                minimum: _N, maximum: _N, expected: str) -> _N:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and minimum <= value <= maximum):
-        raise SettingsError(f"{name}: expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+        value = None
+    # NaN fails every comparison, and an infinity is outside any finite range: both are refused here.
+    if value is None or not minimum <= value <= maximum:
+        raise SettingsError(f"{name}: expected {expected}, got {raw!r}")
     return value
 
 

@@ -192,16 +192,3 @@ def render_cards(response_file: Path, html_file: Path) -> None:
         raise InputError(f"{response_file}: not a CDS Hooks response (no \"cards\" list)")
     write_card_page(answer, html_file, title=f"Cards from {response_file.name}")
     click.echo(f"{len(answer['cards'])} card(s) written to {html_file}")
-
-
-@click.command("render-cards")
-@click.argument("response_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
-              help="The HTML file to write.")
-def render_cards(response_file: Path, html_file: Path) -> None:
-    """Render a saved CDS Hooks response (JSON with "cards") to an HTML page, as a CDS client shows it."""
-    answer = read_json_file(response_file, "response")
-    if not isinstance(answer, dict) or not isinstance(answer.get("cards"), list):
-        raise InputError(f"{response_file}: not a CDS Hooks response (no \"cards\" list)")
-    write_card_page(answer, html_file, title=f"Cards from {response_file.name}")
-    click.echo(f"{len(answer['cards'])} card(s) written to {html_file}")
