@@ -43,6 +43,7 @@ class CallResult:
     response: dict[str, Any]
     facts: PatientFacts
     evaluation: Evaluation | OrderEvaluation
+    suppressed: tuple[str, ...] = ()  # card ids held back after an override (the web layer's header)
 
 
 @dataclass(frozen=True)
@@ -104,39 +105,41 @@ class Engine:
     def discovery(self) -> dict[str, Any]:
         return self.registry.discovery()
 
-    def invoke(self, service_id: str, body: Any) -> CallResult:
+    def invoke(self, service_id: str, body: Any, *, now: datetime | None = None) -> CallResult:
         service = self.registry.get(service_id)
         request = parse_hook_request(body, expected_hook=service.hook)
-        return self.run(service, request)
+        return self.run(service, request, now=now)
 
-    def run(self, service: CdsService, request: HookRequest) -> CallResult:
+    def run(self, service: CdsService, request: HookRequest, *, now: datetime | None = None) -> CallResult:
+        """One call, evaluated at ``now`` (this call only: development mode's as-of), else at the engine's clock."""
         started = time.perf_counter()
+        now = now or self.clock()
         resolved = resolve_prefetch(request, service.templates, service.id, self.fetcher)
         # Counting is cheap; validating is not: refuse an oversized request before validating any of it.
         check_resource_count(count_resources(resolved.resources, request.context.draftOrders), self.max_resources)
-        chart = self._read_chart(request, resolved)
-        facts = extract_facts(chart, self.ruleset, self.drugs, self.clock())
+        chart = self._read_chart(request, resolved, now)
+        facts = extract_facts(chart, self.ruleset, self.drugs, now)
         judged = self._evaluations[service.hook](request, facts)
         self._report_skipped(service, judged.skipped)
         patient_key = self.ledger.patient_key(request.patient_id) if self.ledger else ""
-        now = self.clock()
         shown = self._render(self._unsuppressed(judged.evaluation, patient_key, now), facts, judged)
         if not shown.cards:
             self._refuse_all_clear_over_incomplete(service, request, resolved)
         self._record(shown, service, request, patient_key, now)
         self._report(service, request, resolved, judged, shown, facts, time.perf_counter() - started)
-        return CallResult(wire_json(CdsResponse(cards=[card for card, _ in shown.cards])), facts, judged.evaluation)
+        return CallResult(wire_json(CdsResponse(cards=[card for card, _ in shown.cards])), facts, judged.evaluation,
+                          shown.suppressed)
 
     # ------------------------------------------------------------ the stages
 
-    def _read_chart(self, request: HookRequest, resolved: ResolvedPrefetch) -> Chart:
+    def _read_chart(self, request: HookRequest, resolved: ResolvedPrefetch, now: datetime) -> Chart:
         return build_chart(
             request.patient_id,
             resolved.resources,
             observation_codes=frozenset(self.ruleset.observation_codes),
             not_checked=resolved.not_checked,
             incomplete=resolved.incomplete,
-            stale_before=self._stale_before(),
+            stale_before=self._stale_before(now),
             procedure_codes=self.ruleset.procedure_codes,
         )
 
@@ -218,10 +221,10 @@ class Engine:
 
     # ------------------------------------------------------------ helpers of the stages
 
-    def _stale_before(self) -> dict[tuple[str, str], date]:
+    def _stale_before(self, now: datetime) -> dict[tuple[str, str], date]:
         """Per quantity-observation code, the date before which facts.py cannot use a value (its window),
         a day early so that time zones never drop a usable one: chart.py skips validating older ones."""
-        today = self.clock().astimezone(timezone.utc).date()
+        today = now.astimezone(timezone.utc).date()
         return {pair: today - timedelta(days=window + 1) for pair, window in self._quantity_windows.items()}
 
     def _is_suppressed(self, patient_key: str, rule: str, now: datetime) -> bool:

@@ -30,7 +30,8 @@ from cds_service.storage.store import CardStore
 from cds_service.web import metrics, request_context
 from cds_service.web import openapi
 from cds_service.web.logs import configure_logging
-from cds_service.web.views import bp
+from cds_service.web.as_of import AS_OF_HEADER
+from cds_service.web.views import SUPPRESSED_HEADER, bp
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def create_app(
     CORS(
         app,
         origins=list(settings.cors_origins),
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", AS_OF_HEADER],
+        expose_headers=["X-Request-ID", SUPPRESSED_HEADER],
         methods=["GET", "POST", "OPTIONS"],
         max_age=86400,
     )

@@ -12,10 +12,14 @@ from cds_service.errors import BadRequest, UnsupportedMediaType, operation_outco
 from cds_service.hooks.feedback import parse_feedback
 from cds_service.hooks.request import declared_hook
 from cds_service.web import metrics
+from cds_service.web.as_of import requested_evaluation_time
 
 bp = Blueprint("cds", __name__)
 
 JSON_TYPES = ("application/json", "application/fhir+json")
+# The card ids this call held back after an override: the CDS Hooks body has no place for them (ids only,
+# nothing about the patient; empty when none). cramp-cds invoke prints them.
+SUPPRESSED_HEADER = "X-Cramp-Suppressed-Cards"
 
 
 def _engine():
@@ -124,8 +128,12 @@ def call_service(service_id: str) -> Response:
     _engine().registry.get(service_id)  # 404 before reading the body
     body = read_json_body()
     g.cds_hook = declared_hook(body)  # a metrics label: a string or None, whatever JSON the client sent
-    result = _engine().invoke(service_id, body)
-    return _json_response(result.response)
+    settings = current_app.extensions["leg_cramp_settings"]
+    now = requested_evaluation_time(request.headers, development_mode=settings.development_mode)
+    result = _engine().invoke(service_id, body, now=now)
+    response = _json_response(result.response)
+    response.headers[SUPPRESSED_HEADER] = ", ".join(result.suppressed)
+    return response
 
 
 @bp.post("/cds-services/<service_id>/feedback")
