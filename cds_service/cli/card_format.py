@@ -4,7 +4,7 @@ summary, source, detail (Markdown made plain), suggestions with their actions, l
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def _markdown_to_text(text: str) -> str:
@@ -17,9 +17,13 @@ def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line if line.strip() else line.rstrip() for line in text.splitlines())
 
 
-def format_cards(response: Mapping[str, Any]) -> str:
+def format_cards(response: Mapping[str, Any], suppressed: Sequence[str] = ()) -> str:
+    """``suppressed``: the card ids the service held back after an override (its X-Cramp-Suppressed-Cards)."""
     cards = response.get("cards") or []
-    out: list[str] = [f"{len(cards)} card{'s' if len(cards) != 1 else ''}"]
+    count = f"{len(cards)} card{'s' if len(cards) != 1 else ''}"
+    if suppressed:
+        count += f"; suppressed after an override: {', '.join(suppressed)} (docs/feedback.md, suppression)"
+    out: list[str] = [count]
     for number, card in enumerate(cards, 1):
         out.append("")
         indicator = str(card.get("indicator", "?")).upper()

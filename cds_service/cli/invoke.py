@@ -102,13 +102,16 @@ def choose_service(discovery: Mapping[str, Any], service_id: str | None, hook: s
               help="PEM private key (EC P-384 -> ES384, RSA -> RS384) to sign the client JWT.")
 @click.option("--jwt-kid", default=None, help="kid of the JWT key (with --jwt-key).")
 @click.option("--jwt-iss", default=None, help="iss of the JWT: the client's issuer (with --jwt-key).")
+@click.option("--as-of", "as_of", default=None, metavar="DATE[THH:MM:SSZ]",
+              help="Evaluate as if it were then (X-Cramp-As-Of): honoured by a development-mode service only, "
+                   "refused (400) by any other.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw response JSON.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
               help="Also write the cards to this HTML file, as a CDS client shows them (open it in a browser).")
 def invoke(service_url: str, service_id: str | None, hook: str | None, patient: str | None, user: str,
            encounter: str | None, fhir_server: str | None, fhir_token: str | None, prefetch: bool,
            from_file: Path | None, draft_orders: Path | None, selections: tuple[str, ...],
-           jwt_key: Path | None, jwt_kid: str | None, jwt_iss: str | None, as_json: bool,
+           jwt_key: Path | None, jwt_kid: str | None, jwt_iss: str | None, as_of: str | None, as_json: bool,
            html_file: Path | None) -> None:
     """Call a running service with a hook request built the way an EHR would, and print the cards."""
     if jwt_key is not None and not (jwt_kid and jwt_iss):
@@ -166,7 +169,7 @@ def invoke(service_url: str, service_id: str | None, hook: str | None, patient: 
     endpoint = client.endpoint(str(service["id"]))
     token = sign_call(jwt_key, str(jwt_kid), str(jwt_iss), endpoint) if jwt_key is not None else None
     try:
-        response = client.call(str(service["id"]), body, bearer=token)
+        response = client.call(str(service["id"]), body, bearer=token, as_of=as_of)
     except FhirError as error:
         raise server_failure(error, "CDS service", service_url) from None
     answer = response.body
@@ -178,7 +181,7 @@ def invoke(service_url: str, service_id: str | None, hook: str | None, patient: 
         write_card_page(answer or {}, html_file, title=f"Cards from {service['id']} ({hook})")
         click.echo(f"cards written to {html_file}", err=True)
     if not as_json:
-        click.echo(format_cards(answer or {}), nl=False)
+        click.echo(format_cards(answer or {}, response.suppressed_cards), nl=False)
 
 
 @click.command("render-cards")

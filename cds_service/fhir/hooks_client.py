@@ -31,6 +31,11 @@ class HookAnswer:
     text: str
     request_id: str | None
     www_authenticate: str | None
+    suppressed_header: str | None = None  # X-Cramp-Suppressed-Cards: the card ids held back after an override
+
+    @property
+    def suppressed_cards(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in (self.suppressed_header or "").split(",") if part.strip())
 
     @property
     def auth_category(self) -> str | None:
@@ -61,10 +66,14 @@ class HooksClient:
     def discovery(self) -> HookAnswer:
         return self._send("GET", f"{self.base_url}/cds-services", None, {})
 
-    def call(self, service_id: str, body: Mapping[str, Any], *, bearer: str | None = None) -> HookAnswer:
+    def call(self, service_id: str, body: Mapping[str, Any], *, bearer: str | None = None,
+             as_of: str | None = None) -> HookAnswer:
+        """One hook call; ``as_of`` (X-Cramp-As-Of) asks a development-mode service to evaluate at that time."""
         headers = {"Content-Type": "application/json"}
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
+        if as_of:
+            headers["X-Cramp-As-Of"] = as_of
         return self._send("POST", self.endpoint(service_id), json.dumps(body), headers)
 
     def _send(self, method: str, url: str, data: str | None, headers: dict[str, str]) -> HookAnswer:
@@ -81,4 +90,4 @@ class HooksClient:
             raise Invalid(f"HTTP {response.status_code}: redirects are not followed", url=url,
                           status=response.status_code)
         return HookAnswer(response.status_code, body, response.text, response.headers.get("X-Request-ID"),
-                          response.headers.get("WWW-Authenticate"))
+                          response.headers.get("WWW-Authenticate"), response.headers.get("X-Cramp-Suppressed-Cards"))
