@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -16,11 +15,9 @@ import pytest
 import responses
 import yaml
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from werkzeug.serving import make_server
 
 from support.card_kinds import card_id
+from support.live_service import ISSUER, KID, serve_app
 from cds_service.cli.invoke import sign_call
 from cds_service.cli.load_fixtures import fixture_resources, transaction_resources
 from cds_service.cli.main import main
@@ -32,30 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fhir_fixtures" / "05-cramps-varicose-snomed"
 NOW = "2026-06-15T12:00:00Z"
 FHIR = "https://fhir.example.org/r4"
-ISSUER = "https://ehr.example.org"
-KID = "test-key-1"
-
-
-def _serve(app) -> tuple[str, callable]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        thread.join(timeout=10)
-
-    return f"http://127.0.0.1:{server.server_port}", stop
-
-
-@pytest.fixture(scope="module")
-def ec_key(tmp_path_factory) -> tuple[Path, dict]:
-    key = ec.generate_private_key(ec.SECP384R1())
-    path = tmp_path_factory.mktemp("keys") / "client.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    return path, {**public, "kid": KID, "alg": "ES384", "use": "sig"}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +38,7 @@ def secure_service(ec_key, tmp_path_factory) -> Iterator[str]:
     clients = tmp_path_factory.mktemp("clients") / "clients.yaml"
     clients.write_text(yaml.safe_dump({"clients": [{"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
     apps: list = []  # the server's URL is the app's public base URL (the JWT audience), known once it listens
-    url, stop = _serve(lambda environ, start_response: apps[0](environ, start_response))
+    url, stop = serve_app(lambda environ, start_response: apps[0](environ, start_response))
     settings = Settings(database_url="sqlite://", trusted_clients_path=clients, patient_key_secret="x" * 32,
                         public_base_urls=url)
     apps.append(create_app(settings, clock=fixed_clock(NOW)))
@@ -75,7 +48,7 @@ def secure_service(ec_key, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dev_service() -> Iterator[str]:
-    url, stop = _serve(create_app(Settings(development_mode=True, database_url="sqlite://"), clock=fixed_clock(NOW)))
+    url, stop = serve_app(create_app(Settings(development_mode=True, database_url="sqlite://"), clock=fixed_clock(NOW)))
     yield url
     stop()
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from support.feedback import SECRET, overridden
-from test_integration_cli import ISSUER, KID, _serve, ec_key  # noqa: F401  (ec_key: a fixture)
+from support.live_service import ISSUER, KID, serve_app
 
 from cds_service.cli.main import main
 from cds_service.clock import fixed_clock
@@ -28,7 +28,7 @@ FIXTURE_NOW = yaml.safe_load((DVT_REQUEST.parent / "expected.yaml").read_text())
 
 @pytest.fixture
 def dev_service_real_clock() -> Iterator[str]:
-    url, stop = _serve(create_app(Settings(development_mode=True, database_url="sqlite://")))
+    url, stop = serve_app(create_app(Settings(development_mode=True, database_url="sqlite://")))
     yield url
     stop()
 
@@ -54,12 +54,12 @@ def test_invoke_bad_as_of_is_one_line_naming_the_header(dev_service_real_clock: 
                         r"\(request id \S+\)\n", result.stderr), result.stderr
 
 
-def test_invoke_as_of_against_an_authenticating_service_is_refused(ec_key, tmp_path: Path) -> None:  # noqa: F811
+def test_invoke_as_of_against_an_authenticating_service_is_refused(ec_key, tmp_path: Path) -> None:
     key_path, jwk = ec_key
     clients = tmp_path / "clients.yaml"
     clients.write_text(yaml.safe_dump({"clients": [{"issuer": ISSUER, "jwks": {"keys": [jwk]}}]}))
     apps: list = []
-    url, stop = _serve(lambda environ, start_response: apps[0](environ, start_response))
+    url, stop = serve_app(lambda environ, start_response: apps[0](environ, start_response))
     try:
         apps.append(create_app(Settings(database_url="sqlite://", trusted_clients_path=clients,
                                         patient_key_secret=SECRET, public_base_urls=url)))
@@ -74,7 +74,7 @@ def test_invoke_as_of_against_an_authenticating_service_is_refused(ec_key, tmp_p
 def test_invoke_prints_the_cards_suppressed_after_an_override() -> None:
     app = create_app(Settings(development_mode=True, database_url="sqlite://", patient_key_secret=SECRET),
                      clock=fixed_clock(FIXTURE_NOW))
-    url, stop = _serve(app)
+    url, stop = serve_app(app)
     try:
         first = _invoke(url, "--from-file", str(CRAMPS_REQUEST), "--json")
         assert first.exit_code == 0, first.output
