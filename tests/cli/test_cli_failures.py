@@ -9,15 +9,14 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
-from werkzeug.serving import make_server
 
 from support.fhir_server import LoopbackFhir, free_port
+from support.live_service import ISSUER, serve_app
 from cds_service.auth import client_keys
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
@@ -27,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "cramp-cds"
 FIXTURE = ROOT / "fhir_fixtures" / "05-cramps-varicose-snomed" / "request.json"
 SERVICE = "leg-cramp-patient-view"
-ISSUER = "https://ehr.example.org"
 NOW = "2026-06-15T12:00:00Z"
 NOISE = ("Traceback", "Max retries", "urllib3", "Warning", "WARNING", "HTTPConnectionPool")
 
@@ -47,22 +45,10 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _serve(app) -> tuple[str, callable]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        thread.join(timeout=10)
-
-    return f"http://127.0.0.1:{server.server_port}", stop
-
-
 @pytest.fixture(scope="module")
 def dev_service() -> Iterator[str]:
     """Development mode (no authentication), an empty FHIR allowlist: every fhirServer is refused."""
-    url, stop = _serve(create_app(Settings(development_mode=True, database_url="sqlite://"), clock=fixed_clock(NOW)))
+    url, stop = serve_app(create_app(Settings(development_mode=True, database_url="sqlite://"), clock=fixed_clock(NOW)))
     yield url
     stop()
 
@@ -82,7 +68,7 @@ def secure_service(client_key: Path, tmp_path_factory) -> Iterator[str]:
     entry = client_keys.trusted_client_entry(ISSUER, algorithm="ES384", jwks=client_keys.public_jwks(key))
     clients.write_text(yaml.safe_dump({"clients": [entry]}))
     apps: list = []
-    url, stop = _serve(lambda environ, start_response: apps[0](environ, start_response))
+    url, stop = serve_app(lambda environ, start_response: apps[0](environ, start_response))
     settings = Settings(database_url="sqlite://", trusted_clients_path=clients, patient_key_secret="x" * 32,
                         public_base_urls=url)
     apps.append(create_app(settings, clock=fixed_clock(NOW)))
