@@ -208,6 +208,11 @@ def test_fuzz_operation(run: tuple, schemas: dict, app, issuer: TestIssuer, no_n
     def fuzz(case) -> None:
         request_path = unquote(case.formatted_path)
         headers = issuer.headers(request_path) if request_path.startswith("/cds-services") else {}
+        if case.headers:
+            # The fuzzed app runs outside development mode, where X-Cramp-As-Of is refused by design (400):
+            # sent at random it would keep the valid cases from reaching the rules. Its own tests are in
+            # test_as_of_and_suppressed_header.py.
+            case.headers = {k: v for k, v in case.headers.items() if k.lower() != "x-cramp-as-of"}
         note(f"{case.method} {case.formatted_path} body={case.body!r:.2000}")
         response = case.call(app=app, headers=headers)
         statuses[response.status_code] += 1
