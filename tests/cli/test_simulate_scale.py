@@ -142,8 +142,10 @@ def test_record_pickles_as_orjson_bytes_and_round_trips():
 @pytest.fixture
 def dask_cluster():
     distributed = pytest.importorskip("distributed")
+    # The scheduler always serves HTTP (health, metrics): on 127.0.0.1 and a free port, never 0.0.0.0:8787,
+    # which a second run on the same machine holds (its "port in use" warning fails the test).
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
-                                  dashboard_address=None, worker_dashboard_address=None) as local:
+                                  dashboard_address="127.0.0.1:0", worker_dashboard_address=None) as local:
         yield local
 
 
