@@ -6,6 +6,8 @@ Every variable is prefixed ``CRAMP_``; ``docs/configuration.md`` lists them all.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -22,6 +24,9 @@ DEFAULT_FHIR_DEADLINE_SECONDS = 3.0
 # and a proxy in front (deploy/nginx.conf: 35 s) give one request.
 FHIR_DEADLINE_SECONDS_RANGE = (0.1, 25.0)
 MIN_SECRET_LENGTH = 16
+RULES_SOURCES = ("database", "file")
+DEFAULT_ADMIN_SESSION_MINUTES = 30
+ADMIN_SESSION_MINUTES_RANGE = (1, 24 * 60)
 # Development mode without CRAMP_PATIENT_KEY_SECRET: one random secret per process (forked workers share it).
 _DEVELOPMENT_PATIENT_KEY_SECRET = secrets.token_hex(32)
 
@@ -72,6 +77,16 @@ def _env_number(env: Mapping[str, str], name: str, default: _N, parse: Callable[
     if value is None or not minimum <= value <= maximum:
         raise SettingsError(f"{name}: expected {expected}, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset); anything else is refused naming the variable."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
@@ -147,6 +162,22 @@ class Settings:
     fhir_allow_http_loopback: bool = False
     fhir_deadline_seconds: float = DEFAULT_FHIR_DEADLINE_SECONDS
     log_level: str = "INFO"
+    # Where the active rule set lives (docs/admin-console.md): "database" (versions kept in the database,
+    # edited and deployed from the admin console; the rules file, or the bundled one, seeds the first) or
+    # "file" (the rules file is authoritative, e.g. a Kubernetes ConfigMap; the console is read-only for rules).
+    rules_source: str = "database"
+    # The admin console under /admin (its own sign-in, separate from CDS-client JWTs).
+    admin_console: bool = True
+    # An admin session ends after this many minutes without a request.
+    admin_session_minutes: int = DEFAULT_ADMIN_SESSION_MINUTES
+    # Development mode signs the browser in as a deployer without a password (loudly); off with =0.
+    admin_dev_autologin: bool = True
+    # Optional OpenID Connect sign-in (a hospital's single sign-on) beside the local accounts.
+    admin_oidc_issuer: str | None = None
+    admin_oidc_client_id: str | None = None
+    admin_oidc_client_secret: str | None = field(default=None, repr=False)
+    # The ID-token claim that lists the admin's roles (values: viewer, editor, deployer).
+    admin_oidc_roles_claim: str = "roles"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -179,6 +210,16 @@ class Settings:
                                             minimum=FHIR_DEADLINE_SECONDS_RANGE[0],
                                             maximum=FHIR_DEADLINE_SECONDS_RANGE[1]),
             log_level=env.get("CRAMP_LOG_LEVEL", "INFO").upper(),
+            rules_source=_choice(env, "CRAMP_RULES_SOURCE", RULES_SOURCES),
+            admin_console=_flag(env, "CRAMP_ADMIN_CONSOLE", True),
+            admin_session_minutes=env_int(env, "CRAMP_ADMIN_SESSION_MINUTES", DEFAULT_ADMIN_SESSION_MINUTES,
+                                          minimum=ADMIN_SESSION_MINUTES_RANGE[0],
+                                          maximum=ADMIN_SESSION_MINUTES_RANGE[1]),
+            admin_dev_autologin=_flag(env, "CRAMP_ADMIN_DEV_AUTOLOGIN", True),
+            admin_oidc_issuer=(env.get("CRAMP_ADMIN_OIDC_ISSUER") or "").strip() or None,
+            admin_oidc_client_id=(env.get("CRAMP_ADMIN_OIDC_CLIENT_ID") or "").strip() or None,
+            admin_oidc_client_secret=env.get("CRAMP_ADMIN_OIDC_CLIENT_SECRET") or None,
+            admin_oidc_roles_claim=(env.get("CRAMP_ADMIN_OIDC_ROLES_CLAIM") or "roles").strip(),
         )
 
     def patient_key_secret_or_default(self) -> tuple[str, bool]:
@@ -192,6 +233,15 @@ class Settings:
             "CRAMP_PATIENT_KEY_SECRET: required outside development mode (a long random string that every "
             "replica shares, e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
+
+    def admin_session_key(self) -> bytes:
+        """The key that signs admin-console session cookies: derived from the patient-key secret (every
+        replica shares it, so a session survives a hop to another replica), never equal to it."""
+        secret, _ = self.patient_key_secret_or_default()
+        return hmac.new(secret.encode(), b"leg-cramp-cds admin session v1", hashlib.sha256).digest()
+
+    def oidc_configured(self) -> bool:
+        return bool(self.admin_oidc_issuer and self.admin_oidc_client_id)
 
     def required_public_base_urls(self) -> tuple[str, ...]:
         """The external base URLs the JWT audience is checked against; SettingsError when none is configured

@@ -257,3 +257,7 @@ for _command in INTEGRATION_COMMANDS:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from cds_service.cli.admin import admin  # noqa: E402  (the `admin` group: console accounts)
+
+main.add_command(admin)

@@ -28,6 +28,7 @@ from cds_service.settings import Settings, SettingsError
 from cds_service.storage.replay import FallbackReplayCache, RedisReplayCache, ReplayCache
 from cds_service.storage.store import CardStore
 from cds_service.web import metrics, request_context
+from cds_service.web import admin as admin_console
 from cds_service.web import openapi
 from cds_service.web.logs import configure_logging
 from cds_service.web.as_of import AS_OF_HEADER
@@ -79,6 +80,7 @@ def create_app(
     )
     app.register_blueprint(bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json, /openapi.yaml (docs/security.md)
+    admin_console.init_app(app, settings)  # /admin: its own sign-in, CSRF and CSP (docs/admin-console.md)
     # First: every request (a refused one too) gets its id and its timer before any other hook runs.
     request_context.init_app(app)
     metrics.init_app(app)
