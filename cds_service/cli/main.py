@@ -254,10 +254,10 @@ from cds_service.cli.integration import COMMANDS as INTEGRATION_COMMANDS  # noqa
 for _command in INTEGRATION_COMMANDS:
     main.add_command(_command)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
 from cds_service.cli.admin import admin  # noqa: E402  (the `admin` group: console accounts)
 
 main.add_command(admin)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
