@@ -3,7 +3,9 @@
     cramp-cds rules validate FILE
     cramp-cds rules simulate --rules FILE [--against OTHER_FILE] [--as-of DATE] [--jobs N]
                              [--format table|html|json] [--output PATH] SOURCE...
-    cramp-cds rules explain --rules FILE [--as-of DATE] PATIENT
+    cramp-cds rules explain --rules FILE [--as-of DATE] [--format text|html] [--output PATH] PATIENT
+
+The explanation itself (model and renderings) is admin/explanation.py; the console's Try-it page shows the same.
 
 Exits, each with a one-line message (``validate`` lists every problem) and no traceback:
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -135,15 +136,19 @@ def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: i
                                         cluster=cluster)
         except ClusterError as exc:
             raise InputError(str(exc)) from None
-    report = RENDERERS[fmt](simulation)
+    _write_or_echo(RENDERERS[fmt](simulation), output, "Report")
+
+
+def _write_or_echo(text: str, output: Path | None, what: str) -> None:
+    """``text`` to the ``--output`` file (saying so on standard error), else to standard output."""
     if output:
         try:
-            output.write_text(report, encoding="utf-8")
+            output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise InputError(f"{output}: cannot be written ({exc.strerror})") from None
-        click.echo(f"Report written to {output}", err=True)
+        click.echo(f"{what} written to {output}", err=True)
     else:
-        click.echo(report, nl=False)
+        click.echo(text, nl=False)
 
 
 # ---------------------------------------------------------------- explain
@@ -175,10 +180,15 @@ def read_patient_request(path: Path) -> dict[str, Any]:
 @rules.command()
 @click.option("--rules", "rules_file", type=RULES_FILE, required=True, help="Rule-set file.")
 @click.option("--as-of", type=DATE, default=None, help="Evaluation date [default: today, UTC].")
+@click.option("--format", "fmt", type=click.Choice(["text", "html"]), default="text", show_default=True,
+              help="text, or a standalone HTML page with the explanation and the cards a CDS client shows.")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Write the explanation here instead of standard output.")
 @click.argument("patient", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def explain(rules_file: Path, as_of: date | None, patient: Path) -> None:
+def explain(rules_file: Path, as_of: date | None, fmt: str, output: Path | None, patient: Path) -> None:
     """Every fact found for one PATIENT (a Bundle or hook-request JSON file) with its source record, how
     each medication record was mapped, and every evaluation's points and outcome."""
+    from cds_service.admin.explanation import explain as explain_result, render_explanation_page, render_explanation_text
     from cds_service.admin.simulation import build_engines
     from cds_service.engine.registry import PATIENT_VIEW_SERVICE
     from cds_service.hooks.request import parse_hook_request
@@ -192,88 +202,10 @@ def explain(rules_file: Path, as_of: date | None, patient: Path) -> None:
     except ServiceError as exc:
         field = f" (field {exc.expression})" if exc.expression else ""
         raise InputError(f"{patient}: {exc.message}{field}") from None
-    click.echo(render_explanation(result, ruleset, patient, rules_file, day))
+    explanation = explain_result(result, ruleset, patient_label=patient.name, rules_label=str(rules_file), day=day)
+    if fmt == "html":
+        report = render_explanation_page(explanation, result.response)
+    else:
+        report = render_explanation_text(explanation) + "\n"
+    _write_or_echo(report, output, "Explanation")
 
-
-def _points(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-def render_explanation(result: Any, ruleset: RuleSet, patient: Path, rules_file: Path, day: date) -> str:
-    facts, evaluation = result.facts, result.evaluation
-    out = [f"Patient/{facts.patient.resource_id} from {patient.name}",
-           f"Rule set {rules_file} (version {ruleset.version}); as of {day.isoformat()} (12:00 UTC)",
-           f"Age: {facts.age_years if facts.age_years is not None else 'unknown'}", "", "Facts found:"]
-    for name, fact in sorted(facts.facts.items()):
-        note = f" ({fact.note})" if fact.note else ""
-        out.append(f"  {name}{note}")
-        out += [f"      {source.describe()}" for source in fact.sources]
-    if not facts.facts:
-        out.append("  (none)")
-    by_method = Counter("text" if r.method == "text" else "code" if r.concepts else "none" for r in facts.conditions)
-    out += ["", f"Conditions: {len(facts.conditions)} (recognised by code {by_method['code']}, by text "
-                f"{by_method['text']}, not recognised {by_method['none']})"]
-    out += ["", "Latest usable observations:"]
-    for kind, value in sorted(facts.observations.items()):
-        shown = value.answer or (f"{value.value} {value.unit}" if value.value is not None else "flagged")
-        low = " (low)" if value.is_low else ""
-        out.append(f"  {kind}: {shown}{low} - {value.provenance.describe()}")
-    if not facts.observations:
-        out.append("  (none)")
-    mapping = facts.medication_mapping
-    out += ["", f"Medication records: {len(facts.medications)} (by code {mapping.get('code', 0)}, "
-                f"by text {mapping.get('text', 0)}, not mapped {mapping.get('unmapped', 0)})"]
-    for med in facts.medications:
-        how = {"code": "mapped by code", "text": "mapped by text"}.get(med.method or "", "not mapped")
-        classes = f"; classes {', '.join(sorted(med.classes))}" if med.classes else ""
-        ingredients = f"; {', '.join(sorted(med.ingredients))}" if med.ingredients else ""
-        counted = "" if med.counted else "; not current (status/intent/period): not counted"
-        out.append(f"  {med.provenance.describe()}: {how}{ingredients}{classes}{counted}")
-    out += ["", "Evaluations:"]
-    labels = {"red_flag": "A DVT (A.1 untreated, A.2/A.3 possible)", "venous": "B venous duplex workup",
-              "contributors": "C contributors"}
-    for key, outcome in zip(("red_flag", "venous", "contributors"), evaluation.outcomes):
-        verdict = "FIRED" if outcome.fired else "not fired"
-        score = ""
-        if outcome.score is not None:
-            score = f", score {_points(outcome.score)}"
-            score += f" vs threshold {_points(outcome.threshold)}" if outcome.threshold is not None else \
-                " (documented cramps: no threshold)"
-        out.append(f"  {labels[key]} -> {outcome.card_id}: {verdict}{score}")
-        if outcome.pathways:
-            out.append(f"    pathways: {', '.join(outcome.pathways)}; side: {outcome.side or 'bilateral/unknown'}")
-        for item in outcome.findings:
-            note = f" ({item.note})" if item.note else ""
-            out.append(f"    finding {item.item}{note}")
-            out += [f"        {s.describe()}" for s in item.sources]
-        for item in outcome.items:
-            note = f" ({item.note})" if item.note else ""
-            out.append(f"    {item.item}: {_points(item.points)} point(s){note}")
-            out += [f"        {s.describe()}" for s in item.sources]
-        if outcome.missing_labs:
-            out.append(f"    no usable result in the lookback for: {', '.join(outcome.missing_labs)}")
-        if outcome.labs_not_checked:
-            out.append("    lab results could not be checked (observations not available)")
-        out += [f"    note: {note}" for note in outcome.notes]
-        out += [f"    medication record read: {s.describe()}" for s in outcome.medications_read if outcome.fired]
-        if outcome.anticoagulant_not_checked:
-            out.append(f"    anticoagulant not checked in: {', '.join(outcome.anticoagulant_not_checked)}")
-        out += [f"    venous duplex on record: {s.describe()}" for s in outcome.duplex_on_record]
-        if outcome.not_checked:
-            out.append(f"    keys this rule reads that could not be checked: {', '.join(outcome.not_checked)}")
-        for missing in outcome.missing:
-            adds = f", would add {_points(missing.points)}" if missing.points is not None else ""
-            what = missing.item or missing.test or ", ".join(missing.keys)
-            out.append(f"    missing ({missing.card_id}): {missing.reason} {what}{adds}")
-    shown = [o.card_id for o in evaluation.shown]
-    out += ["", f"Card shown after precedence: {', '.join(shown) if shown else 'none'}"
-                " (suppression after overrides is not applied here)"]
-    out.append(f"Could not be checked: {', '.join(facts.not_checked) or 'nothing'}")
-    if facts.incomplete:
-        out.append(f"Incomplete (more pages not read): {', '.join(facts.incomplete)}")
-    out.append(f"Skipped records: {len(facts.skipped)}")
-    out += [f"  {s.resource_type}/{s.resource_id}: {s.reason}" for s in facts.skipped]
-    if facts.passed_over:
-        out.append("Passed over (unknown unit or unusable value):")
-        out += [f"  {entry}" for entry in facts.passed_over]
-    return "\n".join(out)
