@@ -1,5 +1,6 @@
-"""``cramp-cds rules``: validate a rule-set file, simulate it over a population, explain one patient.
+"""``cramp-cds rules``: start a rule-set file from the bundled one, validate it, simulate it over a population, explain one patient.
 
+    cramp-cds rules init [PATH] [--force]
     cramp-cds rules validate FILE
     cramp-cds rules simulate --rules FILE [--against OTHER_FILE] [--as-of DATE] [--jobs N]
                              [--format table|html|json] [--output PATH] SOURCE...
@@ -79,7 +80,51 @@ RULES_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Pa
 
 @click.group()
 def rules() -> None:
-    """Rule-set files: validate, simulate over a population, explain one patient."""
+    """Rule-set files: start one (init), validate, simulate over a population, explain one patient."""
+
+
+# ---------------------------------------------------------------- init
+
+BUNDLED_RULES = "data/ruleset.yaml"  # in the cds_service package
+
+
+def bundled_ruleset_text() -> str:
+    from importlib import resources
+
+    return resources.files("cds_service").joinpath(BUNDLED_RULES).read_text(encoding="utf-8")
+
+
+def next_steps(path: Path) -> list[str]:
+    """What to do with a rule-set file just written (``rules init``)."""
+    shown = str(path)
+    return [
+        "Next:",
+        f"  1. edit it, then check it:   cramp-cds rules validate {shown}",
+        f"  2. try it on patients:       cramp-cds rules simulate --rules {shown} SOURCE...   (SOURCE: bundles, NDJSON,",
+        "                               a FHIR server; --rules BEFORE --against AFTER lists the patients that change)",
+        f"     and on one patient:       cramp-cds rules explain --rules {shown} PATIENT",
+        f"  3. use it:                   cramp-cds serve --rules {shown}   (or CRAMP_RULES_FILE={shown})",
+        "     or paste it as a draft in the admin console (/admin/rules): validate, dry-run, deploy.",
+    ]
+
+
+@rules.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=Path("ruleset.yaml"))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def init(path: Path, force: bool) -> None:
+    """Write the bundled rule set to PATH [default: ruleset.yaml] to start from (refuses to overwrite an
+    existing file without --force)."""
+    if path.exists() and not force:
+        raise InputError(f"{path} exists: not overwritten (use --force to replace it)")
+    text = bundled_ruleset_text()
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be written ({exc.strerror})") from None
+    version = load_default_ruleset().version
+    click.echo(f"Wrote the bundled rule set (version {version}) to {path}.")
+    for line in next_steps(path):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- validate
