@@ -72,6 +72,7 @@ def create_app(
         _register_rules_reload(app, settings.rules_path)
     CORS(
         app,
+        resources={r"^(?!/admin(?:/|$))": {}},  # every path but the admin console's (no CORS there)
         origins=list(settings.cors_origins),
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", AS_OF_HEADER],
         expose_headers=["X-Request-ID", SUPPRESSED_HEADER],
