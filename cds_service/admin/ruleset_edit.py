@@ -1,0 +1,328 @@
+"""Apply the Rules form's changes (numbers, lists of codes, wording) to a rule set's YAML text, keeping every
+comment, key order and line the change does not touch (docs/admin-rules.md).
+
+A change is ``field -> value``: the field is the dotted path the validator names (``venous_index.threshold``,
+``value_sets.leg_cramp.codes``, ``cards.possible-dvt.suppress_days``); the value a form string (a list: one
+entry a line or comma-separated) or an already typed value. Each field's type comes from the rule-set
+schema (``ruleset/schema.py``), so a wrong type is refused naming the field, and a path the schema does not
+have is refused as unknown. Ranges and cross-field rules stay the validator's (``parse_ruleset``).
+
+The document is read with ruamel.yaml's round-trip loader (types, positions); the new value is then spliced
+into the text at its node's span rather than re-dumped, because a round-trip dump re-flows every wrapped
+flow list of the file (measured on the bundled rule set: 14 unrelated lists rewritten), which would bury
+the one real change in the version diff.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+import yaml
+from pydantic import BaseModel
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError as RuamelError
+
+from cds_service.ruleset.schema import RuleSetSpec
+
+_WIDTH = 118  # wrap spliced flow lists like the bundled file (lines up to ~118 characters)
+
+
+class EditError(ValueError):
+    """A change cannot be applied; ``field`` names the form field (or "(document)")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class FieldType:
+    kind: str  # integer | number | boolean | text | list
+
+    def describe(self) -> str:
+        return {"integer": "a whole number", "number": "a number", "boolean": "true or false",
+                "text": "text", "list": "a list"}[self.kind]
+
+
+# ---------------------------------------------------------------- field types from the schema
+
+def _split(path: str) -> list[str]:
+    parts = path.split(".")
+    if not path or any(not part for part in parts):
+        raise EditError(path or "(empty)", "unknown field")
+    return parts
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return annotation
+
+
+def field_type(path: str) -> FieldType:
+    """The type of a rule-set field, from the schema; EditError (unknown field / not editable) otherwise."""
+    annotation: Any = RuleSetSpec
+    for part in _split(path):
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if part not in annotation.model_fields:
+                raise EditError(path, "unknown field")
+            annotation = annotation.model_fields[part].annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            raise EditError(path, "unknown field")
+    annotation = _unwrap(annotation)
+    if annotation is bool:
+        return FieldType("boolean")
+    if annotation is int:
+        return FieldType("integer")
+    if annotation is float:
+        return FieldType("number")
+    if annotation is str:
+        return FieldType("text")
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):
+        return FieldType("list")
+    raise EditError(path, "not editable in the form: edit it in the YAML")
+
+
+# ---------------------------------------------------------------- form values -> typed values
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+
+
+def parse_value(path: str, kind: FieldType, raw: Any) -> Any:
+    """A form value (string) or typed value as the field's type; EditError naming the field otherwise."""
+    expected = f"expected {kind.describe()}, got {raw!r}"
+    if kind.kind == "list":
+        if isinstance(raw, str):
+            return [entry.strip() for entry in re.split(r"[\n,]", raw) if entry.strip()]
+        if isinstance(raw, (list, tuple)) and all(isinstance(entry, str) for entry in raw):
+            return [entry.strip() for entry in raw if entry.strip()]
+        raise EditError(path, expected)
+    if kind.kind == "text":
+        if isinstance(raw, str) and "\n" not in raw.strip():
+            return raw.strip()
+        raise EditError(path, f"expected one line of text, got {raw!r}")
+    if kind.kind == "boolean":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise EditError(path, expected)
+    if isinstance(raw, bool):
+        raise EditError(path, expected)
+    if kind.kind == "integer":
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw.strip()):
+            return int(raw.strip())
+        raise EditError(path, expected)
+    if isinstance(raw, (int, float)) and math.isfinite(raw):
+        return raw
+    if isinstance(raw, str):
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            raise EditError(path, expected) from None
+        if math.isfinite(number):
+            return int(number) if number.is_integer() and re.fullmatch(r"[+-]?\d+", raw.strip()) else number
+    raise EditError(path, expected)
+
+
+# ---------------------------------------------------------------- emitting YAML
+
+def _flow_scalar(value: Any, quote: str | None = None) -> str:
+    """One scalar as YAML writes it inside a flow list or after ``key:``: a string in the quotes the
+    original used (``quote``: '"' or "'"), else quoted only when it must be."""
+    if isinstance(value, str) and quote == '"':
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and quote == "'":
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    dumped = yaml.safe_dump([value], default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return dumped[1:-1]
+
+
+def _flow_list(values: list[str], column: int, quote: str | None = None) -> str:
+    """``[a, b, ...]`` wrapped below ``_WIDTH`` with continuation lines under the first entry."""
+    items = [_flow_scalar(value, quote) for value in values]
+    if not items:
+        return "[]"
+    lines: list[str] = []
+    current = "[" + items[0]
+    for item in items[1:]:
+        if column + len(current) + len(item) + 3 > _WIDTH:
+            lines.append(current + ",")
+            current = " " * (column + 1) + item
+        else:
+            current += ", " + item
+    lines.append(current + "]")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the edit
+
+def _load_roundtrip(text: str) -> Any:
+    reader = YAML(typ="rt")
+    try:
+        return reader.load(io.StringIO(text))
+    except RuamelError as exc:
+        raise EditError("(document)", f"not valid YAML: {exc}") from None
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    starts += [match.end() for match in re.finditer("\n", text)]
+    return starts
+
+
+def _node_span(text: str, path: list[str]) -> tuple[int, int, Any] | None:
+    """(start, end, node) of the value at ``path`` in ``text`` (PyYAML's composer keeps both marks), or None
+    when a key on the way is absent."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    for part in path:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        match = next((value for key, value in node.value if key.value == part), None)
+        if match is None:
+            return None
+        node = match
+    return node.start_mark.index, node.end_mark.index, node
+
+
+def _quote_of(node: Any) -> str | None:
+    """The quote style of a scalar node, or of a sequence's first entry (kept for the new value)."""
+    if isinstance(node, yaml.SequenceNode):
+        node = node.value[0] if node.value else None
+    if isinstance(node, yaml.ScalarNode) and node.style in ('"', "'"):
+        return node.style
+    return None
+
+
+def _replacement(text: str, start: int, node: Any, value: Any) -> str:
+    column = start - text.rfind("\n", 0, start) - 1
+    quote = _quote_of(node)
+    if isinstance(value, list):
+        if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value:
+            indent = " " * column
+            return ("\n" + indent).join(f"- {_flow_scalar(entry, quote)}" for entry in value) if value else "[]"
+        return _flow_list(value, column, quote)
+    return _flow_scalar(value, quote)
+
+
+def _splice_existing(text: str, path: list[str], value: Any) -> str | None:
+    found = _node_span(text, path)
+    if found is None:
+        return None
+    start, end, node = found
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+        # a block scalar's span runs to the next key: keep the line break that ends it
+        end = text.rfind("\n", start, end) if text[start:end].endswith("\n") else end
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value and not isinstance(value, list):
+        return None
+    return text[:start] + _replacement(text, start, node, value) + text[end:]
+
+
+def _nested(keys: list[str], value: Any) -> str:
+    """``value`` under ``keys`` as nested flow mappings: ``{a: {b: 1}}`` without the outer braces."""
+    rendered = _flow_list(value, 0) if isinstance(value, list) else _flow_scalar(value)
+    for key in reversed(keys[1:]):
+        rendered = "{" + f"{_flow_scalar(key)}: {rendered}" + "}"
+    return f"{_flow_scalar(keys[0])}: {rendered}"
+
+
+def _insert_key(text: str, path: list[str], value: Any) -> str:
+    """Add ``key: value`` to the deepest mapping of ``path`` the document has (a new points item, an absent
+    optional key or section)."""
+    field = ".".join(path)
+    for depth in range(len(path) - 1, 0, -1):
+        found = _node_span(text, path[:depth])
+        if found is not None:
+            break
+    else:
+        raise EditError(field, "unknown field: its section is not in the document")
+    start, end, parent = found
+    if not isinstance(parent, yaml.MappingNode):
+        raise EditError(field, "unknown field: its parent is not a mapping")
+    entry = _nested(path[depth:], value)
+    if parent.flow_style:
+        close = text.rfind("}", start, end)
+        return text[:close] + (", " if parent.value else "") + entry + text[close:]
+    if not parent.value:
+        raise EditError(field, "cannot add to an empty mapping: edit it in the YAML")
+    last_key, last_value = parent.value[-1]
+    value_end = last_value.end_mark.index
+    if value_end > 0 and text[value_end - 1] == "\n":  # a nested block ends at the next line's start
+        insert_at = value_end - 1
+    else:  # after the last entry's line, its trailing comment included
+        line_end = text.find("\n", value_end)
+        insert_at = len(text) if line_end < 0 else line_end
+    return text[:insert_at] + "\n" + " " * last_key.start_mark.column + entry + text[insert_at:]
+
+
+def _current(document: Any, path: list[str]) -> tuple[bool, Any]:
+    node = document
+    for part in path:
+        if not isinstance(node, (CommentedMap, dict)) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, list):
+        return list(old) == new
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool) and old == new
+    return bool(old == new)
+
+
+def apply_changes(text: str, changes: Mapping[str, Any]) -> str:
+    """``text`` with each field set to its value; unchanged fields leave the text as it is. Raises
+    EditError (naming the first field that cannot be applied) for an unknown field or a wrong type."""
+    typed = {path: parse_value(path, field_type(path), raw) for path, raw in changes.items()}
+    for path, value in typed.items():
+        parts = _split(path)
+        document = _load_roundtrip(text)
+        if not isinstance(document, CommentedMap):
+            raise EditError("(document)", "expected a mapping of rule-set keys")
+        present, old = _current(document, parts)
+        if present and _same(old, value):
+            continue
+        if present and isinstance(old, (CommentedMap, dict)):
+            raise EditError(path, "not editable in the form: edit it in the YAML")
+        spliced = _splice_existing(text, parts, value) if present else None
+        text = spliced if spliced is not None else _insert_key(text, parts, value)
+        _check_applied(text, parts, value, path)
+    return text
+
+
+def _check_applied(text: str, parts: list[str], value: Any, path: str) -> None:
+    """The spliced text must read back as the value asked for (a guard against a mis-placed splice)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # pragma: no cover - a bug in the splice, never the admin's input
+        raise EditError(path, f"the change would not be valid YAML: {exc}") from None
+    for part in parts:
+        data = data.get(part) if isinstance(data, dict) else None
+    if data != value:  # pragma: no cover - same
+        raise EditError(path, f"the change could not be written (read back {data!r})")
