@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -44,6 +44,7 @@ jobs = Table(
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     Column("kind", String(40), nullable=False),
     Column("params", JSON(), nullable=False),
+    Column("inputs", JSON()),
     Column("status", String(16), nullable=False),
     Column("progress_done", Integer(), nullable=False),
     Column("progress_total", Integer()),
@@ -78,6 +79,7 @@ class Job:
     id: int
     kind: str
     params: dict[str, Any]
+    inputs: dict[str, Any] | None
     status: str
     progress_done: int
     progress_total: int | None
@@ -107,14 +109,11 @@ class Job:
         return min(1.0, self.progress_done / self.progress_total)
 
 
-_SUMMARY_COLUMNS = [c for c in jobs.c if c.name != "result"]
+_SUMMARY_COLUMNS = [c for c in jobs.c if c.name not in ("result", "inputs")]
 
 
-def _job(row: Any, with_result: bool = True) -> Job:
-    values = dict(row._mapping)
-    values.setdefault("result", None)
-    if not with_result:
-        values["result"] = None
+def _job(row: Any) -> Job:
+    values = {"result": None, "inputs": None, **dict(row._mapping)}
     values["cancel_requested"] = bool(values["cancel_requested"])
     return Job(**values)
 
@@ -135,11 +134,13 @@ class JobStore:
         return cls(store.engine, **kwargs)
 
     # --- the admin's side ------------------------------------------------------------------------
-    def create(self, kind: str, params: dict[str, Any], created_by: str) -> Job:
-        """Queue a job; committed before this returns."""
-        json.dumps(params)  # refuse what the database could not store, here rather than in a worker
-        row = {"kind": kind, "params": params, "status": "queued", "progress_done": 0, "progress_total": None,
-               "created_by": created_by, "created_at": self.clock(), "attempts": 0, "cancel_requested": False}
+    def create(self, kind: str, params: dict[str, Any], created_by: str,
+               inputs: dict[str, Any] | None = None) -> Job:
+        """Queue a job; committed before this returns. ``params`` is what lists show; ``inputs`` what only
+        the worker reads (``inputs["secrets"]``, e.g. a bearer token, is removed when a worker claims it)."""
+        json.dumps([params, inputs])  # refuse what the database could not store, here rather than in a worker
+        row = {"kind": kind, "params": params, "inputs": inputs, "status": "queued", "progress_done": 0,
+               "progress_total": None, "created_by": created_by, "created_at": self.clock(), "attempts": 0, "cancel_requested": False}
         with self.engine.begin() as connection:
             new_id = connection.execute(jobs.insert().returning(jobs.c.id), row).scalar_one()
         return self.get(int(new_id))  # type: ignore[return-value]
@@ -150,12 +151,12 @@ class JobStore:
         return _job(row) if row is not None else None
 
     def list(self, kind: str | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
-        """Newest first, without their results (they can be large)."""
+        """Newest first, without their results and inputs (they can be large)."""
         query = select(*_SUMMARY_COLUMNS).order_by(jobs.c.id.desc()).limit(limit).offset(offset)
         if kind is not None:
             query = query.where(jobs.c.kind == kind)
         with self._read() as connection:
-            return [_job(row, with_result=False) for row in connection.execute(query)]
+            return [_job(row) for row in connection.execute(query)]
 
     def cancel(self, job_id: int) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop (its worker sees it at the next
@@ -163,7 +164,7 @@ class JobStore:
         now = self.clock()
         with self.engine.begin() as connection:
             connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued")
-                               .values(status="cancelled", finished_at=now, cancel_requested=True))
+                               .values(status="cancelled", finished_at=now, cancel_requested=True, inputs=None))
             connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
                                .values(cancel_requested=True))
         job = self.get(job_id)
@@ -174,7 +175,9 @@ class JobStore:
     # --- the worker's side -----------------------------------------------------------------------
     def claim_next(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
         """The oldest queued job, now running for ``worker_id``; None when there is none. Stale running
-        jobs are re-queued first (or failed after ``max_attempts``)."""
+        jobs are re-queued first (or failed after ``max_attempts``). The job returned carries its inputs'
+        secrets; the row keeps them no longer (a job queued again after a crash has none: it should fail,
+        asking for the token again)."""
         now = self.clock()
         with self.engine.begin() as connection:
             self._requeue_stale(connection, now)
@@ -186,12 +189,17 @@ class JobStore:
             job_id = connection.execute(query).scalar()
             if job_id is None:
                 return None
+            inputs = connection.execute(select(jobs.c.inputs).where(jobs.c.id == job_id)).scalar()
+            kept = {k: v for k, v in inputs.items() if k != "secrets"} if isinstance(inputs, dict) else inputs
             claimed = connection.execute(
                 update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued")
-                .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now,
+                .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now, inputs=kept,
                         attempts=jobs.c.attempts + 1, progress_done=0, error=None)
-                .returning(jobs.c.id)).first()
-        return self.get(int(job_id)) if claimed is not None else None
+                .returning(*jobs.c)).first()
+        if claimed is None:
+            return None
+        job = _job(claimed)
+        return replace(job, inputs=inputs)
 
     def requeue_stale(self) -> int:
         """Queue again the running jobs whose worker stopped heartbeating; returns how many changed."""
@@ -252,7 +260,7 @@ class JobStore:
         with self.engine.begin() as connection:
             row = connection.execute(
                 update(jobs).where(self._owned(job_id, worker_id))
-                .values(finished_at=self.clock(), heartbeat_at=self.clock(), **values)
+                .values(finished_at=self.clock(), heartbeat_at=self.clock(), inputs=None, **values)
                 .returning(jobs.c.id)).first()
         return row is not None
 

@@ -186,3 +186,18 @@ def test_failure_message_is_stored(database_url, clock) -> None:
     assert store.fail(job.id, "w1", "the FHIR server answered 503")
     failed = store.get(job.id)
     assert failed.status == "failed" and failed.error == "the FHIR server answered 503"
+
+
+def test_inputs_reach_the_worker_once_and_their_secrets_leave_the_database_at_the_claim(database_url, clock) -> None:
+    store = open_store(database_url, clock)
+    job = store.create("dry_run", {"source": "bulk"}, "alice",
+                       inputs={"rules": ["a: 1"], "secrets": {"token": "tok-123"}})
+    assert store.list()[0].inputs is None  # lists never read inputs
+    claimed = store.claim_next("w1")
+    assert claimed.inputs == {"rules": ["a: 1"], "secrets": {"token": "tok-123"}}
+    assert store.get(job.id).inputs == {"rules": ["a: 1"]}  # the token is no longer stored
+    clock.advance(61)
+    again = store.claim_next("w2")  # after a crash: queued again, without the secret
+    assert again.inputs == {"rules": ["a: 1"]}
+    store.finish(job.id, "w2", {})
+    assert store.get(job.id).inputs is None

@@ -21,7 +21,10 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("kind", sa.String(40), nullable=False),
-        sa.Column("params", sa.JSON(), nullable=False),  # the source and rule-set versions: no token, no PHI
+        sa.Column("params", sa.JSON(), nullable=False),  # what the job is, as listed: no token, no PHI
+        # what the worker needs and lists never read (rule-set texts); "secrets" (a bearer token) are taken
+        # out of it when the job is claimed
+        sa.Column("inputs", sa.JSON(), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("progress_done", sa.Integer(), nullable=False),
         sa.Column("progress_total", sa.Integer(), nullable=True),
