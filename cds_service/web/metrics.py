@@ -24,6 +24,14 @@ or hook name taken as is from a client):
                                                             WWW-Authenticate names (auth/verifier.CATEGORIES)
     cramp_build_info{version, ruleset_version}              1: the running package and rule-set versions
                                                             (a reloaded rule set's old version drops to 0)
+    cramp_card_rate_alarm{card, measure}                    1 when the card's latest complete week's firing
+                                                            (cards shown) or override rate is far from its own
+                                                            history (admin/watch.py, docs/watch.md), else 0;
+                                                            read from the database at scrape time, cached
+                                                            ALARM_CACHE_SECONDS; no comment ever reaches it
+    cramp_card_rate_alarm_checked                           1 when those alarms could be computed, 0 when the
+                                                            database did not answer (the per-card series
+                                                            are then left out: the scrape never fails)
 
 ``PrometheusMetrics`` implements the engine's ``Observer`` (engine/observer.py) and the FHIR client's read
 observer: the engine, the fetcher and the stores are handed the application's instance, and never import
@@ -42,6 +50,7 @@ variable, and the workers, forked later, must be the first to import it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -56,6 +65,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075
 KNOWN_HOOKS = frozenset({"patient-view", "order-select", "order-sign"})
 CDS_ENDPOINT = "cds.call_service"
 EXTENSION = "leg_cramp_metrics"
+ALARM_EXTENSION = "leg_cramp_alarm_cache"
+ALARM_CACHE_SECONDS = 60.0  # the alarms are weekly: a scrape every 15 s needs no fresh query each time
+
+log = logging.getLogger(__name__)
 
 
 def _create_metrics(registry: Any) -> SimpleNamespace:
@@ -262,13 +275,68 @@ def exposition() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     own = metrics_of(current_app).registry  # so that a fresh process shows its (zero-valued) families
+    alarms = _alarm_exposition(current_app)  # from the database, the same in every worker: not multiprocess
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(own), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + alarms, CONTENT_TYPE_LATEST
+    return generate_latest(own) + alarms, CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- card rate alarms (Watch it)
+
+def _alarm_values(app: Flask) -> tuple[dict[tuple[str, str], bool], bool]:
+    """(card, measure) -> alarm, and whether they could be computed; cached ALARM_CACHE_SECONDS per app
+    (a failure too, so that a database that is down is not waited for at every scrape)."""
+    cache = app.extensions.setdefault(ALARM_EXTENSION, {"lock": threading.Lock(), "at": None, "value": ({}, False)})
+    with cache["lock"]:
+        if cache["at"] is not None and time.monotonic() - cache["at"] < ALARM_CACHE_SECONDS:
+            return cache["value"]
+        cache["value"] = _compute_alarms(app)
+        cache["at"] = time.monotonic()
+        return cache["value"]
+
+
+def _compute_alarms(app: Flask) -> tuple[dict[tuple[str, str], bool], bool]:
+    from cds_service.admin.watch import alarm_states, build_watch
+
+    store = app.extensions.get("leg_cramp_store")
+    engine = g.get("leg_cramp_engine") or app.extensions.get("leg_cramp_engine")
+    if store is None:
+        return {}, False
+    ruleset = getattr(engine, "ruleset", None)
+    try:
+        report = build_watch(store, ruleset)
+    except Exception as exc:  # never fail the scrape: the database may be down, locked or not migrated
+        log.warning("card rate alarms not computed for /metrics", extra={"error_type": type(exc).__name__})
+        return {}, False
+    enabled = [card for card, s in ruleset.spec.cards.items() if s.enabled] if ruleset is not None else []
+    return alarm_states(report, enabled), True
+
+
+def _alarm_exposition(app: Flask) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    values, checked = _alarm_values(app)
+
+    class AlarmCollector:
+        def collect(self) -> Any:
+            alarm = GaugeMetricFamily(
+                "cramp_card_rate_alarm", "1: the card's weekly firing or override rate is far from its own history.",
+                labels=["card", "measure"])
+            for (card, measure), on in sorted(values.items()):
+                alarm.add_metric([card, measure], 1.0 if on else 0.0)
+            yield alarm
+            yield GaugeMetricFamily("cramp_card_rate_alarm_checked",
+                                    "1: the card rate alarms could be computed from the database.",
+                                    value=1.0 if checked else 0.0)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AlarmCollector())
+    return generate_latest(registry)
 
 
 def mark_worker_dead(pid: int) -> None:
