@@ -6,6 +6,9 @@ Sources (``collect_tasks``): Bundle files or folders of them (one patient per fi
 NDJSON files (``bulk.read_ndjson``), or a FHIR server base URL (``fhir_population``). Bundle files are
 read by the workers; other sources are read here and their records sent to the workers.
 
+Rule sets are files, or texts (``RuleText``: a version from the database, for the console's dry runs,
+``admin/dry_run.py``); each worker process loads them again from that source.
+
 Each worker builds its engines once (``_init_worker``) and returns a compact ``PatientResult`` per
 patient. Suppression is not simulated (no card ledger): the counts are what the rules would show.
 
@@ -34,13 +37,46 @@ from cds_service.engine.registry import PATIENT_VIEW_SERVICE
 from cds_service.errors import ServiceError
 from cds_service.fhir.crawler import ServerPopulation, is_server_url
 from cds_service.hooks.request import parse_hook_request
-from cds_service.ruleset.loader import CARD_IDS, RuleSet, load_ruleset
+from cds_service.ruleset.loader import CARD_IDS, RuleSet, load_default_ruleset, load_ruleset, parse_ruleset
 
 EVALUATIONS = ("red_flag", "venous", "contributors")
 
 
 class SourceError(ValueError):
     """A source cannot be used (missing path, unreadable file, unreachable server); names it."""
+
+
+# ---------------------------------------------------------------- rule sets
+
+
+@dataclass(frozen=True)
+class RuleText:
+    """A rule set given as its YAML text (a version kept in the database), not as a file; ``label`` names
+    it in reports (e.g. ``draft 2026.12.2``)."""
+
+    text: str
+    label: str
+
+
+RuleSource = str | RuleText | None  # a file path, a text, or None for the bundled rule set
+
+
+def _bundled_data_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "data"
+
+
+def load_rule_source(source: RuleSource) -> RuleSet:
+    """The rule set of ``source``; ``value_sets.*.file`` of a text are relative to the bundled data folder.
+    Raises ``RuleSetError``."""
+    if isinstance(source, RuleText):
+        return parse_ruleset(source.text, source.label, base_dir=_bundled_data_dir())
+    return load_ruleset(source) if source else load_default_ruleset()
+
+
+def source_label(source: RuleSource) -> str:
+    if isinstance(source, RuleText):
+        return source.label
+    return source or "(bundled rule set)"
 
 
 # ---------------------------------------------------------------- results
@@ -217,10 +253,8 @@ def build_engines(rule_sets: list[RuleSet], as_of: date) -> list[Engine]:
     return [Engine(ruleset, drugs, clock=clock) for ruleset in rule_sets]
 
 
-def _init_worker(rule_paths: list[str | None], as_of: date) -> None:
-    from cds_service.ruleset.loader import load_default_ruleset
-
-    rule_sets = [load_ruleset(p) if p else load_default_ruleset() for p in rule_paths]
+def _init_worker(rule_paths: list[RuleSource], as_of: date) -> None:
+    rule_sets = [load_rule_source(p) for p in rule_paths]
     _ENGINES[:] = build_engines(rule_sets, as_of)
     gc.freeze()  # the engines live as long as the worker: keep them out of every later collection
 
@@ -272,11 +306,12 @@ def run_shard(tasks: list[Task], rule_sets: list[RuleSet], as_of: date, run_key:
     return [_run_task(task, engines) for task in tasks]
 
 
-def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[RuleSet], as_of: date,
+def run_tasks(tasks: list[Task], rule_paths: list[RuleSource], rule_sets: list[RuleSet], as_of: date,
               jobs: int | None = None, cluster: str | None = None
               ) -> Iterator[PatientResult]:
     """Evaluate every task under every rule set: on the Dask cluster at ``cluster`` when given, else on
-    ``jobs`` processes (default: CPU count; 1 = in process)."""
+    ``jobs`` processes (default: CPU count; 1 = in process). Closing the iterator early (a cancelled dry
+    run) drops the patients not yet started."""
     if cluster:
         from cds_service.admin.cluster import map_shards
 
@@ -290,20 +325,28 @@ def run_tasks(tasks: list[Task], rule_paths: list[str | None], rule_sets: list[R
         return
     chunk = max(1, min(32, len(tasks) // (jobs * 8)))
     gc.freeze()  # the tasks (all their records) live through the run: no collection need rescan them
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(rule_paths, as_of))
     try:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(rule_paths, as_of)) as pool:
-            yield from pool.map(_run_task, tasks, chunksize=chunk)
+        yield from pool.map(_run_task, tasks, chunksize=chunk)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # stopped early: the chunks not started are dropped
         gc.unfreeze()
 
 
-def simulate(rule_paths: list[str | None], rule_sets: list[RuleSet], tasks: list[Task], as_of: date,
+def simulate(rule_paths: list[RuleSource], rule_sets: list[RuleSet], tasks: list[Task], as_of: date,
              jobs: int | None = None, progress: Callable[[int], None] | None = None,
              cluster: str | None = None) -> Simulation:
-    simulation = Simulation(as_of, [RuleSetInfo(p or "(bundled rule set)", rs.version)
+    """``rule_paths``: where each rule set came from (a file, a ``RuleText``, None: bundled), for the
+    worker processes to load them again. ``progress(1)`` after each patient; an exception it raises stops
+    the run (the patients not started are dropped) and propagates."""
+    simulation = Simulation(as_of, [RuleSetInfo(source_label(p), rs.version)
                                     for p, rs in zip(rule_paths, rule_sets)])
-    for result in run_tasks(tasks, rule_paths, rule_sets, as_of, jobs, cluster):
-        simulation.results.append(result)
-        if progress:
-            progress(1)
+    results = run_tasks(tasks, rule_paths, rule_sets, as_of, jobs, cluster)
+    try:
+        for result in results:
+            simulation.results.append(result)
+            if progress:
+                progress(1)
+    finally:
+        results.close()
     return simulation

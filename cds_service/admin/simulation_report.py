@@ -93,32 +93,40 @@ svg text{font-family:system-ui,sans-serif;font-size:12px}
 
 
 def _svg_bars(sim: Simulation) -> str:
-    rows = sim.card_rates()
-    runs = len(sim.rule_sets)
+    rows = [(row["card"], row["counts"], row["rates"]) for row in sim.card_rates()]
+    return svg_bar_chart(rows, [info.path for info in sim.rule_sets], [info.version for info in sim.rule_sets])
+
+
+def svg_bar_chart(rows: list[tuple[str, list[int], list[float]]], names: list[str], versions: list[str],
+                  legend: tuple[str, str] = ("before", "after")) -> str:
+    """Horizontal bars, one per card and rule set: (card, counts, rates) rows; markup only (no script,
+    no style attribute: it passes the admin console's content-security policy)."""
+    runs = len(names)
     colours = ("#3b6ea5", "#d9822b")
     bar_height, gap, label_width = 16, 14, 190
     height = len(rows) * (runs * bar_height + gap) + gap + (22 if runs > 1 else 0)
     width = label_width + BAR_WIDTH + 90
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="Patients shown each card, as a share of the population">']
     y = gap
-    for row in rows:
-        parts.append(f'<text x="0" y="{y + runs * bar_height / 2 + 4:.0f}">{escape(row["card"])}</text>')
-        for run, rate in enumerate(row["rates"]):
+    for card, counts, rates in rows:
+        parts.append(f'<text x="0" y="{y + runs * bar_height / 2 + 4:.0f}">{escape(card)}</text>')
+        for run, rate in enumerate(rates):
             length = max(rate * BAR_WIDTH, 1 if rate else 0)
             parts.append(f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar_height - 2}" '
-                         f'fill="{colours[run % 2]}"><title>{escape(sim.rule_sets[run].path)}: '
-                         f'{row["counts"][run]} patients</title></rect>')
+                         f'fill="{colours[run % 2]}"><title>{escape(names[run])}: '
+                         f'{counts[run]} patients</title></rect>')
             parts.append(f'<text x="{label_width + length + 6:.1f}" y="{y + bar_height - 4}">'
-                         f'{row["counts"][run]} ({_pct(rate)})</text>')
+                         f'{counts[run]} ({_pct(rate)})</text>')
             y += bar_height
         y += gap
     if runs > 1:
-        for run, info in enumerate(sim.rule_sets):
+        for run in range(runs):
             x = label_width + run * 180
-            parts.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colours[run]}"/>')
-            parts.append(f'<text x="{x + 16}" y="{y + 11}">{"before" if run == 0 else "after"}: '
-                         f'{escape(info.version)}</text>')
+            parts.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colours[run % 2]}"/>')
+            parts.append(f'<text x="{x + 16}" y="{y + 11}">{escape(legend[run % 2])}: '
+                         f'{escape(versions[run])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
