@@ -78,6 +78,9 @@ def _configure_session(app: Flask, settings: Settings) -> None:
 
 
 def _import_view_modules() -> None:
+    """Once per process: admin_bp takes no new routes after its first registration on an app."""
+    if admin_bp._got_registered_once:
+        return
     for name in VIEW_MODULES:
         module = f"{__name__}.{name}"
         try:
