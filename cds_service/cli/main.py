@@ -166,6 +166,11 @@ def main(ctx: click.Context) -> None:
     default=None,
     help="Rule-set file to use instead of the bundled one (same as CRAMP_RULES_FILE).",
 )
+@click.option(
+    "--no-worker",
+    is_flag=True,
+    help="Start no dry-run job worker beside the server (same as CRAMP_JOB_WORKER=0; run `cramp-cds worker`).",
+)
 @click.pass_obj
 def serve(
     obj: CliContext,
@@ -175,6 +180,7 @@ def serve(
     threads: int | None,
     dev: bool,
     rules: Path | None,
+    no_worker: bool = False,
 ) -> None:
     """Run the service under gunicorn, the production server.
 
@@ -201,7 +207,13 @@ def serve(
     # Build the app once here so that an invalid rule set or setting stops the start with one clear line,
     # instead of every worker failing to boot. Each worker then builds its own (no state shared by fork).
     _build_app(settings)
-    obj.run_server(lambda: _build_app(settings), options)
+    from cds_service.cli.worker import job_worker_process, worker_enabled
+
+    # The admin console's dry runs run in a worker process beside gunicorn, never in a request worker.
+    worker_env = {**obj.env, **({"CRAMP_DEV_MODE": "1"} if dev else {}),
+                  **({"CRAMP_RULES_FILE": str(rules)} if rules else {})}
+    with job_worker_process(worker_env, enabled=not no_worker and worker_enabled(obj.env)):
+        obj.run_server(lambda: _build_app(settings), options)
 
 
 @main.group()
@@ -257,6 +269,10 @@ for _command in INTEGRATION_COMMANDS:
 from cds_service.cli.admin import admin  # noqa: E402  (the `admin` group: console accounts)
 
 main.add_command(admin)
+
+from cds_service.cli.worker import worker  # noqa: E402  (`worker`: the admin console's dry-run jobs)
+
+main.add_command(worker)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,8 @@ SQLAlchemy engine (``JobStore.for_card_store``). A job's life:
 * A running job whose worker stopped heartbeating for ``stale_after`` is queued again (by the next
   ``claim_next`` or ``requeue_stale``), unless it has been claimed ``MAX_ATTEMPTS`` times: then it fails,
   naming why, instead of crashing workers forever. A worker that lost its job that way is told so by its
-  next ``heartbeat`` (``Beat.LOST``) and its late ``finish`` changes nothing.
+  next ``heartbeat`` (``Beat.LOST``) and its late ``finish`` changes nothing. A worker told to stop
+  ``release``s its job: queued again at once.
 """
 
 from __future__ import annotations
@@ -244,6 +245,16 @@ class JobStore:
         if row is None:
             return Beat.LOST
         return Beat.CANCEL if row[0] else Beat.CONTINUE
+
+    def release(self, job_id: int, worker_id: str) -> bool:
+        """The worker is stopping (SIGTERM): its job goes back to the queue now, the claim not counted."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                update(jobs).where(self._owned(job_id, worker_id))
+                .values(status="queued", worker_id=None, heartbeat_at=None, attempts=jobs.c.attempts - 1,
+                        message="queued again: its worker stopped")
+                .returning(jobs.c.id)).first()
+        return row is not None
 
     def finish(self, job_id: int, worker_id: str, result: dict[str, Any]) -> bool:
         """Store the result (done); False when the job is no longer this worker's."""

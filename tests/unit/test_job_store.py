@@ -201,3 +201,13 @@ def test_inputs_reach_the_worker_once_and_their_secrets_leave_the_database_at_th
     assert again.inputs == {"rules": ["a: 1"]}
     store.finish(job.id, "w2", {})
     assert store.get(job.id).inputs is None
+
+
+def test_a_released_job_is_queued_again_at_once_without_counting_the_claim(database_url, clock) -> None:
+    store = open_store(database_url, clock)
+    job = store.create("dry_run", {}, "alice")
+    store.claim_next("w1")
+    assert store.release(job.id, "w1")
+    assert not store.release(job.id, "w1")  # no longer its job
+    again = store.claim_next("w2")
+    assert again.id == job.id and again.attempts == 1
