@@ -1,4 +1,5 @@
-"""The rule set's semantic checks, after the schema: code references, weights, item ids, the value sets the
+"""The rule set's semantic checks, after the schema: code references (the ``alias|code`` form, a known system,
+and a code that fits its system's format: ``code_formats.py``), weights, item ids, the value sets the
 rules read, reachable thresholds, order rules, procedure statuses, the Condition text fallback, and the card
 text of every enabled card (``card_text_problems``). Each problem is (path into the document, message).
 """
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from cds_service.ruleset.card_ids import LEGACY_DRUG_ORDER, ORDER_CARD_IDS, is_drug_order_card
+from cds_service.ruleset.code_formats import CODE, PREFIX, RANGE, code_format_problem
 from cds_service.ruleset.schema import (CARD_IDS, CARD_TEXT_KEYS, CONTRIBUTOR_DRUG_ITEMS, CONTRIBUTOR_ITEMS,
                                         CRITICAL_VALUE_SETS, DRUG_TABLE_CLASSES, ORDER_CLASSES, PROCEDURE_STATUSES,
                                         RED_FLAG_SIGNS, REQUIRED_VALUE_SETS, SERVICE_REQUEST_STATUSES,
@@ -30,33 +32,46 @@ def check_code_ref(entry: str, systems: dict[str, str]) -> str | None:
     return None
 
 
+def check_code(entry: str, systems: dict[str, str], kind: str = CODE) -> str | None:
+    """``check_code_ref``, then whether the code fits its system's format (an exact code, a prefix or a range:
+    ``kind``); a system with no known format is not checked."""
+    problem = check_code_ref(entry, systems)
+    if problem:
+        return problem
+    alias, code = entry.split("|", 1)
+    return code_format_problem(systems[alias], code, kind)
+
+
+# The kind of code each value-set list holds (``exclude``: codes or prefixes, so checked as prefixes).
+_VALUE_SET_KINDS = {"codes": CODE, "prefixes": PREFIX, "ranges": RANGE, "exclude": PREFIX}
+
 
 def semantic_problems(spec: RuleSetSpec) -> list[tuple[DocumentPath, str]]:
     """Cross-field checks on a schema-valid rule set; each problem with the path it is about."""
     problems: list[tuple[DocumentPath, str]] = []
     systems = spec.code_systems
     for name, value_set in spec.value_sets.items():
-        for kind in ("codes", "prefixes", "ranges", "exclude"):
-            for index, entry in enumerate(getattr(value_set, kind)):
-                problem = check_code_ref(entry, systems)
+        for key, kind in _VALUE_SET_KINDS.items():
+            for index, entry in enumerate(getattr(value_set, key)):
+                problem = check_code(entry, systems, kind)
                 if problem:
-                    problems.append((("value_sets", name, kind, index), problem))
+                    problems.append((("value_sets", name, key, index), problem))
     missing_sets = [name for name in REQUIRED_VALUE_SETS if name not in spec.value_sets]
     if missing_sets:
         problems.append((("value_sets",), f"missing value sets the rules read: {', '.join(missing_sets)}"))
     for spec_name, observation in spec.observations:
         for index, entry in enumerate(observation.codes):
-            problem = check_code_ref(entry, systems)
+            problem = check_code(entry, systems)
             if problem:
                 problems.append((("observations", spec_name, "codes", index), problem))
     for side, refs in spec.laterality.code_sides.items():
         problems += [(("laterality", "code_sides", side, i), p) for i, r in enumerate(refs)
-                     if (p := check_code_ref(r, systems))]
+                     if (p := check_code(r, systems))]
     for side, refs in spec.laterality.body_site_sides.items():
         problems += [(("laterality", "body_site_sides", side, i), p) for i, r in enumerate(refs)
-                     if (p := check_code_ref(r, systems))]
+                     if (p := check_code(r, systems))]
     for index, rule in enumerate(spec.laterality.last_character_sides):
-        if problem := check_code_ref(rule.prefix, systems):
+        if problem := check_code(rule.prefix, systems, PREFIX):
             problems.append((("laterality", "last_character_sides", index, "prefix"), problem))
     for section, known in (("venous_index", VENOUS_INDEX_ITEMS), ("contributors", CONTRIBUTOR_ITEMS)):
         for item, points in getattr(spec, section).points.items():
