@@ -326,3 +326,56 @@ def _check_applied(text: str, parts: list[str], value: Any, path: str) -> None:
         data = data.get(part) if isinstance(data, dict) else None
     if data != value:  # pragma: no cover - same
         raise EditError(path, f"the change could not be written (read back {data!r})")
+
+
+# ---------------------------------------------------------------- the form against its YAML
+
+def _lookup(data: Any, path: list[str]) -> tuple[bool, Any]:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False, None
+        data = data[part]
+    return True, data
+
+
+def form_string(value: Any) -> str:
+    """A YAML value as the form's input holds it (a list: one entry a line)."""
+    if isinstance(value, list):
+        return "\n".join(str(entry) for entry in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)
+
+
+def form_values(text: str, fields: list[str]) -> dict[str, str] | None:
+    """Each field's value in ``text`` as a form string ("" when absent); None when ``text`` is not YAML."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {field: form_string(_lookup(data, field.split("."))[1]) for field in fields}
+
+
+def changed_fields(base_text: str, submitted: Mapping[str, str]) -> dict[str, Any]:
+    """The submitted form fields whose value differs from the one the form was rendered with (read from
+    ``base_text``), typed: an admin who edits the YAML and the form in one go keeps both, the form winning
+    where they touch the same field. EditError for a wrong type or unknown field, naming it."""
+    try:
+        base = yaml.safe_load(base_text)
+    except yaml.YAMLError:
+        base = None
+    changed: dict[str, Any] = {}
+    for path, raw in submitted.items():
+        kind = field_type(path)
+        value = parse_value(path, kind, raw)
+        present, old = _lookup(base, path.split(".")) if isinstance(base, dict) else (False, None)
+        if not present and value in ("", []):
+            continue  # an empty input for an absent key (e.g. a value set without prefixes)
+        if present and _same(old, value):
+            continue
+        changed[path] = value
+    return changed

@@ -128,3 +128,21 @@ def test_invalid_yaml_is_refused_as_the_document():
     with pytest.raises(EditError) as caught:
         apply_changes("a: [1,\n", {"title": "x"})
     assert caught.value.field == "(document)"
+
+
+def test_only_the_fields_changed_on_the_form_are_applied():
+    from cds_service.admin.ruleset_edit import changed_fields, form_values
+
+    fields = ["venous_index.threshold", "windows.recent_days", "value_sets.paralysis.codes", "red_flag.signs"]
+    shown = form_values(BUNDLED, fields)
+    assert shown == {"venous_index.threshold": "3", "windows.recent_days": "14", "value_sets.paralysis.codes": "",
+                     "red_flag.signs": "one_sided_leg_swelling\nleg_redness_cellulitis\nleg_pain"}
+    submitted = {**shown, "venous_index.threshold": "2.5"}
+    assert changed_fields(BUNDLED, submitted) == {"venous_index.threshold": 2.5}
+    # the YAML was edited to 10 days while the form kept showing 14: the form does not undo it
+    yaml_edited = BUNDLED.replace("  recent_days: 14 ", "  recent_days: 10 ")
+    changes = changed_fields(BUNDLED, submitted)
+    assert yaml.safe_load(apply_changes(yaml_edited, changes))["windows"]["recent_days"] == 10
+    with pytest.raises(EditError, match="^windows.recent_days: expected a whole number"):
+        changed_fields(BUNDLED, {**shown, "windows.recent_days": "two weeks"})
+    assert form_values("a: [1,\n", fields) is None
