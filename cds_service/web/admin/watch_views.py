@@ -1,0 +1,82 @@
+"""Watch it (docs/watch.md): per card, cards shown, accepted and overridden per ISO week, top override
+reasons, suppression and the alarm, from admin/watch.py. Viewers see the aggregates; clinicians' free-text
+comments (they may hold PHI) only editors and deployers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import abort, render_template
+from markupsafe import Markup
+
+from cds_service.admin import watch
+from cds_service.admin.watch_charts import Series, line_chart, spark
+from cds_service.storage.watch_queries import WatchUnavailable
+from cds_service.web.admin import access, services
+from cds_service.web.admin.access import require_role
+from cds_service.web.admin.blueprint import admin_bp
+
+log = logging.getLogger(__name__)
+
+OVERVIEW_COMMENTS = 10
+
+
+def _report() -> watch.WatchReport:
+    return watch.build_watch(services.card_store(), services.current_engine().ruleset)
+
+
+def _unavailable(exc: WatchUnavailable) -> Any:
+    log.warning("admin console: watch data unavailable", extra={"error": str(exc)})
+    return render_template("admin/watch_unavailable.html", reason=str(exc)), 503
+
+
+@admin_bp.get("/watch")
+@require_role("viewer")
+def watch_page() -> Any:
+    try:
+        report = _report()
+        comments = (watch.comments(services.card_store())[:OVERVIEW_COMMENTS]
+                    if access.has_role("editor") else None)
+    except WatchUnavailable as exc:
+        return _unavailable(exc)
+    sparks = {card.card: Markup(spark(f"spark-{card.card}", f"{card.card}: cards shown per week",
+                                      [float(w.shown) for w in card.weeks], alarm=card.firing.alarm))
+              for card in report.cards}
+    return render_template("admin/watch.html", report=report, sparks=sparks, comments=comments,
+                           may_see_comments=access.has_role("editor"))
+
+
+@admin_bp.get("/watch/<card_id>")
+@require_role("viewer")
+def watch_card(card_id: str) -> Any:
+    try:
+        report = _report()
+        card = report.card(card_id)
+        if card is None:
+            abort(404)
+        comments = watch.comments(services.card_store(), card=card_id) if access.has_role("editor") else None
+    except WatchUnavailable as exc:
+        return _unavailable(exc)
+    return render_template("admin/watch_card.html", report=report, card=card, charts=_charts(report, card),
+                           comments=comments, may_see_comments=access.has_role("editor"), k=f"{watch.K:g}",
+                           alpha=f"{watch.ALPHA:g}")
+
+
+def _charts(report: watch.WatchReport, card: watch.CardWatch) -> dict[str, Markup]:
+    weeks = [w.label for w in report.weeks]
+    checked = next((i for i, w in enumerate(report.weeks) if w == report.latest_complete), None)
+    firing, override = card.firing, card.override
+    shown = line_chart(
+        "chart-shown", f"{card.card}: cards shown per week", weeks,
+        [Series("shown", [float(w.shown) for w in card.weeks], "line-shown")],
+        band=(firing.low, firing.high) if firing.low is not None and firing.high is not None else None,
+        highlight=checked)
+    rates = line_chart(
+        "chart-rates", f"{card.card}: share of the week's cards accepted and overridden", weeks,
+        [Series("accepted", [w.accept_rate for w in card.weeks], "line-accepted"),
+         Series("overridden", [w.override_rate for w in card.weeks], "line-overridden")],
+        percent=True,
+        band=(override.low, override.high) if override.low is not None and override.high is not None else None,
+        highlight=checked)
+    return {"shown": Markup(shown), "rates": Markup(rates)}
