@@ -329,7 +329,7 @@ def _mad(values: Sequence[float], centre: float) -> float:
 
 def _not_enough(card: str, measure: str, latest: IsoWeek, have: int, what: str) -> AlarmCheck:
     return AlarmCheck(card, measure, latest, "not_evaluated",
-                      f"not evaluated: {have} complete week(s) of history with {what} before {latest}; "
+                      f"Not evaluated: {have} complete week(s) of history with {what} before {latest}; "
                       f"{MIN_HISTORY_WEEKS} are needed", history_weeks=have)
 
 
@@ -359,9 +359,9 @@ def check_firing(card: str, weeks: list[WeekCounts], latest: IsoWeek) -> AlarmCh
     if far and p < ALPHA:
         change = "it stopped firing" if x == 0 else (
             f"{x / centre:.1f} times its median" if centre and x > centre else "far below its median")
-        return AlarmCheck(card, "firing", latest, "alarm", f"{card}: firing changed: {base}; {change}."
+        return AlarmCheck(card, "firing", latest, "alarm", f"Firing changed: {base}; {change}."
                           + _version_note(checked, history), x, centre, low, high, p, len(history))
-    return AlarmCheck(card, "firing", latest, "ok", f"{card}: firing as usual: {base}.", x, centre, low, high, p,
+    return AlarmCheck(card, "firing", latest, "ok", f"Firing as usual: {base}.", x, centre, low, high, p,
                       len(history))
 
 
@@ -374,7 +374,7 @@ def check_override(card: str, weeks: list[WeekCounts], latest: IsoWeek) -> Alarm
     n, k = checked.shown, checked.overridden
     if n < MIN_CARDS_FOR_RATE:
         return AlarmCheck(card, "override", latest, "not_evaluated",
-                          f"not evaluated: {n} card(s) shown in {latest}; the override rate is judged on "
+                          f"Not evaluated: {n} card(s) shown in {latest}; the override rate is judged on "
                           f"{MIN_CARDS_FOR_RATE} or more", history_weeks=len(shown_weeks))
     rates = [w.overridden / w.shown for w in shown_weeks]
     centre = median(rates)
@@ -388,9 +388,9 @@ def check_override(card: str, weeks: list[WeekCounts], latest: IsoWeek) -> Alarm
     base = (f"{k} of {n} overridden in {latest} ({rate:.0%}) against a median of {centre:.0%} over the previous "
             f"{len(shown_weeks)} weeks (usual range {low:.0%} to {high:.0%}; binomial p = {p:.2g})")
     if far and p < ALPHA:
-        return AlarmCheck(card, "override", latest, "alarm", f"{card}: override rate changed: {base}."
+        return AlarmCheck(card, "override", latest, "alarm", f"Override rate changed: {base}."
                           + _version_note(checked, history), rate, centre, low, high, p, len(shown_weeks))
-    return AlarmCheck(card, "override", latest, "ok", f"{card}: override rate as usual: {base}.", rate, centre, low,
+    return AlarmCheck(card, "override", latest, "ok", f"Override rate as usual: {base}.", rate, centre, low,
                       high, p, len(shown_weeks))
 
 

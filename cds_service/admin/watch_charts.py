@@ -43,10 +43,11 @@ def _label(value: float, percent: bool) -> str:
 
 
 def line_chart(chart_id: str, title: str, weeks: Sequence[str], series: Sequence[Series], *,
-               percent: bool = False, band: tuple[float, float] | None = None, highlight: int | None = None,
-               description: str = "") -> str:
-    """A line chart, one point per week; ``band`` shades the alarm's usual range, ``highlight`` marks the
-    week checked. ``percent``: values are shares (0..1)."""
+               percent: bool = False, band: tuple[float, float] | None = None,
+               band_span: tuple[int, int] | None = None, highlight: int | None = None, description: str = "") -> str:
+    """A line chart, one point per week; ``band`` shades the alarm's usual range over the weeks
+    ``band_span`` (first, last index; default all), ``highlight`` marks the week checked. ``percent``:
+    values are shares (0..1)."""
     present = [v for s in series for v in s.values if v is not None]
     top = 1.0 if percent else max([*present, band[1] if band else 0.0, 1.0])
     ticks = _ticks(top, percent)
@@ -66,7 +67,9 @@ def line_chart(chart_id: str, title: str, weeks: Sequence[str], series: Sequence
              f'<desc id="{chart_id}-desc">{escape(description or _describe(weeks, series, percent))}</desc>']
     if band is not None:
         low, high = band
-        parts.append(f'<rect class="band" x="{LEFT}" y="{y(high):.1f}" width="{plot_w}" '
+        first, last = band_span or (0, count - 1)
+        left, right = (x(first), x(last)) if count > 1 else (LEFT, LEFT + plot_w)
+        parts.append(f'<rect class="band" x="{left:.1f}" y="{y(high):.1f}" width="{max(right - left, 2):.1f}" '
                      f'height="{max(y(low) - y(high), 1):.1f}"><title>usual range {_label(low, percent)} to '
                      f'{_label(high, percent)}</title></rect>')
     for tick in ticks:

@@ -161,8 +161,8 @@ def test_a_card_page_has_accessible_charts_and_the_data_table(app) -> None:
     assert page.status_code == 200
     assert '<svg class="chart" role="img" aria-labelledby="chart-shown-title chart-shown-desc"' in html
     assert '<title id="chart-shown-title">elevated-cramp-risk: cards shown per week</title>' in html
-    assert re.search(r'<th scope="row">2026-W24</th>\s*<td class="n">0</td>', html)
-    assert re.search(r'<th scope="row">2026-W23</th>\s*<td class="n">20</td>', html)
+    assert re.search(r'<th scope="row" class="week">2026-W24</th>\s*<td class="n">0</td>', html)
+    assert re.search(r'<th scope="row" class="week">2026-W23</th>\s*<td class="n">20</td>', html)
     assert 'role="alert"' in html and "ALARM" in html
     assert "style=" not in html and "<script>" not in html
     assert signed_in_client(app, "vera").get("/admin/watch/no-such-card").status_code == 404

@@ -20,6 +20,7 @@ from cds_service.web.admin.blueprint import admin_bp
 log = logging.getLogger(__name__)
 
 OVERVIEW_COMMENTS = 10
+MIN_WEEKS_SHOWN = 8
 
 
 def _report() -> watch.WatchReport:
@@ -43,7 +44,9 @@ def watch_page() -> Any:
     sparks = {card.card: Markup(spark(f"spark-{card.card}", f"{card.card}: cards shown per week",
                                       [float(w.shown) for w in card.weeks], alarm=card.firing.alarm))
               for card in report.cards}
-    return render_template("admin/watch.html", report=report, sparks=sparks, comments=comments,
+    # alarms first, then the cards shown most
+    cards = sorted(report.cards, key=lambda c: (not c.alarms, -c.shown, c.card))
+    return render_template("admin/watch.html", report=report, cards=cards, sparks=sparks, comments=comments,
                            may_see_comments=access.has_role("editor"))
 
 
@@ -58,25 +61,40 @@ def watch_card(card_id: str) -> Any:
         comments = watch.comments(services.card_store(), card=card_id) if access.has_role("editor") else None
     except WatchUnavailable as exc:
         return _unavailable(exc)
-    return render_template("admin/watch_card.html", report=report, card=card, charts=_charts(report, card),
+    start = _shown_weeks(report, card)
+    return render_template("admin/watch_card.html", report=report, card=card, charts=_charts(report, card, start),
+                           weeks=card.weeks[start:], suppression=card.suppression[start:],
                            comments=comments, may_see_comments=access.has_role("editor"), k=f"{watch.K:g}",
                            alpha=f"{watch.ALPHA:g}")
 
 
-def _charts(report: watch.WatchReport, card: watch.CardWatch) -> dict[str, Markup]:
-    weeks = [w.label for w in report.weeks]
-    checked = next((i for i, w in enumerate(report.weeks) if w == report.latest_complete), None)
+def _shown_weeks(report: watch.WatchReport, card: watch.CardWatch) -> int:
+    """Index of the first week the page shows for ``card``: its first week with a card (at least
+    MIN_WEEKS_SHOWN weeks are shown), so a card deployed last month is not drawn over months of nothing."""
+    first = next((i for i, w in enumerate(card.weeks) if w.shown), len(card.weeks))
+    return max(0, min(first, len(card.weeks) - MIN_WEEKS_SHOWN))
+
+
+def _band(check: watch.AlarmCheck) -> tuple[float, float] | None:
+    return (check.low, check.high) if check.low is not None and check.high is not None else None
+
+
+def _charts(report: watch.WatchReport, card: watch.CardWatch, start: int) -> dict[str, Markup]:
+    weeks = [w.label for w in report.weeks[start:]]
+    series = card.weeks[start:]
+    checked = next((i for i, w in enumerate(report.weeks[start:]) if w == report.latest_complete), None)
+
+    def span(check: watch.AlarmCheck) -> tuple[int, int] | None:
+        return (max(checked - check.history_weeks, 0), checked) if checked is not None else None
+
     firing, override = card.firing, card.override
     shown = line_chart(
         "chart-shown", f"{card.card}: cards shown per week", weeks,
-        [Series("shown", [float(w.shown) for w in card.weeks], "line-shown")],
-        band=(firing.low, firing.high) if firing.low is not None and firing.high is not None else None,
-        highlight=checked)
+        [Series("shown", [float(w.shown) for w in series], "line-shown")],
+        band=_band(firing), band_span=span(firing), highlight=checked)
     rates = line_chart(
         "chart-rates", f"{card.card}: share of the week's cards accepted and overridden", weeks,
-        [Series("accepted", [w.accept_rate for w in card.weeks], "line-accepted"),
-         Series("overridden", [w.override_rate for w in card.weeks], "line-overridden")],
-        percent=True,
-        band=(override.low, override.high) if override.low is not None and override.high is not None else None,
-        highlight=checked)
+        [Series("accepted", [w.accept_rate for w in series], "line-accepted"),
+         Series("overridden", [w.override_rate for w in series], "line-overridden")],
+        percent=True, band=_band(override), band_span=span(override), highlight=checked)
     return {"shown": Markup(shown), "rates": Markup(rates)}
