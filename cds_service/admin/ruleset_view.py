@@ -11,6 +11,7 @@ from ../shared/clinical/codes.json and the VSAC expansions); a code without one 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -352,8 +353,21 @@ def _wording(content: CardContent, card_id: str) -> tuple[tuple[str, str], ...]:
     return tuple(flat)
 
 
-def _summary(content: CardContent, card_id: str) -> str:
-    return content.card(card_id).summary if card_id in content.cards else card_id
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _summary(content: CardContent, card_id: str, spec: RuleSetSpec) -> str:
+    """The card's headline as a person reads it: a drug-order card's class wording filled in, any other
+    placeholder (a score) shown as [score]."""
+    if card_id not in content.cards:
+        return card_id
+    text = content.card(card_id)
+    values: dict[str, str] = {}
+    classes = getattr(text, "order_classes", None) or {}
+    judged = [classes[c] for c in spec.order_rules.cards.get(card_id, []) if c in classes]
+    if judged:
+        values = {"class_label": judged[0].label, "class_plural": judged[0].plural, "class_name": judged[0].name}
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), f"[{m.group(1)}]"), text.summary)
 
 
 class _Builder:
@@ -370,7 +384,7 @@ class _Builder:
 
     def card(self, card_id: str, hook: str, evaluation: str, criteria: Iterable[str], **parts: Any) -> CardView:
         enabled, indicator, suppress = _card_settings(self.spec, card_id)
-        return CardView(card_id, _summary(self.content, card_id), hook, evaluation, enabled, indicator, suppress,
+        return CardView(card_id, _summary(self.content, card_id, self.spec), hook, evaluation, enabled, indicator, suppress,
                         _suppression(self.spec, card_id), tuple(criteria), wording=_wording(self.content, card_id),
                         **parts)
 

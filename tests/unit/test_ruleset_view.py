@@ -117,3 +117,9 @@ def test_cards_reading_a_field():
         "cramp-associated-drug-order-thiazide", "cramp-associated-drug-order-laba"}
     assert cards_reading("order_rules.cards.quinine-for-cramps") == ("quinine-for-cramps",)
     assert cards_reading("version") == ()
+
+
+def test_card_headlines_fill_the_class_wording_and_mark_scores(view):
+    assert view.card("cramp-associated-drug-order-thiazide").summary.startswith("Thiazide diuretic ordered for a patient")
+    assert "{" not in view.card("cramp-associated-drug-order-laba").summary
+    assert view.card("elevated-cramp-risk").summary == "Elevated leg-cramp risk: [score] points from medications and conditions"
