@@ -237,3 +237,25 @@ def test_file_mode_is_read_only(tmp_path):
     assert client.get("/admin/rules/draft").status_code == 409
     as_json = client.post("/admin/rules/rollback", json={}, headers={"X-CSRFToken": token})
     assert as_json.status_code == 409 and as_json.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_every_draft_input_has_a_label_and_errors_are_described(client):
+    sign_in(client, "editor")
+    html = client.get("/admin/rules/draft").get_data(as_text=True)
+    controls = re.findall(r'<(?:input type="text"|select|textarea)[^>]*\bid="([^"]+)"', html)
+    labels = set(re.findall(r'<label for="([^"]+)"', html))
+    assert len(controls) > 250  # every card setting and every value-set list
+    assert [c for c in controls if c not in labels] == []
+    assert len(set(controls)) == len(controls)  # each field once: a shared setting is not sent twice
+
+
+def test_a_draft_is_continued_under_its_own_number(app, client):
+    save_draft(app, threshold=2)
+    sign_in(client, "editor")
+    fields = form_of(client.get("/admin/rules/draft?from=2026.12.2").get_data(as_text=True))
+    assert (fields["version"], fields["venous_index.threshold"], fields["base_version"]) == ("2026.12.2", "2", "2026.12.2")
+    fields["contributors.points.statin"] = "1"
+    assert client.post("/admin/rules/draft", data=fields).status_code == 302
+    saved = yaml.safe_load(versions(app).get_version("2026.12.2").content)
+    assert (saved["venous_index"]["threshold"], saved["contributors"]["points"]["statin"]) == (2, 1)
+    assert client.get("/admin/rules/draft?from=1999.1.1").status_code == 404
