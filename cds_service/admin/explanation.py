@@ -442,7 +442,8 @@ def _evaluation_html(entry: EvaluationEntry) -> str:
     details = _evaluation_details_html(entry)
     detail_list = ('<ul class="evaluation-details">' + "".join(f"<li>{d}</li>" for d in details) + "</ul>"
                    if details else "")
-    return (f'<section class="evaluation {verdict}" data-card-id="{_h(entry.card_id)}" data-evaluation="{_h(entry.key)}">'
+    return (f'<section class="evaluation {verdict}" data-card-id="{_h(entry.card_id)}" '
+            f'data-evaluation="{_h(entry.key)}">'
             f'<h4><span class="evaluation-label">{_h(entry.label)}</span> &rarr; '
             f'<span class="card-id">{_h(entry.card_id)}</span>: '
             f'<span class="verdict">{"FIRED" if entry.fired else "not fired"}</span></h4>'

@@ -1,4 +1,5 @@
-"""``cramp-cds rules``: start a rule-set file from the bundled one, validate it, simulate it over a population, explain one patient.
+"""``cramp-cds rules``: start a rule-set file from the bundled one, validate it, simulate it over a population,
+explain one patient.
 
     cramp-cds rules init [PATH] [--force]
     cramp-cds rules validate FILE
@@ -100,8 +101,9 @@ def next_steps(path: Path) -> list[str]:
     return [
         "Next:",
         f"  1. edit it, then check it:   cramp-cds rules validate {shown}",
-        f"  2. try it on patients:       cramp-cds rules simulate --rules {shown} SOURCE...   (SOURCE: bundles, NDJSON,",
-        "                               a FHIR server; --rules BEFORE --against AFTER lists the patients that change)",
+        f"  2. try it on patients:       cramp-cds rules simulate --rules {shown} SOURCE...",
+        "                               (SOURCE: bundles, NDJSON, a FHIR server; --rules BEFORE --against AFTER",
+        "                               lists the patients whose card changes, and why)",
         f"     and on one patient:       cramp-cds rules explain --rules {shown} PATIENT",
         f"  3. use it:                   cramp-cds serve --rules {shown}   (or CRAMP_RULES_FILE={shown})",
         "     or paste it as a draft in the admin console (/admin/rules): validate, dry-run, deploy.",
@@ -233,7 +235,8 @@ def read_patient_request(path: Path) -> dict[str, Any]:
 def explain(rules_file: Path, as_of: date | None, fmt: str, output: Path | None, patient: Path) -> None:
     """Every fact found for one PATIENT (a Bundle or hook-request JSON file) with its source record, how
     each medication record was mapped, and every evaluation's points and outcome."""
-    from cds_service.admin.explanation import explain as explain_result, render_explanation_page, render_explanation_text
+    from cds_service.admin.explanation import (explain as explain_result, render_explanation_page,
+                                               render_explanation_text)
     from cds_service.admin.simulation import build_engines
     from cds_service.engine.registry import PATIENT_VIEW_SERVICE
     from cds_service.hooks.request import parse_hook_request

@@ -176,3 +176,13 @@ def code_format_problem(system: str, code: str, kind: str = CODE) -> str | None:
     hint = f" ({other} format?)" if other else ""
     article = "an" if name in ("ICD-10-CM", "RxNorm", "HCPCS") else "a"
     return f"{code} is not {article} {name} {noun}{detail}{hint}"
+
+
+def file_code_problems(pairs: "list[tuple[str, str]]", limit: int = 5) -> list[str]:
+    """The format problems of a value-set file's (system, code) pairs, at most ``limit`` of them and a count of
+    the rest (for ``valuesets.valueset_file_codes`` to report at the file's ``file:`` line)."""
+    found = [problem for system, code in pairs if (problem := code_format_problem(system, code))]
+    shown = found[:limit]
+    if len(found) > limit:
+        shown.append(f"and {len(found) - limit} more code(s) that do not fit their system's format")
+    return shown

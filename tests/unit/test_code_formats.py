@@ -9,7 +9,8 @@ from importlib import resources
 import pytest
 
 from cds_service.ruleset.code_formats import (CODE, CPT, HCPCS, ICD10CM, LOINC, PREFIX, RANGE, RXNORM, SNOMED,
-                                              code_format_problem, loinc_check_digit, looks_like, verhoeff_valid)
+                                              code_format_problem, file_code_problems, loinc_check_digit, looks_like,
+                                              verhoeff_valid)
 from cds_service.ruleset.loader import RuleSetError, load_default_ruleset, parse_ruleset
 from cds_service.ruleset.valuesets import read_valueset_codes
 
@@ -92,7 +93,8 @@ def test_every_bundled_code_fits_its_format():
 
 
 @pytest.mark.parametrize("old, new, path, message", [
-    ("sct|128053003,", "sct|I80.2,", "value_sets.dvt_acute.codes[2]", "I80.2 is not a SNOMED CT code (ICD-10-CM format?)"),
+    ("sct|128053003,", "sct|I80.2,", "value_sets.dvt_acute.codes[2]",
+     "I80.2 is not a SNOMED CT code (ICD-10-CM format?)"),
     ("prefixes: [icd10cm|I82.4,", "prefixes: [icd10cm|1282.4,", "value_sets.dvt_acute.prefixes[0]",
      "1282.4 is not an ICD-10-CM code prefix"),
     ("ranges: [icd10cm|C00-C96]", "ranges: [icd10cm|C00-C9]", "value_sets.active_cancer.ranges[0]",
@@ -121,3 +123,10 @@ def test_a_code_of_a_system_without_a_format_is_not_checked():
                                 "  cpt: http://www.ama-assn.org/go/cpt\n  local: urn:example:local\n", 1)
     text = text.replace("codes: [sct|387713003]", "codes: [sct|387713003, local|whatever-1]", 1)
     assert parse_ruleset(text, "rules.yaml").value_set("surgical_procedure_category")
+
+
+def test_file_code_problems_lists_a_few_and_counts_the_rest():
+    pairs = [(SNOMED, "128053003"), *[(SNOMED, f"I80.{n}") for n in range(7)]]
+    problems = file_code_problems(pairs, limit=5)
+    assert problems[0] == "I80.0 is not a SNOMED CT code (ICD-10-CM format?)"
+    assert len(problems) == 6 and problems[-1] == "and 2 more code(s) that do not fit their system's format"
