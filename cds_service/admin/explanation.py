@@ -453,7 +453,8 @@ def _evaluation_html(entry: EvaluationEntry) -> str:
 def _outcome_html(e: Explanation) -> str:
     rows = [("Card shown after precedence",
              _words(e.shown) if e.shown else "none", "shown"),
-            ("Could not be checked", _words(e.not_checked) or "nothing", "not-checked")]
+            ("Could not be checked", _words(e.not_checked) or "nothing",
+             "not-checked" if e.not_checked else "all-checked")]
     if e.incomplete:
         rows.append(("Incomplete (more pages not read)", _words(e.incomplete), "incomplete"))
     rows.append(("Skipped records", str(len(e.skipped)), "skipped"))
