@@ -259,3 +259,15 @@ def test_a_draft_is_continued_under_its_own_number(app, client):
     saved = yaml.safe_load(versions(app).get_version("2026.12.2").content)
     assert (saved["venous_index"]["threshold"], saved["contributors"]["points"]["statin"]) == (2, 1)
     assert client.get("/admin/rules/draft?from=1999.1.1").status_code == 404
+
+
+def test_after_a_deploy_from_the_console_the_service_answers_with_the_new_version(app, client):
+    save_draft(app)
+    sign_in(client, "deployer")
+    token = csrf(client)
+    assert client.post("/admin/rules/versions/2026.12.2/deploy", data={"csrf_token": token, "confirm": "yes"}).status_code == 302
+    client.get("/cds-services")  # the next request of this process takes the new engine
+    assert app.extensions["leg_cramp_engine"].ruleset.version == "2026.12.2"
+    assert app.extensions["leg_cramp_engine"].ruleset.spec.venous_index.threshold == 2
+    version_page = client.get("/admin/rules").get_data(as_text=True)
+    assert "version 2026.12.2" in version_page and "at least 2 points" in version_page

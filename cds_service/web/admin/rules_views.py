@@ -127,7 +127,7 @@ def rule_version(version: str) -> Any:
         return _unavailable(error)
     return render_template("admin/rules_version.html", record=record, diff=diff, diff_error=diff_error,
                            problems=problems, read_only_reason=versions.read_only_reason,
-                           can_edit=_can_edit(), can_deploy=_can_deploy())
+                           can_edit=_can_edit(), can_deploy=_can_deploy(), has_editor=access.has_role("editor"))
 
 
 # --- the draft editor --------------------------------------------------------------------------------------
