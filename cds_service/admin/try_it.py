@@ -112,6 +112,7 @@ class PatientSource:
     label: str  # shown on the page: the fixture's name, the file's name, the server and id
     body: dict[str, Any] = field(repr=False)  # a patient-view hook request (PHI; the token for kind "fhir")
     default_as_of: date | None = None
+    fixture: Fixture | None = None  # kind "fixture": its scenario and the cards expected under the bundled rules
     fhir_settings: Settings | None = field(default=None, repr=False)  # kind "fhir": the fetcher's settings
 
 
@@ -122,7 +123,8 @@ def patient_from_fixture(name: str, directory: Path | None = None) -> PatientSou
     if directory is None or name not in by_name:
         raise TryError("fixture", f"no bundled fixture is named {name!r}")
     body = _parse_json((directory / name / "request.json").read_bytes(), "fixture")
-    return PatientSource("fixture", f"fixture {name}", _patient_view_request(body, "fixture"), by_name[name].as_of)
+    fixture = by_name[name]
+    return PatientSource("fixture", f"fixture {name}", _patient_view_request(body, "fixture"), fixture.as_of, fixture)
 
 
 def patient_from_upload(data: bytes, filename: str = "upload") -> PatientSource:
@@ -250,6 +252,7 @@ class TryResult:
     patient: str
     as_of: date
     columns: tuple[Column, ...]
+    fixture: Fixture | None = None
 
     @property
     def differs(self) -> bool:
@@ -264,7 +267,7 @@ def try_patient(source: PatientSource, rule_sets: Sequence[tuple[str, RuleSet]],
     engines = _engines([rs for _, rs in rule_sets], day, source)
     columns = tuple(_run(title, ruleset, engine, source, day)
                     for (title, ruleset), engine in zip(rule_sets, engines))
-    return TryResult(source.label, day, columns)
+    return TryResult(source.label, day, columns, source.fixture)
 
 
 def _engines(rule_sets: list[RuleSet], day: date, source: PatientSource) -> list[Engine]:

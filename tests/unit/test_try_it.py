@@ -55,6 +55,7 @@ def test_a_lowered_threshold_shows_the_card_the_active_rules_do_not() -> None:
     result = _side_by_side(patient_from_fixture(FIXTURE))
     active, draft = result.columns
     assert result.as_of == date(2026, 6, 15)  # the fixture's day, not today
+    assert result.fixture is not None and result.fixture.expected_cards == ()
     assert (active.version, draft.version) == ("2026.12.1", "2026.12.2")
     assert active.cards == () and active.error is None
     assert draft.card_ids == ("elevated-cramp-risk",)
@@ -73,6 +74,15 @@ def test_a_lowered_threshold_shows_the_card_the_active_rules_do_not() -> None:
     [html] = draft.cards_html
     assert 'data-card-id="elevated-cramp-risk"' in html and html.startswith('<article class="card info"')
     assert 'class="explanation"' in draft.explanation_html and "Condition/c1" in draft.explanation_html
+
+
+def test_the_explanation_says_what_could_not_be_checked() -> None:
+    # fixture 21 sends no medicationStatements (fhir_fixtures/README.md): that key is "not checked"
+    result = try_patient(patient_from_fixture("21-untreated-dvt-anticoagulant-not-checked"), [("Active", ACTIVE)])
+    [column] = result.columns
+    assert column.card_ids == ("untreated-dvt",)
+    assert "medicationStatements" in column.explanation.not_checked
+    assert "medicationStatements" in column.explanation_html
 
 
 def test_the_same_rules_on_both_sides_do_not_differ() -> None:
