@@ -42,9 +42,9 @@ def app(tmp_path):
     return app
 
 
-def _show(store: CardStore, rule: str, at: datetime, count: int) -> list[str]:
+def _show(store: CardStore, rule: str, at: datetime, count: int, version: str = "2026.12.1") -> list[str]:
     uuids = [str(uuid.uuid4()) for _ in range(count)]
-    store.record_shown([ShownCard(u, (), "leg-cramp-patient-view", rule, "2026.12.1", "info", str(uuid.uuid4()),
+    store.record_shown([ShownCard(u, (), "leg-cramp-patient-view", rule, version, "info", str(uuid.uuid4()),
                                   store.patient_key("p"), at) for u in uuids])
     return uuids
 
@@ -166,6 +166,16 @@ def test_a_card_page_has_accessible_charts_and_the_data_table(app) -> None:
     assert 'role="alert"' in html and "ALARM" in html
     assert "style=" not in html and "<script>" not in html
     assert signed_in_client(app, "vera").get("/admin/watch/no-such-card").status_code == 404
+
+
+def test_a_card_page_splits_each_week_by_rule_set_version(app) -> None:
+    _history_with_a_drop(app)
+    _show(app.extensions["leg_cramp_store"], "conservative-care", MONDAY_W25 - timedelta(weeks=1), 3, DRAFT_VERSION)
+    html = signed_in_client(app, "vera").get("/admin/watch/conservative-care").get_data(as_text=True)
+    # W24: 1 card under 2026.12.1 (overridden), 3 under 2026.12.2
+    row = re.search(r'<th scope="row" class="week">2026-W24</th>(.*?)</tr>', html, re.S).group(1)
+    assert '<td class="n">4</td>' in row
+    assert "2026.12.1: 1 shown, 1 overridden" in row and f"{DRAFT_VERSION}: 3 shown, 0 overridden" in row
 
 
 def test_watch_needs_a_sign_in(app) -> None:
