@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cds_service.ruleset.code_formats import file_code_problems
 from cds_service.ruleset.schema import DocumentPath, RuleSetSpec
 
 
@@ -91,6 +92,9 @@ def valueset_file_codes(spec: RuleSetSpec, base_dir: Path | None,
             problems.append((where, f"value-set file {value_set.file!r} uses code systems not in code_systems: "
                              f"{', '.join(unknown)}"))
             continue
+        # Each code must fit its system's format, as codes written in the rule set itself do (checks.py).
+        problems.extend((where, f"value-set file {value_set.file!r}: {problem}")
+                        for problem in file_code_problems(list(pairs)))
         codes[name] = frozenset(pairs)
     return codes
 
