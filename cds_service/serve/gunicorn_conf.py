@@ -20,6 +20,8 @@ The server process (not the app: ``Settings`` holds the app's configuration) rea
                        proxies (addresses or networks, comma-separated) whose X-Forwarded-* headers are
                        trusted (default: none; "*" and gunicorn's own FORWARDED_ALLOW_IPS are refused)
     CRAMP_LOG_LEVEL    also sets gunicorn's own log level (default INFO)
+    CRAMP_JOB_WORKER   0: no dry-run job worker beside the server (default: one, started when the server is
+                       ready and stopped with it; docs/dry-run.md)
     PROMETHEUS_MULTIPROC_DIR
                        where the workers write their metrics for /metrics to add up (default: a fresh
                        temporary directory per master, removed when it exits). When set, the master empties
@@ -202,8 +204,40 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    stop_job_worker()
     for path in _CREATED_MULTIPROC_DIR:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- The dry-run job worker beside the server (docs/dry-run.md) -------------------------------------------
+# `gunicorn -c python:cds_service.serve.gunicorn_conf` (the Docker image) starts one `cramp-cds worker` when the
+# server is ready, as `cramp-cds serve` does (which starts its own, so `build()` has no when_ready);
+# CRAMP_JOB_WORKER=0: none. Stopped with the server.
+_JOB_WORKER: list[Any] = []
+
+
+def when_ready(server: Any) -> None:
+    import subprocess
+
+    if os.environ.get("CRAMP_JOB_WORKER", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    command = [sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
+               "worker", "--parent-pid", str(os.getpid())]
+    _JOB_WORKER.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
+    server.log.info("dry-run job worker started (pid %s)", _JOB_WORKER[-1].pid)
+
+
+def stop_job_worker(timeout: float = 15) -> None:
+    import subprocess
+
+    while _JOB_WORKER:
+        process = _JOB_WORKER.pop()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def worker_ready(worker: Any) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from datetime import date
 from importlib import resources
@@ -23,6 +26,7 @@ from typing import Iterator
 
 import pytest
 from support.bulk_data_server import BulkDataServer, resources_of_bundles
+from support.fhir_server import free_port
 
 from cds_service.admin.dry_run import Source
 from cds_service.admin.job_worker import DRY_RUN, dry_run_job
@@ -181,3 +185,100 @@ def test_a_worker_told_to_stop_puts_its_job_back_in_the_queue(environment, bulk_
         assert failed.status == "failed" and "bearer token is no longer available" in failed.error
     finally:
         bulk_server.polls_before_ready = 2
+
+
+# ---------------------------------------------------------------- serve and the Docker CMD start one
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
+                                cwd=log.parent, start_new_session=True)
+
+
+def _worker_pid(log: Path, pattern: str, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        time.sleep(0.1)
+    raise AssertionError(f"no worker started within {seconds} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _gone(pid: int, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _stop(process: "subprocess.Popen[bytes]") -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # anything left in its group
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["serve", "gunicorn -c (the Docker CMD)"])
+def test_the_server_starts_a_worker_that_runs_jobs_and_stops_with_it(how, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'served.sqlite3'}"
+    port = free_port()
+    env = {"CRAMP_DEV_MODE": "1", "CRAMP_DATABASE_URL": url, "CRAMP_PATIENT_KEY_SECRET": SECRET,
+           "CRAMP_LOG_LEVEL": "INFO", "CRAMP_DRY_RUN_DIRS": str(SYNTHEA.parent), "CRAMP_BIND": f"127.0.0.1:{port}",
+           "CRAMP_WORKERS": "1", "CRAMP_THREADS": "2"}
+    if how == "serve":
+        command = [sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
+                   "serve", "--port", str(port), "--workers", "1", "--threads", "2"]
+        pattern = r"Dry-run job worker started \(pid (\d+)\)"
+    else:
+        command = [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:cds_service.serve.gunicorn_conf",
+                   "cds_service.serve.wsgi:app"]
+        pattern = r"dry-run job worker started \(pid (\d+)\)"
+    log = tmp_path / "server.log"
+    server = _start(command, env, log)
+    try:
+        pid = _worker_pid(log, pattern)
+        store = JobStore.for_card_store(CardStore(url, SECRET))
+        job = submit(store, Source("folder", str(SYNTHEA)))
+        done = wait_for(store, job.id, lambda j: j.finished)
+        assert done.status == "done", done.error
+        check_result(done.result)
+        server.terminate()
+        server.wait(timeout=40)
+        assert _gone(pid), f"the worker {pid} outlived the server"
+    finally:
+        _stop(server)
+
+
+def test_no_worker_with_the_option_or_the_variable(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'served.sqlite3'}"
+    port = free_port()
+    env = {"CRAMP_DEV_MODE": "1", "CRAMP_DATABASE_URL": url, "CRAMP_PATIENT_KEY_SECRET": SECRET,
+           "CRAMP_JOB_WORKER": "0"}
+    log = tmp_path / "server.log"
+    server = _start([sys.executable, "-c", "import sys; from cds_service.cli.main import main; sys.exit(main())",
+                     "serve", "--port", str(port), "--workers", "1", "--threads", "2"], env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "Listening at" not in log.read_text(errors="replace"):
+            time.sleep(0.1)
+        assert "Listening at" in log.read_text(errors="replace")
+        store = JobStore.for_card_store(CardStore(url, SECRET))
+        job = submit(store, Source("fixtures"))
+        time.sleep(2.0)  # (a worker would have claimed it within its 1 s poll)
+        assert store.get(job.id).status == "queued"
+        assert "job worker started" not in log.read_text(errors="replace").lower()
+    finally:
+        _stop(server)
