@@ -7,15 +7,15 @@ entry a line or comma-separated) or an already typed value. Each field's type co
 schema (``ruleset/schema.py``), so a wrong type is refused naming the field, and a path the schema does not
 have is refused as unknown. Ranges and cross-field rules stay the validator's (``parse_ruleset``).
 
-The document is read with ruamel.yaml's round-trip loader (types, positions); the new value is then spliced
-into the text at its node's span rather than re-dumped, because a round-trip dump re-flows every wrapped
-flow list of the file (measured on the bundled rule set: 14 unrelated lists rewritten), which would bury
-the one real change in the version diff.
+The new value is spliced into the text at its node's span (PyYAML's composer keeps each node's start
+and end) rather than re-dumped: ruamel.yaml's round-trip dump, tried first, keeps the comments but re-flows
+every wrapped flow list of the file (measured on the bundled rule set: 14 unrelated lists rewritten), which
+would bury the one real change in the version diff. All the changes of one form are spliced in one pass
+(from the end of the text backwards, so earlier offsets stay valid), then read back and compared.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -26,12 +26,10 @@ from typing import Any, Mapping, Union
 
 import yaml
 from pydantic import BaseModel
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError as RuamelError
 
 from cds_service.ruleset.schema import RuleSetSpec
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it: ~20x faster
 _WIDTH = 118  # wrap spliced flow lists like the bundled file (lines up to ~118 characters)
 
 
@@ -181,32 +179,29 @@ def _flow_list(values: list[str], column: int, quote: str | None = None) -> str:
 
 # ---------------------------------------------------------------- the edit
 
-def _load_roundtrip(text: str) -> Any:
-    reader = YAML(typ="rt")
+def _load(text: str) -> tuple[dict[str, Any], Any]:
+    """(data, composed root node) of the document; EditError naming "(document)" when it is not a mapping."""
     try:
-        return reader.load(io.StringIO(text))
-    except RuamelError as exc:
-        raise EditError("(document)", f"not valid YAML: {exc}") from None
+        data = yaml.load(text, Loader=_LOADER)
+        root = yaml.compose(text, Loader=_LOADER)
+    except yaml.YAMLError as exc:
+        raise EditError("(document)", f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise EditError("(document)", "expected a mapping of rule-set keys")
+    return data, root
 
 
-def _line_starts(text: str) -> list[int]:
-    starts = [0]
-    starts += [match.end() for match in re.finditer("\n", text)]
-    return starts
-
-
-def _node_span(text: str, path: list[str]) -> tuple[int, int, Any] | None:
-    """(start, end, node) of the value at ``path`` in ``text`` (PyYAML's composer keeps both marks), or None
-    when a key on the way is absent."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+def _node_at(root: Any, path: list[str]) -> Any | None:
+    """The composed node of the value at ``path`` (its marks give its span in the text), or None when a key
+    on the way is absent."""
+    node = root
     for part in path:
         if not isinstance(node, yaml.MappingNode):
             return None
-        match = next((value for key, value in node.value if key.value == part), None)
-        if match is None:
+        node = next((value for key, value in node.value if key.value == part), None)
+        if node is None:
             return None
-        node = match
-    return node.start_mark.index, node.end_mark.index, node
+    return node
 
 
 def _quote_of(node: Any) -> str | None:
@@ -229,17 +224,15 @@ def _replacement(text: str, start: int, node: Any, value: Any) -> str:
     return _flow_scalar(value, quote)
 
 
-def _splice_existing(text: str, path: list[str], value: Any) -> str | None:
-    found = _node_span(text, path)
-    if found is None:
-        return None
-    start, end, node = found
-    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
-        # a block scalar's span runs to the next key: keep the line break that ends it
-        end = text.rfind("\n", start, end) if text[start:end].endswith("\n") else end
-    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value and not isinstance(value, list):
-        return None
-    return text[:start] + _replacement(text, start, node, value) + text[end:]
+def _splice_of(text: str, node: Any, value: Any) -> tuple[int, int, str]:
+    """(start, end, new text) replacing ``node``'s span with ``value``."""
+    start, end = node.start_mark.index, node.end_mark.index
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") and text[start:end].endswith("\n"):
+        end = text.rfind("\n", start, end)  # a block scalar's span runs to the next key: keep its line break
+    replacement = _replacement(text, start, node, value)
+    if start == end and text[start - 1:start] == ":":  # an empty value (``codes:``): keep "key: value"
+        replacement = " " + replacement
+    return start, end, replacement
 
 
 def _nested(keys: list[str], value: Any) -> str:
@@ -254,13 +247,14 @@ def _insert_key(text: str, path: list[str], value: Any) -> str:
     """Add ``key: value`` to the deepest mapping of ``path`` the document has (a new points item, an absent
     optional key or section)."""
     field = ".".join(path)
+    _, root = _load(text)
     for depth in range(len(path) - 1, 0, -1):
-        found = _node_span(text, path[:depth])
-        if found is not None:
+        parent = _node_at(root, path[:depth])
+        if parent is not None:
             break
     else:
         raise EditError(field, "unknown field: its section is not in the document")
-    start, end, parent = found
+    start, end = parent.start_mark.index, parent.end_mark.index
     if not isinstance(parent, yaml.MappingNode):
         raise EditError(field, "unknown field: its parent is not a mapping")
     entry = _nested(path[depth:], value)
@@ -279,18 +273,7 @@ def _insert_key(text: str, path: list[str], value: Any) -> str:
     return text[:insert_at] + "\n" + " " * last_key.start_mark.column + entry + text[insert_at:]
 
 
-def _current(document: Any, path: list[str]) -> tuple[bool, Any]:
-    node = document
-    for part in path:
-        if not isinstance(node, (CommentedMap, dict)) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def _same(old: Any, new: Any) -> bool:
-    if isinstance(old, list):
-        return list(old) == new
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool) and old == new
     return bool(old == new)
@@ -300,32 +283,42 @@ def apply_changes(text: str, changes: Mapping[str, Any]) -> str:
     """``text`` with each field set to its value; unchanged fields leave the text as it is. Raises
     EditError (naming the first field that cannot be applied) for an unknown field or a wrong type."""
     typed = {path: parse_value(path, field_type(path), raw) for path, raw in changes.items()}
+    data, root = _load(text)
+    splices: list[tuple[int, int, str]] = []
+    inserts: list[tuple[list[str], Any]] = []
+    applied: dict[str, Any] = {}
     for path, value in typed.items():
         parts = _split(path)
-        document = _load_roundtrip(text)
-        if not isinstance(document, CommentedMap):
-            raise EditError("(document)", "expected a mapping of rule-set keys")
-        present, old = _current(document, parts)
+        present, old = _lookup(data, parts)
         if present and _same(old, value):
             continue
-        if present and isinstance(old, (CommentedMap, dict)):
+        if present and isinstance(old, dict):
             raise EditError(path, "not editable in the form: edit it in the YAML")
-        spliced = _splice_existing(text, parts, value) if present else None
-        text = spliced if spliced is not None else _insert_key(text, parts, value)
-        _check_applied(text, parts, value, path)
+        applied[path] = value
+        if present:
+            splices.append(_splice_of(text, _node_at(root, parts), value))
+        else:
+            inserts.append((parts, value))
+    for start, end, replacement in sorted(splices, reverse=True):  # from the end: earlier offsets stay valid
+        text = text[:start] + replacement + text[end:]
+    for parts, value in inserts:  # rare (a new points item, a value set's first codes): one at a time
+        text = _insert_key(text, parts, value)
+    _check_applied(text, applied)
     return text
 
 
-def _check_applied(text: str, parts: list[str], value: Any, path: str) -> None:
-    """The spliced text must read back as the value asked for (a guard against a mis-placed splice)."""
+def _check_applied(text: str, applied: dict[str, Any]) -> None:
+    """The spliced text must read back as the values asked for (a guard against a mis-placed splice)."""
+    if not applied:
+        return
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:  # pragma: no cover - a bug in the splice, never the admin's input
-        raise EditError(path, f"the change would not be valid YAML: {exc}") from None
-    for part in parts:
-        data = data.get(part) if isinstance(data, dict) else None
-    if data != value:  # pragma: no cover - same
-        raise EditError(path, f"the change could not be written (read back {data!r})")
+        raise EditError(next(iter(applied)), f"the change would not be valid YAML: {exc}") from None
+    for path, value in applied.items():
+        found = _lookup(data, path.split("."))[1]
+        if found != value:  # pragma: no cover - same
+            raise EditError(path, f"the change could not be written (read back {found!r})")
 
 
 # ---------------------------------------------------------------- the form against its YAML

@@ -146,3 +146,19 @@ def test_only_the_fields_changed_on_the_form_are_applied():
     with pytest.raises(EditError, match="^windows.recent_days: expected a whole number"):
         changed_fields(BUNDLED, {**shown, "windows.recent_days": "two weeks"})
     assert form_values("a: [1,\n", fields) is None
+
+
+def test_an_empty_value_is_filled_after_its_key():
+    text = BUNDLED.replace("  paralysis:\n    source: RULES.md Paralysis\n", "  paralysis:\n    source: RULES.md Paralysis\n    codes:\n")
+    edited = apply_changes(text, {"value_sets.paralysis.codes": "sct|44695005"})
+    assert "    codes: [sct|44695005]\n" in edited
+    assert yaml.safe_load(edited)["value_sets"]["paralysis"]["codes"] == ["sct|44695005"]
+
+
+def test_many_changes_are_applied_in_one_pass():
+    sources = {f"value_sets.{name}.source": f"checked: {name}" for name in yaml.safe_load(BUNDLED)["value_sets"]}
+    edited = apply_changes(BUNDLED, {**sources, "venous_index.threshold": "2", "windows.recent_days": "10"})
+    data = yaml.safe_load(edited)
+    assert all(spec["source"] == f"checked: {name}" for name, spec in data["value_sets"].items())
+    assert (data["venous_index"]["threshold"], data["windows"]["recent_days"]) == (2, 10)
+    assert len(changed_lines(BUNDLED, edited)) > 2 * len(sources)
