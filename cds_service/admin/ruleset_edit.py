@@ -9,10 +9,10 @@ have is refused as unknown. Ranges and cross-field rules stay the validator's (`
 
 The new value is spliced into the text at its node's span (PyYAML's composer keeps each node's start
 and end) rather than re-dumped: ruamel.yaml's round-trip dump, tried first, keeps the comments but re-flows
-every wrapped flow list of the file (measured on the bundled rule set: 19 wrapped lists joined into one line each at a wide line width, 28
-places changed at its default width), which
-would bury the one real change in the version diff. All the changes of one form are spliced in one pass
-(from the end of the text backwards, so earlier offsets stay valid), then read back and compared.
+every wrapped flow list (measured on the bundled rule set: 19 lists joined into one line each at a wide
+line width, 28 places changed at its default width), which would bury the one real change in the version
+diff. All the changes of one form are spliced in one pass (from the end of the text backwards, so earlier
+offsets stay valid), then read back and compared.
 """
 
 from __future__ import annotations
