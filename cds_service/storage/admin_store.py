@@ -6,7 +6,7 @@ short timeouts; the schema is migration 0003, run when the CardStore opens.
     users      create_user, get_user, list_users, set_password_hash, set_role, set_disabled, touch_login
     audit      record_audit, audit_log (newest first)
     versions   list_versions, get_version, save_draft, offer_version, seed, active_version,
-               deploy, rollback, deployment_state, deployments
+               deploy, rollback, rollback_target, deployment_state, deployments
 
 Every change of the rule-set versions (save_draft, seed, offer_version, deploy, rollback) writes its own
 audit entry in the same transaction, so the log can never miss a deploy; callers do not audit those again.
@@ -291,6 +291,11 @@ class AdminStore:
         with self._reading() as connection:
             return [Deployment(**row._mapping) for row in connection.execute(query)]
 
+    def rollback_target(self) -> Deployment | None:
+        """The deployment a ``rollback()`` now would return to (None: nothing to roll back to)."""
+        with self._reading() as connection:
+            return _rollback_target(connection, _active(connection))
+
     def save_draft(self, version: str, content: str, actor: str, *, summary: str | None = None,
                    detail: Any = None) -> DraftSaved:
         """Store ``content`` as draft ``version`` (a draft of that number is replaced; audited).
@@ -384,8 +389,7 @@ class AdminStore:
         walk back through the deploys like a stack. ``NothingToRollBack`` at the first version."""
         with self._changing() as connection:
             state = _active(connection)
-            current = _deployment(connection, state.sequence)
-            target = _deployment(connection, current.prior_sequence) if current and current.prior_sequence else None
+            target = _rollback_target(connection, state)
             if target is None:
                 raise NothingToRollBack(
                     f"nothing to roll back to: version {state.version} is the first deployed" if state.version
@@ -467,6 +471,11 @@ def _version(connection: Connection, version: str) -> RuleSetVersion | None:
 def _deployment(connection: Connection, sequence: int) -> Deployment | None:
     row = connection.execute(select(ruleset_deployments).where(ruleset_deployments.c.sequence == sequence)).first()
     return Deployment(**row._mapping) if row else None
+
+
+def _rollback_target(connection: Connection, state: DeploymentState) -> Deployment | None:
+    current = _deployment(connection, state.sequence)
+    return _deployment(connection, current.prior_sequence) if current and current.prior_sequence else None
 
 
 def _user(row: Any) -> UserRecord:

@@ -19,14 +19,18 @@ from cds_service.auth.verifier import ClientAuthenticator, endpoint_urls
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.observer import Observer, StorageObserver
 from cds_service.engine.pipeline import Engine
-from cds_service.engine.reload import EngineSwitch, load_ruleset_keeping_last_valid
+from cds_service.admin.rule_versions import (
+    BUNDLED_SOURCE, DatabaseRuleSource, RuleSetInvalid, RuleVersions, bundled_ruleset_text,
+)
+from cds_service.engine.reload import EngineSwitch, FileRuleSource, RuleSource, load_ruleset_keeping_last_valid
 from cds_service.errors import PayloadTooLarge, ServiceError, operation_outcome
 from cds_service.fhir.client import FhirFetcher
 from cds_service.header_limits import header_over_limit
-from cds_service.ruleset.loader import RuleSet, load_default_ruleset
+from cds_service.ruleset.loader import RuleSet, RuleSetError, load_default_ruleset
 from cds_service.settings import Settings, SettingsError
+from cds_service.storage.admin_store import AdminStore, AdminStoreUnavailable
 from cds_service.storage.replay import FallbackReplayCache, RedisReplayCache, ReplayCache
-from cds_service.storage.store import CardStore
+from cds_service.storage.store import CardStore, StoreUnavailable
 from cds_service.web import metrics, request_context
 from cds_service.web import admin as admin_console
 from cds_service.web import openapi
@@ -40,7 +44,7 @@ DEV_MODE_WARNING = (
     "DEVELOPMENT MODE: CDS client authentication is OFF. Anyone who can reach this port can call the "
     "service. Never use development mode with real patient data."
 )
-RULES_CHECK_SECONDS = 2.0  # how often (at most) a request checks whether the rules file changed
+RULES_CHECK_SECONDS = 2.0  # how often (at most) a request checks whether the rules changed (file or deployed version)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -66,10 +70,10 @@ def create_app(
     app.extensions["leg_cramp_settings"] = settings
     store = _build_store(settings, clock, metrics.metrics_of(app))  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
-    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, metrics.metrics_of(app))
+    admin_store = AdminStore(store.engine, **({"clock": clock} if clock else {}))  # console accounts, audit, versions
+    app.extensions["leg_cramp_admin_store"] = admin_store
+    _set_up_rules(app, settings, store, admin_store, clock, engine)  # leg_cramp_engine, leg_cramp_rule_versions
     metrics.metrics_of(app).ruleset_serving(app.extensions["leg_cramp_engine"].ruleset.version)  # build info
-    if engine is None and settings.rules_path:
-        _register_rules_reload(app, settings.rules_path)
     CORS(
         app,
         resources={r"^(?!/admin(?:/|$))": {}},  # every path but the admin console's (no CORS there)
@@ -150,18 +154,79 @@ def _build_store(settings: Settings, clock: Callable[[], datetime] | None, obser
 
 
 def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore,
-                  observer: Observer) -> Engine:
-    # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
-    # version of it (a gunicorn worker forked after a HUP): see engine/reload.py.
-    ruleset = load_ruleset_keeping_last_valid(settings.rules_path) if settings.rules_path else load_default_ruleset()
+                  observer: Observer, ruleset: RuleSet) -> Engine:
     kwargs = {"clock": clock} if clock else {}
     return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings, observer=observer), ledger=store,
                   max_resources=settings.max_resources, observer=observer, **kwargs)
 
 
-def _register_rules_reload(app: Flask, path: Path) -> None:
-    """A changed rules file takes effect without downtime: each request takes the current engine once
-    (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md)."""
+def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store: AdminStore,
+                  clock: Callable[[], datetime] | None, engine: Engine | None) -> None:
+    """The rule set served, where it comes from, and its reload (docs/rule-versions.md). An ``engine``
+    given to create_app (tests) is served as it is, without reload."""
+    observer = metrics.metrics_of(app)
+    if settings.rules_source == "file":
+        # An invalid rules file refuses the start (RuleSetError), unless this process already holds a valid
+        # version of it (a gunicorn worker forked after a HUP): see engine/reload.py.
+        path = settings.rules_path
+        ruleset = load_ruleset_keeping_last_valid(path) if path else load_default_ruleset()
+        app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, observer, ruleset)
+        app.extensions["leg_cramp_rule_versions"] = RuleVersions.file_mode(
+            admin_store, path, lambda: app.extensions["leg_cramp_engine"].ruleset,
+            read=(lambda: path.read_text(encoding="utf-8")) if path else bundled_ruleset_text)
+        if engine is None and path:
+            _register_rules_reload(app, FileRuleSource(path))
+        log.info("rules: file %s, version %s%s", path or BUNDLED_SOURCE, app.extensions["leg_cramp_engine"].ruleset.version,
+                 " (reloaded when it changes)" if engine is None and path else "")
+        return
+    versions = RuleVersions(admin_store, base_dir=settings.rules_path.parent if settings.rules_path else None)
+    app.extensions["leg_cramp_rule_versions"] = versions
+    try:
+        state, ruleset, count = _database_rules(settings, versions)
+    except AdminStoreUnavailable as error:
+        raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot read the rule-set versions ({error})") from None
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, observer, ruleset)
+    if engine is None:
+        switch = _register_rules_reload(app, DatabaseRuleSource(versions), state=state)
+        versions.on_change(switch.check_now)  # a deploy from this process: its next request switches
+    log.info("rules: database, version %s (%d version%s)%s", ruleset.version, count, "" if count == 1 else "s",
+             "" if engine is None else "; serving the engine given to create_app")
+
+
+def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object, RuleSet, int]:
+    """Seed or offer the configured (or bundled) rule set, then read the deployed one: (state, rule set,
+    number of versions). RuleSetError when nothing valid can be served (the start is refused)."""
+    path = settings.rules_path
+    source = str(path) if path else BUNDLED_SOURCE
+    try:
+        text = path.read_text(encoding="utf-8") if path else bundled_ruleset_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleSetError(source, [("(file)", f"cannot be read: {exc}")]) from None
+    try:
+        outcome = versions.start_from(text, source)
+    except RuleSetInvalid as error:  # an empty database and an invalid file: nothing to serve
+        raise _as_ruleset_error(error, source) from None
+    if outcome.action in ("seeded", "offered"):
+        log.info("rules: %s", outcome.message)
+    elif outcome.action in ("conflict", "invalid"):
+        log.warning("rules: %s", outcome.message)
+    state = versions.deployment_state()
+    try:
+        _, ruleset = versions.active()
+    except RuleSetInvalid as error:
+        raise _as_ruleset_error(error, f"the deployed {error.what}", hint=(
+            " (deploy a valid version: cramp-cds rules deploy VERSION, or cramp-cds rules rollback)")) from None
+    return state, ruleset, len(versions.list_versions())
+
+
+def _as_ruleset_error(error: RuleSetInvalid, source: str, hint: str = "") -> RuleSetError:
+    return RuleSetError(source + hint, [(p.field, p.message) for p in error.problems], [p.line for p in error.problems])
+
+
+def _register_rules_reload(app: Flask, source: RuleSource, state: object = None) -> EngineSwitch:
+    """Changed rules take effect without downtime: each request takes the current engine once
+    (``g.leg_cramp_engine``), and a reload swaps in a new one (reload.EngineSwitch; docs/rule-set.md,
+    docs/rule-versions.md)."""
     def build(ruleset: RuleSet) -> Engine:
         old = switch.engine
         engine = Engine(ruleset, old.drugs, clock=old.clock, fetcher=old.fetcher, ledger=old.ledger,
@@ -169,13 +234,16 @@ def _register_rules_reload(app: Flask, path: Path) -> None:
         metrics.metrics_of(app).ruleset_serving(ruleset.version)
         return engine
 
-    switch = EngineSwitch(path, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS)
+    switch = EngineSwitch(source, app.extensions["leg_cramp_engine"], build, check_every=RULES_CHECK_SECONDS,
+                          state=state)
     app.extensions["leg_cramp_engines"] = switch
 
     @app.before_request
     def take_engine() -> None:
         g.leg_cramp_engine = engine = switch.current()
         app.extensions["leg_cramp_engine"] = engine  # readers outside a request see the latest
+
+    return switch
 
 
 def _error_response(status: int, body: dict) -> Response:

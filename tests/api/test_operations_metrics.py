@@ -65,7 +65,7 @@ def test_build_info_names_the_service_and_rule_set_versions_and_follows_a_reload
     text = BUNDLED_RULES.read_text(encoding="utf-8")
     old_version = next(line.split('"')[1] for line in text.splitlines() if line.startswith("version:"))
     rules.write_text(text, encoding="utf-8")
-    app = create_app(Settings(development_mode=True, rules_path=rules))
+    app = create_app(Settings(development_mode=True, rules_path=rules, rules_source="file"))
     client = app.test_client()
     first = _metrics(client)
     assert _sample(first, "cramp_build_info", version=__version__, ruleset_version=old_version) == 1

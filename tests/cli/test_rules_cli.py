@@ -314,7 +314,8 @@ def fixture_request():
 
 def reloading_app(tmp_path):
     rules = write_rules(tmp_path, default_text())
-    app = create_app(Settings(development_mode=True, rules_path=rules), clock=fixed_clock("2026-06-15T12:00:00Z"))
+    app = create_app(Settings(development_mode=True, rules_path=rules, rules_source="file"),
+                     clock=fixed_clock("2026-06-15T12:00:00Z"))
     return rules, app, app.extensions["leg_cramp_engines"]
 
 
