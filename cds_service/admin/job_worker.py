@@ -143,11 +143,13 @@ class JobWorker:
             log.exception("job failed unexpectedly", extra={"job_id": job.id})
             self.store.fail(job.id, self.worker_id, f"internal error ({type(exc).__name__}); see the worker's log")
             return
+        if running.beat is Beat.CONTINUE:  # the last word before the result: cancelled or lost meanwhile?
+            patients = int(result.get("patients", 0)) + len(result.get("not_evaluated", []))
+            running.beat = self.store.heartbeat(job.id, self.worker_id, done=patients, total=patients,
+                                                message="done")
         if running.beat is Beat.CANCEL:
             self.store.cancelled(job.id, self.worker_id)
         elif running.beat is Beat.CONTINUE:
-            patients = int(result.get("patients", 0)) + len(result.get("not_evaluated", []))
-            self.store.heartbeat(job.id, self.worker_id, done=patients, total=patients, message="done")
             self.store.finish(job.id, self.worker_id, result)
 
     def _dry_run(self, running: _Running) -> dict[str, Any]:
