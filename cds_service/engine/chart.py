@@ -1,15 +1,22 @@
-"""The patient's chart as read from resolved prefetch data: FHIR R4 resources validated with
-``fhir.resources.R4B``, grouped by type, with every record that was skipped and why.
+"""The patient's chart as read from resolved prefetch data: each resource of a type the rules read as a
+small typed record (``engine/projection.py``: only the elements ``facts.py`` reads), grouped by type, with
+every record that was skipped and why.
 
-One invalid resource is skipped and counted, never fatal; only an invalid Patient is (400). Skipped
+``fhir.resources`` (R4B) is the reader of record. The fast reader (``projection.read``) vouches only for
+records whose read elements are certainly valid; anything else is validated by fhir.resources, whose
+verdict stands: a record it refuses is skipped with its reason, exactly as when every record went through
+it. One invalid resource is skipped and counted, never fatal; only an invalid Patient is (400). Skipped
 records are logged once per request, as counts by resource type and reason (``log_skipped``), never a line
 per record. The cost is linear in the number of resources, and a request may carry at most
 ``CRAMP_MAX_RESOURCES`` of them (``check_resource_count``, 413 before any validation).
-Observations are validated only when their code is one the rules read: nothing else can matter.
-Likewise only the elements ``facts.py`` reads (``READ_ELEMENTS``) are validated: validating a Synthea
-Patient whole costs ~1 ms (names, addresses, extensions), its id and birthDate ~25 us. An element outside
-that list is neither validated nor read; add it there when ``facts.py`` starts reading it
-(tests/unit/test_chart_projection.py checks that projected and whole validation give the same answers).
+
+What no rule can use is not validated at all (STATUS.md rev: a record no rule could use need not be fully
+validated): Observations of codes no rule reads, Procedures and ServiceRequests that are neither a surgery
+nor a venous duplex, quantity Observations older than their window. Of the rest, only the elements
+``facts.py`` reads (``READ_ELEMENTS``) are looked at: an element outside that list is neither validated nor
+read; add it there (and to projection.py) when ``facts.py`` starts reading it.
+tests/unit/test_chart_projection.py checks that the answers are those of whole fhir.resources models
+(``FULL_MODELS``), tests/unit/test_projection.py that the fast reader agrees with fhir.resources.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from cds_service.engine import projection
 from cds_service.errors import InvalidPatient, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -61,7 +69,9 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
         "ServiceRequest": ("status", "intent", "code", "authoredOn"),
     }.items()
 }
-PROJECT = True  # False: validate whole resources (tests compare the two)
+# True: the reader of record alone, as before projections: every resource of a read type validated whole
+# by fhir.resources and kept as its model, none left out unvalidated (tests compare the answers).
+FULL_MODELS = False
 
 
 # get_fhir_model_class imports the model's module on every call (~4 % of a call): look each up once.
@@ -86,11 +96,28 @@ INVALID_RESOURCE = (ValidationError, ValueError, TypeError, RecursionError)
 def validate_resource(resource_type: str, raw: dict[str, Any]) -> Any:
     """``raw`` as a fhir.resources model, validating only the elements that facts.py reads; raises one of
     ``INVALID_RESOURCE`` (``invalid_reason`` says it without the value)."""
-    if PROJECT:
-        keep = READ_ELEMENTS[resource_type]
-        raw = {key: value for key, value in raw.items() if key in keep}
+    if not FULL_MODELS:
+        raw = _pruned(resource_type, raw)
     _check_dates_are_strings(raw)
     return _MODEL_CLASSES[resource_type].model_validate(raw)
+
+
+def read_resource(resource_type: str, raw: dict[str, Any]) -> Any:
+    """``raw`` as its ``projection`` record: read by the fast reader when it can vouch for it, else validated
+    by fhir.resources (raising one of ``INVALID_RESOURCE``, as ``validate_resource``)."""
+    if FULL_MODELS:
+        return validate_resource(resource_type, raw)
+    pruned = _pruned(resource_type, raw)
+    record = projection.read(pruned)
+    if record is not None:
+        return record
+    _check_dates_are_strings(pruned)
+    return projection.from_model(_MODEL_CLASSES[resource_type].model_validate(pruned))
+
+
+def _pruned(resource_type: str, raw: dict[str, Any]) -> dict[str, Any]:
+    keep = READ_ELEMENTS[resource_type]
+    return {key: value for key, value in raw.items() if key in keep}
 
 
 def _check_dates_are_strings(raw: dict[str, Any]) -> None:
@@ -205,7 +232,7 @@ def _parse_patient(patient_id: str, raws: list[dict[str, Any]]) -> Any:
             "prefetch.patient is a different patient than context.patientId.", expression="prefetch.patient"
         )
     try:
-        return validate_resource("Patient", raw)
+        return read_resource("Patient", raw)
     except INVALID_RESOURCE as exc:
         raise InvalidPatient(
             f"prefetch.patient is not a valid FHIR R4 Patient ({_field_of(exc)}).", expression="prefetch.patient"
@@ -228,16 +255,12 @@ def _add_resource(
     resource_id = record_id(raw)
     if resource_type not in READ_TYPES or resource_type == "Patient":
         return
-    if resource_type == "Observation" and "code" not in raw:  # no rule can read it: no need to validate it
+    if resource_type == "Observation" and "code" not in raw and not FULL_MODELS:
+        # invalid, and no rule could read it: said so without validating it (a Bundle of 200,000 of them)
         chart.skipped.append(SkippedRecord(resource_type, resource_id, "invalid FHIR R4 (code: missing)"))
         return
-    if resource_type == "Observation" and not _has_read_code(raw, observation_codes):
+    if not FULL_MODELS and _unusable(raw, resource_type, observation_codes, stale_before, procedure_codes):
         return
-    if resource_type == "Observation" and stale_before and _is_stale_quantity(raw, stale_before):
-        return
-    if resource_type in ("Procedure", "ServiceRequest") and procedure_codes is not None \
-            and not _has_procedure_code(raw, procedure_codes):
-        return  # neither a surgery nor a venous duplex: no rule reads it
     identity = (resource_type, resource_id)
     if resource_id != "?" and identity in seen:
         return  # the same record sent under two keys counts once
@@ -246,7 +269,7 @@ def _add_resource(
         chart.skipped.append(SkippedRecord(resource_type, resource_id, "refers to another patient"))
         return
     try:
-        resource = validate_resource(resource_type, raw)
+        resource = read_resource(resource_type, raw)
     except INVALID_RESOURCE as exc:
         chart.skipped.append(SkippedRecord(resource_type, resource_id, invalid_reason(exc)))
         return
@@ -254,6 +277,18 @@ def _add_resource(
         chart.medications[f"Medication/{resource_id}"] = resource
         return
     getattr(chart, _LISTS[resource_type]).append(resource)
+
+
+def _unusable(raw: dict[str, Any], resource_type: str, observation_codes: frozenset[tuple[str, str]],
+              stale_before: Mapping[tuple[str, str], date] | None,
+              procedure_codes: frozenset[tuple[str, str]] | None) -> bool:
+    """A record no rule could use, left out unvalidated: an Observation of a code no rule reads, or a
+    quantity older than its window; a Procedure / ServiceRequest that is neither a surgery nor a duplex."""
+    if resource_type == "Observation":
+        return not _has_read_code(raw, observation_codes) or bool(stale_before) and _is_stale_quantity(raw, stale_before)
+    if resource_type in ("Procedure", "ServiceRequest"):
+        return procedure_codes is not None and not _has_procedure_code(raw, procedure_codes)
+    return False
 
 
 def _has_read_code(raw: dict[str, Any], observation_codes: frozenset[tuple[str, str]]) -> bool:

@@ -1,0 +1,628 @@
+"""The elements of a FHIR R4B resource that the rules read, as small typed records: what a chart holds and
+what ``engine/facts.py`` reads (the same attribute names as the ``fhir.resources`` models).
+
+    read(raw)          the record, when every element it keeps is certainly valid FHIR R4B; else None
+    from_model(model)  the same record from a validated fhir.resources model
+
+``fhir.resources`` stays the reader of record: ``read`` accepts only a strict subset of what it accepts
+(ASCII text, no nulls or empty elements, no element it does not know, dates it parses the same way) and
+answers None for anything else, and the chart then asks fhir.resources, whose verdict and reason stand.
+So ``read`` may doubt a valid record (it costs time, never an answer) but never vouches for one that
+fhir.resources refuses; and what it reads equals ``from_model`` of the model
+(tests/unit/test_projection.py checks both on every Synthea record, the fixtures, and mutations of them).
+Building a full model costs 50-300 us a resource (Python validators on every element); this costs 2-10 us.
+
+Like chart.py's pruning, only the elements in ``chart.READ_ELEMENTS`` are looked at; a Patient's
+extensions are checked (a malformed one stays a 400) but not kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Callable
+
+from fhir_core.types import Date as _FhirDate, DateTime as _FhirDateTime, Decimal as _FhirDecimal, \
+    Instant as _FhirInstant
+
+
+class Doubt(Exception):
+    """The fast reader cannot vouch for this value: fhir.resources decides."""
+
+
+# ---------------------------------------------------------------- the records
+
+
+@dataclass(slots=True)
+class Coding:
+    system: str | None
+    code: str | None
+    display: str | None
+
+
+@dataclass(slots=True)
+class CodeableConcept:
+    coding: tuple[Coding, ...] | None
+    text: str | None
+
+
+@dataclass(slots=True)
+class Reference:
+    reference: str | None
+
+
+@dataclass(slots=True)
+class Period:
+    start: Any  # date, datetime or a partial date string, as fhir.resources reads a dateTime
+    end: Any
+
+
+@dataclass(slots=True)
+class Quantity:
+    value: Decimal | None
+    comparator: str | None
+    unit: str | None
+    code: str | None
+
+
+@dataclass(slots=True)
+class Contained:
+    """A contained resource, as facts.py reads one (a medication named by ``#id``)."""
+
+    id: str | None
+    code: CodeableConcept | None
+
+
+class _Resource:
+    __slots__ = ()
+    resource_type = ""
+
+    def get_resource_type(self) -> str:
+        return self.resource_type
+
+
+@dataclass(slots=True)
+class Patient(_Resource):
+    id: str | None
+    birthDate: Any = None
+    resource_type = "Patient"
+
+
+@dataclass(slots=True)
+class Condition(_Resource):
+    id: str | None
+    code: CodeableConcept | None = None
+    clinicalStatus: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
+    bodySite: tuple[CodeableConcept, ...] | None = None
+    onsetDateTime: Any = None
+    onsetPeriod: Period | None = None
+    recordedDate: Any = None
+    abatementDateTime: Any = None
+    abatementPeriod: Period | None = None
+    abatementAge: Any = None  # facts.py asks only whether an abatement is given: True when it is
+    abatementRange: Any = None
+    abatementString: str | None = None
+    resource_type = "Condition"
+
+
+@dataclass(slots=True)
+class Observation(_Resource):
+    id: str | None
+    status: str | None = None
+    code: CodeableConcept | None = None
+    effectiveDateTime: Any = None
+    effectivePeriod: Period | None = None
+    issued: Any = None
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: CodeableConcept | None = None
+    interpretation: tuple[CodeableConcept, ...] | None = None
+    resource_type = "Observation"
+
+
+@dataclass(slots=True)
+class MedicationRequest(_Resource):
+    id: str | None
+    status: str | None = None
+    intent: str | None = None
+    medicationCodeableConcept: CodeableConcept | None = None
+    medicationReference: Reference | None = None
+    contained: tuple[Contained, ...] | None = None
+    authoredOn: Any = None
+    resource_type = "MedicationRequest"
+
+
+@dataclass(slots=True)
+class MedicationStatement(_Resource):
+    id: str | None
+    status: str | None = None
+    medicationCodeableConcept: CodeableConcept | None = None
+    medicationReference: Reference | None = None
+    contained: tuple[Contained, ...] | None = None
+    effectiveDateTime: Any = None
+    effectivePeriod: Period | None = None
+    dateAsserted: Any = None
+    resource_type = "MedicationStatement"
+
+
+@dataclass(slots=True)
+class Medication(_Resource):
+    id: str | None
+    code: CodeableConcept | None = None
+    resource_type = "Medication"
+
+
+@dataclass(slots=True)
+class Procedure(_Resource):
+    id: str | None
+    status: str | None = None
+    category: CodeableConcept | None = None
+    code: CodeableConcept | None = None
+    performedDateTime: Any = None
+    performedPeriod: Period | None = None
+    resource_type = "Procedure"
+
+
+@dataclass(slots=True)
+class ServiceRequest(_Resource):
+    id: str | None
+    status: str | None = None
+    intent: str | None = None
+    code: CodeableConcept | None = None
+    authoredOn: Any = None
+    resource_type = "ServiceRequest"
+
+
+Record = Patient | Condition | Observation | MedicationRequest | MedicationStatement | Medication | Procedure \
+    | ServiceRequest
+
+# ---------------------------------------------------------------- primitives (a strict subset of FHIR's)
+
+# FHIR's own patterns are checked by pydantic with Rust's regex engine (Unicode White_Space) or Python's
+# (str.isspace), searched or matched: these are the part that is valid under all of them, surrogates left out.
+_CHAR = r"[^\s\ud800-\udfff]"
+_TEXT = re.compile(rf"(?:{_CHAR}|[ \t\r\n])+").fullmatch  # string: [ \r\n\t\S]+
+_CODE = re.compile(rf"{_CHAR}+(?: {_CHAR}+)*").fullmatch  # code: ^[^\s]+(\s[^\s]+)*$, one space between
+_URI = re.compile(rf"{_CHAR}+").fullmatch  # uri: \S*
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}").fullmatch
+_FULL_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})").fullmatch
+_PARTIAL_DATE = re.compile(r"[0-9]{4}(-[0-9]{2})?").fullmatch
+# A time to the second, up to microseconds (what datetime holds exactly), and a zone; no leap second.
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,6})?"
+                        r"(Z|[+-][0-9]{2}:[0-9]{2})").fullmatch
+_FHIR_DATE = _FhirDate.pattern.fullmatch
+_FHIR_DATE_TIME = _FhirDateTime.pattern.fullmatch
+_FHIR_INSTANT = _FhirInstant.pattern.fullmatch
+_FHIR_DECIMAL = _FhirDecimal.pattern.fullmatch
+
+
+def _string(value: Any) -> str:
+    if type(value) is str and _TEXT(value):
+        return value
+    raise Doubt
+
+
+def _code(value: Any) -> str:
+    if type(value) is str and _CODE(value):
+        return value
+    raise Doubt
+
+
+def _uri(value: Any) -> str:
+    if type(value) is str and _URI(value):
+        return value
+    raise Doubt
+
+
+def _id(value: Any) -> str:
+    if type(value) is str and _ID(value):
+        return value
+    raise Doubt
+
+
+def _date(value: Any) -> date | str:
+    """FHIR date: a full date as a ``date``, a partial one kept as written (as fhir.resources does)."""
+    if type(value) is str and _FHIR_DATE(value):
+        full = _FULL_DATE(value)
+        if full:
+            try:
+                return date(int(full[1]), int(full[2]), int(full[3]))
+            except ValueError:
+                raise Doubt from None
+        if _PARTIAL_DATE(value):
+            return value
+    raise Doubt
+
+
+def _date_time(value: Any) -> date | datetime | str:
+    """FHIR dateTime: a date alone as a ``date``, a partial one as written, a time with its zone."""
+    if type(value) is str and _FHIR_DATE_TIME(value):
+        if "T" not in value:
+            return _date(value)
+        if _DATE_TIME(value):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                raise Doubt from None
+    raise Doubt
+
+
+def _instant(value: Any) -> datetime:
+    if type(value) is str and _FHIR_INSTANT(value) and _DATE_TIME(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise Doubt from None
+    raise Doubt
+
+
+def _decimal(value: Any) -> Decimal:
+    if type(value) is int and _FHIR_DECIMAL(str(value)):
+        return Decimal(value)
+    if type(value) is float and _FHIR_DECIMAL(str(value)):
+        return Decimal(str(value))  # as fhir_core: 1.0 stays Decimal('1.0')
+    raise Doubt
+
+
+def _boolean(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise Doubt
+
+
+# ---------------------------------------------------------------- complex types
+
+
+def _element(value: Any, known: frozenset[str]) -> dict[str, Any]:
+    """A JSON object of only ``known`` keys, none of them null; not empty."""
+    if type(value) is not dict or not value or not known.issuperset(value) or None in value.values():
+        raise Doubt
+    return value
+
+
+def _items(value: Any) -> list[Any]:
+    if type(value) is not list or not value:
+        raise Doubt
+    return value
+
+
+_CODING_KEYS = frozenset({"system", "version", "code", "display", "userSelected"})
+
+
+def _coding(value: Any) -> Coding:
+    element = _element(value, _CODING_KEYS)
+    if "version" in element:
+        _string(element["version"])
+    if "userSelected" in element:
+        _boolean(element["userSelected"])
+    system, code, display = element.get("system"), element.get("code"), element.get("display")
+    return Coding(None if system is None else _uri(system), None if code is None else _code(code),
+                  None if display is None else _string(display))
+
+
+_CONCEPT_KEYS = frozenset({"coding", "text"})
+
+
+def _concept(value: Any) -> CodeableConcept:
+    element = _element(value, _CONCEPT_KEYS)
+    coding, text = element.get("coding"), element.get("text")
+    return CodeableConcept(None if coding is None else tuple(_coding(c) for c in _items(coding)),
+                           None if text is None else _string(text))
+
+
+def _concepts(value: Any) -> tuple[CodeableConcept, ...]:
+    return tuple(_concept(c) for c in _items(value))
+
+
+_REFERENCE_KEYS = frozenset({"reference", "type", "display"})
+
+
+def _reference(value: Any) -> Reference:
+    element = _element(value, _REFERENCE_KEYS)
+    if "type" in element:
+        _uri(element["type"])
+    if "display" in element:
+        _string(element["display"])
+    reference = element.get("reference")
+    return Reference(None if reference is None else _string(reference))
+
+
+_PERIOD_KEYS = frozenset({"start", "end"})
+
+
+def _period(value: Any) -> Period:
+    element = _element(value, _PERIOD_KEYS)
+    start, end = element.get("start"), element.get("end")
+    return Period(None if start is None else _date_time(start), None if end is None else _date_time(end))
+
+
+_QUANTITY_KEYS = frozenset({"value", "comparator", "unit", "system", "code"})
+
+
+def _quantity(value: Any) -> Quantity:
+    element = _element(value, _QUANTITY_KEYS)
+    if "system" in element:
+        _uri(element["system"])
+    number, comparator, unit, code = (element.get(k) for k in ("value", "comparator", "unit", "code"))
+    return Quantity(None if number is None else _decimal(number), None if comparator is None else _code(comparator),
+                    None if unit is None else _string(unit), None if code is None else _code(code))
+
+
+_ADDRESS_KEYS = frozenset({"use", "type", "text", "line", "city", "district", "state", "postalCode", "country"})
+
+
+def _address(value: Any) -> None:
+    element = _element(value, _ADDRESS_KEYS)
+    for key, item in element.items():
+        if key in ("use", "type"):
+            _code(item)
+        elif key == "line":
+            for line in _items(item):
+                _string(line)
+        else:
+            _string(item)
+
+
+_EXTENSION_VALUES: dict[str, Callable[[Any], Any]] = {
+    "valueString": _string, "valueCode": _code, "valueUri": _uri, "valueBoolean": _boolean,
+    "valueDecimal": _decimal, "valueCoding": _coding, "valueCodeableConcept": _concept, "valueAddress": _address,
+    "valueDate": _date, "valueDateTime": _date_time,
+}
+_EXTENSION_KEYS = frozenset({"url", "extension", *_EXTENSION_VALUES})
+_EXTENSION_DEPTH = 3  # Synthea's are two deep; a deeper one is fhir.resources' to judge (and refuse)
+
+
+def _extensions(value: Any, depth: int = 1) -> None:
+    if depth > _EXTENSION_DEPTH:
+        raise Doubt
+    for extension in _items(value):
+        element = _element(extension, _EXTENSION_KEYS)
+        if "url" not in element:
+            raise Doubt
+        _uri(element["url"])
+        values = [key for key in element if key.startswith("value")]
+        if len(values) > 1:
+            raise Doubt
+        for key in values:
+            _EXTENSION_VALUES[key](element[key])
+        if "extension" in element:
+            _extensions(element["extension"], depth + 1)
+
+
+# ---------------------------------------------------------------- resources
+
+
+def _optional(raw: dict[str, Any], key: str, reader: Callable[[Any], Any]) -> Any:
+    """The element read by ``reader`` when present (a null is for fhir.resources to judge), else None."""
+    if key not in raw:
+        return None
+    return reader(raw[key])
+
+
+def _required(raw: dict[str, Any], key: str, reader: Callable[[Any], Any]) -> Any:
+    if key not in raw:
+        raise Doubt
+    return reader(raw[key])
+
+
+def _one_of(raw: dict[str, Any], *keys: str, required: bool = False) -> None:
+    """A choice element (``value[x]``): at most one of its types, exactly one when ``required``."""
+    given = sum(key in raw for key in keys)
+    if given > 1 or (required and given == 0):
+        raise Doubt
+
+
+def _doubted(value: Any) -> Any:
+    """An element rare enough to leave to fhir.resources (an abatement age or range, contained resources)."""
+    raise Doubt
+
+
+def _common(raw: dict[str, Any], subject: str) -> str | None:
+    """The id; and the subject reference, ``subject`` being "required", "optional" or "none" (the type has
+    none: fhir.resources refuses one, and says so)."""
+    if subject == "required" or (subject == "optional" and "subject" in raw):
+        _required(raw, "subject", _reference)
+    elif subject == "none" and "subject" in raw:
+        raise Doubt
+    return _optional(raw, "id", _id)
+
+
+def _patient(raw: dict[str, Any]) -> Patient:
+    identity = _common(raw, subject="none")
+    if "extension" in raw:
+        _extensions(raw["extension"])
+    return Patient(identity, _optional(raw, "birthDate", _date))
+
+
+def _condition(raw: dict[str, Any]) -> Condition:
+    identity = _common(raw, subject="required")
+    _one_of(raw, "onsetDateTime", "onsetPeriod")
+    _one_of(raw, "abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString")
+    return Condition(
+        identity,
+        code=_optional(raw, "code", _concept),
+        clinicalStatus=_optional(raw, "clinicalStatus", _concept),
+        verificationStatus=_optional(raw, "verificationStatus", _concept),
+        bodySite=_optional(raw, "bodySite", _concepts),
+        onsetDateTime=_optional(raw, "onsetDateTime", _date_time),
+        onsetPeriod=_optional(raw, "onsetPeriod", _period),
+        recordedDate=_optional(raw, "recordedDate", _date_time),
+        abatementDateTime=_optional(raw, "abatementDateTime", _date_time),
+        abatementPeriod=_optional(raw, "abatementPeriod", _period),
+        abatementAge=_optional(raw, "abatementAge", _doubted),
+        abatementRange=_optional(raw, "abatementRange", _doubted),
+        abatementString=_optional(raw, "abatementString", _string),
+    )
+
+
+def _observation(raw: dict[str, Any]) -> Observation:
+    identity = _common(raw, subject="optional")
+    _one_of(raw, "effectiveDateTime", "effectivePeriod")
+    _one_of(raw, "valueQuantity", "valueCodeableConcept")
+    return Observation(
+        identity,
+        status=_required(raw, "status", _code),
+        code=_required(raw, "code", _concept),
+        effectiveDateTime=_optional(raw, "effectiveDateTime", _date_time),
+        effectivePeriod=_optional(raw, "effectivePeriod", _period),
+        issued=_optional(raw, "issued", _instant),
+        valueQuantity=_optional(raw, "valueQuantity", _quantity),
+        valueCodeableConcept=_optional(raw, "valueCodeableConcept", _concept),
+        interpretation=_optional(raw, "interpretation", _concepts),
+    )
+
+
+def _medication_request(raw: dict[str, Any]) -> MedicationRequest:
+    identity = _common(raw, subject="required")
+    _one_of(raw, "medicationCodeableConcept", "medicationReference", required=True)
+    return MedicationRequest(
+        identity,
+        status=_required(raw, "status", _code),
+        intent=_required(raw, "intent", _code),
+        medicationCodeableConcept=_optional(raw, "medicationCodeableConcept", _concept),
+        medicationReference=_optional(raw, "medicationReference", _reference),
+        contained=_optional(raw, "contained", _doubted),
+        authoredOn=_optional(raw, "authoredOn", _date_time),
+    )
+
+
+def _medication_statement(raw: dict[str, Any]) -> MedicationStatement:
+    identity = _common(raw, subject="required")
+    _one_of(raw, "medicationCodeableConcept", "medicationReference", required=True)
+    _one_of(raw, "effectiveDateTime", "effectivePeriod")
+    return MedicationStatement(
+        identity,
+        status=_required(raw, "status", _code),
+        medicationCodeableConcept=_optional(raw, "medicationCodeableConcept", _concept),
+        medicationReference=_optional(raw, "medicationReference", _reference),
+        contained=_optional(raw, "contained", _doubted),
+        effectiveDateTime=_optional(raw, "effectiveDateTime", _date_time),
+        effectivePeriod=_optional(raw, "effectivePeriod", _period),
+        dateAsserted=_optional(raw, "dateAsserted", _date_time),
+    )
+
+
+def _medication(raw: dict[str, Any]) -> Medication:
+    return Medication(_common(raw, subject="none"), code=_optional(raw, "code", _concept))
+
+
+def _procedure(raw: dict[str, Any]) -> Procedure:
+    identity = _common(raw, subject="required")
+    _one_of(raw, "performedDateTime", "performedPeriod")
+    return Procedure(
+        identity,
+        status=_required(raw, "status", _code),
+        category=_optional(raw, "category", _concept),
+        code=_optional(raw, "code", _concept),
+        performedDateTime=_optional(raw, "performedDateTime", _date_time),
+        performedPeriod=_optional(raw, "performedPeriod", _period),
+    )
+
+
+def _service_request(raw: dict[str, Any]) -> ServiceRequest:
+    identity = _common(raw, subject="required")
+    return ServiceRequest(
+        identity,
+        status=_required(raw, "status", _code),
+        intent=_required(raw, "intent", _code),
+        code=_optional(raw, "code", _concept),
+        authoredOn=_optional(raw, "authoredOn", _date_time),
+    )
+
+
+_READERS: dict[str, Callable[[dict[str, Any]], Record]] = {
+    "Patient": _patient,
+    "Condition": _condition,
+    "Observation": _observation,
+    "MedicationRequest": _medication_request,
+    "MedicationStatement": _medication_statement,
+    "Medication": _medication,
+    "Procedure": _procedure,
+    "ServiceRequest": _service_request,
+}
+READ_TYPES = frozenset(_READERS)
+
+
+def read(raw: dict[str, Any]) -> Record | None:
+    """``raw`` (pruned to the read elements, of a type in ``READ_TYPES``) as its record, or None when the
+    fast reader cannot vouch for it: then fhir.resources reads it (``from_model``) or refuses it."""
+    try:
+        return _READERS[raw["resourceType"]](raw)
+    except Doubt:
+        return None
+
+
+# ---------------------------------------------------------------- from a fhir.resources model
+
+
+def _coding_of(model: Any) -> Coding:
+    return Coding(model.system, model.code, model.display)
+
+
+def _concept_of(model: Any) -> CodeableConcept | None:
+    if model is None:
+        return None
+    return CodeableConcept(tuple(_coding_of(c) for c in model.coding) if model.coding else None, model.text)
+
+
+def _concepts_of(models: Any) -> tuple[CodeableConcept, ...] | None:
+    return tuple(_concept_of(m) for m in models) if models else None
+
+
+def _period_of(model: Any) -> Period | None:
+    return None if model is None else Period(model.start, model.end)
+
+
+def _reference_of(model: Any) -> Reference | None:
+    return None if model is None else Reference(model.reference)
+
+
+def _quantity_of(model: Any) -> Quantity | None:
+    return None if model is None else Quantity(model.value, model.comparator, model.unit, model.code)
+
+
+def _contained_of(models: Any) -> tuple[Contained, ...] | None:
+    if not models:
+        return None
+    # Any resource type may be contained; facts.py reads its id and, when it is a CodeableConcept, its code.
+    return tuple(Contained(getattr(m, "id", None),
+                           _concept_of(code) if hasattr(code := getattr(m, "code", None), "coding") else None)
+                 for m in models)
+
+
+def _given_of(model: Any) -> bool | None:
+    return None if model is None else True
+
+
+def from_model(model: Any) -> Record:
+    """The record of a resource fhir.resources has validated (the chart's path for what ``read`` doubts)."""
+    kind = model.get_resource_type()
+    m = model
+    if kind == "Patient":
+        return Patient(m.id, m.birthDate)
+    if kind == "Condition":
+        return Condition(m.id, _concept_of(m.code), _concept_of(m.clinicalStatus), _concept_of(m.verificationStatus),
+                         _concepts_of(m.bodySite), m.onsetDateTime, _period_of(m.onsetPeriod), m.recordedDate,
+                         m.abatementDateTime, _period_of(m.abatementPeriod), _given_of(m.abatementAge),
+                         _given_of(m.abatementRange), m.abatementString)
+    if kind == "Observation":
+        return Observation(m.id, m.status, _concept_of(m.code), m.effectiveDateTime, _period_of(m.effectivePeriod),
+                           m.issued, _quantity_of(m.valueQuantity), _concept_of(m.valueCodeableConcept),
+                           _concepts_of(m.interpretation))
+    if kind == "MedicationRequest":
+        return MedicationRequest(m.id, m.status, m.intent, _concept_of(m.medicationCodeableConcept),
+                                 _reference_of(m.medicationReference), _contained_of(m.contained), m.authoredOn)
+    if kind == "MedicationStatement":
+        return MedicationStatement(m.id, m.status, _concept_of(m.medicationCodeableConcept),
+                                   _reference_of(m.medicationReference), _contained_of(m.contained),
+                                   m.effectiveDateTime, _period_of(m.effectivePeriod), m.dateAsserted)
+    if kind == "Medication":
+        return Medication(m.id, _concept_of(m.code))
+    if kind == "Procedure":
+        return Procedure(m.id, m.status, _concept_of(m.category), _concept_of(m.code), m.performedDateTime,
+                         _period_of(m.performedPeriod))
+    if kind == "ServiceRequest":
+        return ServiceRequest(m.id, m.status, m.intent, _concept_of(m.code), m.authoredOn)
+    raise ValueError(f"not a type the rules read: {kind}")
