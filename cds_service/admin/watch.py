@@ -227,17 +227,18 @@ def watch_since(now: datetime, weeks: int = WATCH_WEEKS) -> datetime:
 
 
 def build_watch(store: CardStore, ruleset: RuleSet | None = None, *, now: datetime | None = None,
-                weeks: int = WATCH_WEEKS) -> WatchReport:
+                weeks: int = WATCH_WEEKS, details: bool = True) -> WatchReport:
     """The Watch report over the last ``weeks`` ISO weeks up to ``now`` (default: the store's clock).
     ``ruleset`` (the active one) gives each card's indicator and suppression window, and lists its
-    enabled cards even when none was shown. ``WatchUnavailable`` when the database does not answer."""
+    enabled cards even when none was shown. ``details=False`` (for /metrics) reads only the counts the
+    alarms need: no reasons, no suppression. ``WatchUnavailable`` when the database does not answer."""
     now = (now or store.clock()).astimezone(timezone.utc)
     since = watch_since(now, weeks)
     queries = WatchQueries(store)
     counts = queries.daily_counts(since)
-    reasons = queries.daily_reasons(since)
+    reasons = queries.daily_reasons(since) if details else []
     settings = _card_settings(ruleset)
-    longest_window = max((days for _, days in settings.values()), default=0)
+    longest_window = max((days for _, days in settings.values()), default=0) if details else 0
     overrides = queries.overrides(since - timedelta(days=longest_window)) if longest_window else []
     return assemble(now, weeks, counts, reasons, overrides, settings)
 

@@ -308,7 +308,7 @@ def _compute_alarms(app: Flask) -> tuple[dict[tuple[str, str], bool], bool]:
         return {}, False
     ruleset = getattr(engine, "ruleset", None)
     try:
-        report = build_watch(store, ruleset)
+        report = build_watch(store, ruleset, details=False)
     except Exception as exc:  # never fail the scrape: the database may be down, locked or not migrated
         log.warning("card rate alarms not computed for /metrics", extra={"error_type": type(exc).__name__})
         return {}, False

@@ -185,6 +185,8 @@ def test_a_card_that_triples_raises_the_alarm(store) -> None:
     assert check in report.alarms
     assert watch.alarm_states(report)[("elevated-cramp-risk", "firing")] is True
     assert watch.alarm_states(report)[("elevated-cramp-risk", "override")] is False
+    light = build_watch(store, RULESET, details=False)  # what /metrics reads: the same alarms
+    assert watch.alarm_states(light) == watch.alarm_states(report)
 
 
 def test_a_new_version_in_the_alarm_week_is_named(store) -> None:
