@@ -365,10 +365,10 @@ def changed_fields(base_text: str, submitted: Mapping[str, str]) -> dict[str, An
     changed: dict[str, Any] = {}
     for path, raw in submitted.items():
         kind = field_type(path)
-        value = parse_value(path, kind, raw)
         present, old = _lookup(base, path.split(".")) if isinstance(base, dict) else (False, None)
-        if not present and value in ("", []):
-            continue  # an empty input for an absent key (e.g. a value set without prefixes)
+        if not present and isinstance(raw, str) and not raw.strip():
+            continue  # an empty input for an absent key (a value set without prefixes, a key the YAML lost)
+        value = parse_value(path, kind, raw)
         if present and _same(old, value):
             continue
         changed[path] = value

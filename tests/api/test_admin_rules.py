@@ -229,6 +229,8 @@ def test_file_mode_is_read_only(tmp_path):
     assert "Start a draft" not in html
     versions_page = client.get("/admin/rules/versions").get_data(as_text=True)
     assert "Roll back" not in versions_page and ACTIVE in versions_page
+    assert "read from the rules file" in versions_page and "1970" not in versions_page
+    assert "Deploy" not in client.get(f"/admin/rules/versions/{ACTIVE}").get_data(as_text=True)
     token = csrf(client)
     for path in ("/admin/rules/draft", f"/admin/rules/versions/{ACTIVE}/deploy", "/admin/rules/rollback"):
         answer = client.post(path, data={"csrf_token": token, "confirm": "yes"})

@@ -162,3 +162,11 @@ def test_many_changes_are_applied_in_one_pass():
     assert all(spec["source"] == f"checked: {name}" for name, spec in data["value_sets"].items())
     assert (data["venous_index"]["threshold"], data["windows"]["recent_days"]) == (2, 10)
     assert len(changed_lines(BUNDLED, edited)) > 2 * len(sources)
+
+
+def test_an_empty_input_for_a_key_the_yaml_lacks_is_no_change():
+    from cds_service.admin.ruleset_edit import changed_fields
+
+    without = BUNDLED.replace("    statin: 0.5\n", "")
+    assert changed_fields(without, {"contributors.points.statin": "", "value_sets.paralysis.codes": " "}) == {}
+    assert changed_fields(without, {"contributors.points.statin": "0.5"}) == {"contributors.points.statin": 0.5}
