@@ -249,7 +249,7 @@ def _insert_key(text: str, path: list[str], value: Any) -> str:
     optional key or section)."""
     field = ".".join(path)
     _, root = _load(text)
-    for depth in range(len(path) - 1, 0, -1):
+    for depth in range(len(path) - 1, -1, -1):  # depth 0: the document itself
         parent = _node_at(root, path[:depth])
         if parent is not None:
             break

@@ -170,3 +170,10 @@ def test_an_empty_input_for_a_key_the_yaml_lacks_is_no_change():
     without = BUNDLED.replace("    statin: 0.5\n", "")
     assert changed_fields(without, {"contributors.points.statin": "", "value_sets.paralysis.codes": " "}) == {}
     assert changed_fields(without, {"contributors.points.statin": "0.5"}) == {"contributors.points.statin": 0.5}
+
+
+def test_a_missing_top_level_key_is_added_to_the_document():
+    text = BUNDLED.replace('version: "2026.12.1"\n', "")
+    edited = apply_changes(text, {"version": "2026.12.5"})
+    assert yaml.safe_load(edited)["version"] == "2026.12.5"
+    assert parse_ruleset(edited, "edited").version == "2026.12.5"
