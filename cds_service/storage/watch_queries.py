@@ -115,11 +115,14 @@ class WatchQueries:
         day = _day(cards_shown.c.issued_at, self._dialect).label("day")
         group = (cards_shown.c.rule, cards_shown.c.ruleset_version, day)
         shown_q = select(*group, func.count()).where(cards_shown.c.issued_at >= since).group_by(*group)
-        joined = cards_shown.join(feedback, feedback.c.card_uuid == cards_shown.c.card_uuid)
+        # From the (smaller) feedback side: each card's outcomes once, then the card by its key. Joined the
+        # other way round, SQLite probed the feedback of every card shown (8x slower at 200k cards).
+        outcomes = select(feedback.c.card_uuid, feedback.c.outcome).distinct().subquery()
         outcomes_q = (
-            select(*group, feedback.c.outcome, func.count(distinct(feedback.c.card_uuid)))
-            .select_from(joined).where(cards_shown.c.issued_at >= since)
-            .group_by(*group, feedback.c.outcome)
+            select(*group, outcomes.c.outcome, func.count())
+            .select_from(outcomes.join(cards_shown, cards_shown.c.card_uuid == outcomes.c.card_uuid))
+            .where(cards_shown.c.issued_at >= since)
+            .group_by(*group, outcomes.c.outcome)
         )
         with self._reading() as connection:
             shown = {(r[0], r[1], _as_date(r[2])): int(r[3]) for r in connection.execute(shown_q)}
@@ -133,12 +136,16 @@ class WatchQueries:
     def daily_reasons(self, since: datetime) -> list[DailyReason]:
         """Per rule, version, day of issue and coded reason: the cards overridden with it."""
         day = _day(cards_shown.c.issued_at, self._dialect).label("day")
-        reason = (feedback.c.override_reason_system, feedback.c.override_reason_code)
-        group = (cards_shown.c.rule, cards_shown.c.ruleset_version, day, *reason)
+        overridden = (
+            select(feedback.c.card_uuid, feedback.c.override_reason_system.label("system"),
+                   feedback.c.override_reason_code.label("code"), feedback.c.override_reason_display.label("display"))
+            .where(feedback.c.outcome == "overridden").subquery()
+        )
+        group = (cards_shown.c.rule, cards_shown.c.ruleset_version, day, overridden.c.system, overridden.c.code)
         query = (
-            select(*group, func.max(feedback.c.override_reason_display), func.count(distinct(feedback.c.card_uuid)))
-            .select_from(cards_shown.join(feedback, feedback.c.card_uuid == cards_shown.c.card_uuid))
-            .where(feedback.c.outcome == "overridden", cards_shown.c.issued_at >= since)
+            select(*group, func.max(overridden.c.display), func.count(distinct(overridden.c.card_uuid)))
+            .select_from(overridden.join(cards_shown, cards_shown.c.card_uuid == overridden.c.card_uuid))
+            .where(cards_shown.c.issued_at >= since)
             .group_by(*group)
         )
         with self._reading() as connection:
