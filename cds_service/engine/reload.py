@@ -188,7 +188,9 @@ class EngineSwitch:
         if signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None):
             return False
         signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
-        log.info("SIGHUP reloads the rule set %s (pid %d)", self.source.describe(), os.getpid())
+        # (a file: worth a line at start; the database is polled anyway, SIGHUP only checks it at once)
+        log.log(logging.INFO if self.path else logging.DEBUG, "SIGHUP reloads the rule set %s (pid %d)",
+                self.source.describe(), os.getpid())
         return True
 
 

@@ -20,7 +20,7 @@ from cds_service.engine.drugs import DrugTable
 from cds_service.engine.observer import Observer, StorageObserver
 from cds_service.engine.pipeline import Engine
 from cds_service.admin.rule_versions import (
-    BUNDLED_SOURCE, DatabaseRuleSource, RuleSetInvalid, RuleVersions, bundled_ruleset_text,
+    BUNDLED_SOURCE, DatabaseRuleSource, RuleSetInvalid, RuleVersions, StartOutcome, bundled_ruleset_text,
 )
 from cds_service.engine.reload import EngineSwitch, FileRuleSource, RuleSource, load_ruleset_keeping_last_valid
 from cds_service.errors import PayloadTooLarge, ServiceError, operation_outcome
@@ -182,20 +182,21 @@ def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store:
     versions = RuleVersions(admin_store, base_dir=settings.rules_path.parent if settings.rules_path else None)
     app.extensions["leg_cramp_rule_versions"] = versions
     try:
-        state, ruleset, count = _database_rules(settings, versions)
+        state, ruleset, count, outcome = _database_rules(settings, versions)
     except AdminStoreUnavailable as error:
         raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot read the rule-set versions ({error})") from None
     app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, observer, ruleset)
     if engine is None:
         switch = _register_rules_reload(app, DatabaseRuleSource(versions), state=state)
         versions.on_change(switch.check_now)  # a deploy from this process: its next request switches
-    log.info("rules: database, version %s (%d version%s)%s", ruleset.version, count, "" if count == 1 else "s",
+    log.info("rules: database, version %s (%d version%s%s)%s", ruleset.version, count, "" if count == 1 else "s",
+             f"; {outcome.message}" if outcome.action == "seeded" else "",
              "" if engine is None else "; serving the engine given to create_app")
 
 
-def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object, RuleSet, int]:
+def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object, RuleSet, int, StartOutcome]:
     """Seed or offer the configured (or bundled) rule set, then read the deployed one: (state, rule set,
-    number of versions). RuleSetError when nothing valid can be served (the start is refused)."""
+    number of versions, what the start did). RuleSetError when nothing valid can be served (start refused)."""
     path = settings.rules_path
     source = str(path) if path else BUNDLED_SOURCE
     try:
@@ -206,7 +207,7 @@ def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object,
         outcome = versions.start_from(text, source)
     except RuleSetInvalid as error:  # an empty database and an invalid file: nothing to serve
         raise _as_ruleset_error(error, source) from None
-    if outcome.action in ("seeded", "offered"):
+    if outcome.action == "offered":
         log.info("rules: %s", outcome.message)
     elif outcome.action in ("conflict", "invalid"):
         log.warning("rules: %s", outcome.message)
@@ -216,7 +217,7 @@ def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object,
     except RuleSetInvalid as error:
         raise _as_ruleset_error(error, f"the deployed {error.what}", hint=(
             " (deploy a valid version: cramp-cds rules deploy VERSION, or cramp-cds rules rollback)")) from None
-    return state, ruleset, len(versions.list_versions())
+    return state, ruleset, len(versions.list_versions()), outcome
 
 
 def _as_ruleset_error(error: RuleSetInvalid, source: str, hint: str = "") -> RuleSetError:

@@ -98,8 +98,12 @@ def test_start_up_logs_are_quiet_one_schema_line_per_process(tmp_path: Path):
     assert [(line["message"], line.get("from_revision")) for line in schema] == [
         ("database schema migrated", "empty"), ("database schema current", None)], schema
     assert schema[0]["revision"] == schema[1]["revision"]
-    # start and stop, master and one worker: gunicorn's few lines, the dev-mode warnings, the schema lines
-    assert len(first) <= 14, "\n".join(line["message"] for line in first)
+    # start and stop, master and one worker: gunicorn's few lines, the dev-mode warnings (service and admin
+    # console), the schema lines, one "rules:" line (which source, which version)
+    assert len(first) <= 16, "\n".join(line["message"] for line in first)
+    rules = [line["message"] for line in first if line["message"].startswith("rules:")]
+    assert rules[0].startswith("rules: database, version ") and "seeded the database" in rules[0], rules
+    assert len(rules) == 2, rules
 
     again = _start_and_stop(tmp_path)  # the same database: current everywhere
     assert [line["message"] for line in again if line["logger"] == "cds_service.storage.store"] == [
