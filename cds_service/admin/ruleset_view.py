@@ -5,7 +5,8 @@ Built from a validated ``RuleSet`` (and the card wording of the ``cards`` packag
 number or list shown carries its ``field``: the dotted path into the YAML the validator names in its
 problems and the console's form edits (``ruleset_edit.apply_changes``), so an error lands next to its field.
 Code displays come from a value-set file's own displays, else from ``data/code_displays.yaml`` (copied
-from ../shared/clinical/codes.json and the VSAC expansions); a code without one says so.
+from ../shared/clinical/codes.json and the VSAC expansions), else from the value-set files shipped in
+``data/valuesets/``; a code without one says so.
 """
 
 from __future__ import annotations
@@ -164,6 +165,16 @@ def _display_table() -> dict[tuple[str, str], tuple[str, str | None]]:
     for system, codes in (yaml.safe_load(text) or {}).items():
         for code, entry in codes.items():
             table[(system, normalize_code(system, str(code)))] = (entry["display"], entry.get("verification"))
+    # then the displays of the value-set files shipped in data/valuesets/ (VSAC expansions)
+    for entry in sorted(resources.files("cds_service").joinpath("data/valuesets").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            try:
+                data = json.loads(entry.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            for system, code, display in _walk_contains(data):
+                if display:
+                    table.setdefault((system, normalize_code(system, code)), (display, None))
     return table
 
 

@@ -123,3 +123,9 @@ def test_card_headlines_fill_the_class_wording_and_mark_scores(view):
     assert view.card("cramp-associated-drug-order-thiazide").summary.startswith("Thiazide diuretic ordered for a patient")
     assert "{" not in view.card("cramp-associated-drug-order-laba").summary
     assert view.card("elevated-cramp-risk").summary == "Elevated leg-cramp risk: [score] points from medications and conditions"
+
+
+def test_displays_of_the_shipped_value_set_files_are_used_too():
+    # 236434000 is in no rule-set list and not in code_displays.yaml: only the shipped VSAC expansion has it
+    assert display_of("http://snomed.info/sct", "236434000") == (
+        "End stage renal failure untreated by renal replacement therapy (disorder)", None)
