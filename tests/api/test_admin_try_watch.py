@@ -140,6 +140,9 @@ def test_watch_shows_aggregates_to_a_viewer_without_the_comments(app) -> None:
     assert page.status_code == 200
     assert "Alarms (1)" in html and "elevated-cramp-risk" in html and "stopped firing" in html
     assert "Not clinically relevant (1)" in html  # top override reasons are aggregates: viewers see them
+    # the spark line's text equivalent lists every week: 26 weeks, W16-W23 with 20, W24 and W25 with none
+    title = re.search(r'<title id="spark-elevated-cramp-risk-title">([^<]+)</title>', html).group(1)
+    assert title.endswith("2025-W52 to 2026-W25: " + ", ".join(["0"] * 16 + ["20"] * 8 + ["0", "0"]))
     assert COMMENT not in html and "shown to editors and deployers only" in html
     detail = viewer.get("/admin/watch/conservative-care").get_data(as_text=True)
     assert COMMENT not in detail

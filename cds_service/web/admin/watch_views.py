@@ -41,13 +41,19 @@ def watch_page() -> Any:
                     if access.has_role("editor") else None)
     except WatchUnavailable as exc:
         return _unavailable(exc)
-    sparks = {card.card: Markup(spark(f"spark-{card.card}", f"{card.card}: cards shown per week",
+    sparks = {card.card: Markup(spark(f"spark-{card.card}", _spark_title(report, card),
                                       [float(w.shown) for w in card.weeks], alarm=card.firing.alarm))
               for card in report.cards}
     # alarms first, then the cards shown most
     cards = sorted(report.cards, key=lambda c: (not c.alarms, -c.shown, c.card))
     return render_template("admin/watch.html", report=report, cards=cards, sparks=sparks, comments=comments,
                            may_see_comments=access.has_role("editor"))
+
+
+def _spark_title(report: watch.WatchReport, card: watch.CardWatch) -> str:
+    """The spark line's text equivalent: every week's number (the card page has the full table)."""
+    counts = ", ".join(str(w.shown) for w in card.weeks)
+    return f"{card.card}: cards shown per week, {report.weeks[0].label} to {report.weeks[-1].label}: {counts}"
 
 
 @admin_bp.get("/watch/<card_id>")
