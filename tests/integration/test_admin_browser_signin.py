@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from support.browser import (  # noqa: F401  (fixtures)
-    browser_page, chromium_browser, focused, inputs_without_a_label, sign_in_with_keyboard, start_live_console,
-    tab_to,
+    browser_page, chromium_browser, focused, inputs_without_a_label, screenshot, sign_in_with_keyboard,
+    start_live_console, tab_to,
 )
 
 pytestmark = pytest.mark.chromium
@@ -28,6 +28,7 @@ def test_sign_in_and_out_with_the_keyboard_only(browser_page, console, tmp_path:
     page = browser_page
     page.goto(console.at("/admin/"))
     assert page.url.startswith(console.at("/admin/login"))  # no session: the sign-in page
+    screenshot(page, "admin-sign-in", tmp_path)
     assert inputs_without_a_label(page) == []
     page.keyboard.press("Tab")
     assert focused(page)["text"] == "Skip to main content"  # the first stop is the skip link
@@ -36,7 +37,7 @@ def test_sign_in_and_out_with_the_keyboard_only(browser_page, console, tmp_path:
     assert page.url == console.at("/admin/")
     assert page.inner_text("h1") == "Admin console"
     assert page.inner_text(".who-name") == "dana" and page.inner_text(".who .role-badge") == "deployer"
-    page.screenshot(path=str(tmp_path / "home.png"), full_page=True)
+    screenshot(page, "admin-home", tmp_path)
 
     cookie = next(c for c in page.context.cookies() if c["name"] == "cramp_admin_session")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax" and cookie["path"] == "/admin"
@@ -52,7 +53,7 @@ def test_sign_in_and_out_with_the_keyboard_only(browser_page, console, tmp_path:
     assert page.console_problems == []
 
 
-def test_a_wrong_password_shows_the_form_again_with_the_message_at_hand(browser_page, console) -> None:
+def test_a_wrong_password_shows_the_form_again_with_the_message_at_hand(browser_page, console, tmp_path: Path) -> None:
     page = browser_page
     sign_in_with_keyboard(page, console, password="not the right password")
     alert = page.locator("[role=alert]")
@@ -60,6 +61,7 @@ def test_a_wrong_password_shows_the_form_again_with_the_message_at_hand(browser_
     described = page.get_attribute("#password", "aria-describedby") or ""
     assert "login-problem" in described.split()
     assert page.input_value("#username") == "dana" and page.input_value("#password") == ""
+    screenshot(page, "admin-sign-in-refused", tmp_path)
     assert inputs_without_a_label(page) == []
     assert page.console_problems == []
 

@@ -7,6 +7,7 @@ not reachable here). Without Chromium or Playwright the tests are skipped, unles
     from support.browser import browser_page, chromium_browser, live_console  # fixtures (import them)
     console = start_live_console(tmp_path, username="dana", role="deployer")    # a real server on 127.0.0.1
     sign_in_with_keyboard(page, console)                                       # the real sign-in page
+    screenshot(page, "home", tmp_path)                                         # CRAMP_ADMIN_SCREENSHOTS=dir keeps them
 
 ``browser_page`` is a fresh page in its own browser context (no cookies shared between tests); every
 console-security violation the page reports (CSP, a failed asset) is collected in ``page.console_problems``.
@@ -109,6 +110,16 @@ def live_console(tmp_path: Path) -> Iterator[LiveConsole]:
         yield console
     finally:
         console.stop()
+
+
+def screenshot(page: Any, name: str, fallback_dir: Path) -> Path:
+    """A full-page PNG named ``name``: in CRAMP_ADMIN_SCREENSHOTS when set (to keep them for people; outside
+    the checkout), else in ``fallback_dir`` (a test's tmp_path)."""
+    folder = Path(os.environ.get("CRAMP_ADMIN_SCREENSHOTS") or fallback_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 def focused(page: Any) -> dict[str, str]:
