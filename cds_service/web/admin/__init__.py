@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -154,7 +154,7 @@ def error_page(status: int, message: str) -> Response:
     if access.wants_json():
         return access.json_error(status, message, code={403: "forbidden", 404: "not-found"}.get(status, "processing"))
     if status == 403:
-        needed = access.g.get("leg_cramp_admin_needed_role")
+        needed = g.get("leg_cramp_admin_needed_role")
         admin = access.current_admin()
         message = (f"Your role ({admin.role}) does not allow this page or action: it needs the {needed} role."
                    if needed and admin else message)
