@@ -301,14 +301,44 @@ def test_every_console_view_needs_a_session(app) -> None:
     rules = list(_console_rules(app))
     assert {"admin.home", "admin.audit", "admin.users"} <= {rule.endpoint for rule in rules}
     client = app.test_client()
+    token = login_page_token(client)  # a valid CSRF token, but nobody signed in
     for rule in rules:
         path = _example_path(rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            response = client.open(path, method=method)
-            # 302 to sign-in; a POST without a session has no CSRF token either (400): never served
-            assert response.status_code in (302, 400, 401), (method, path, response.status_code)
-            if response.status_code == 302:
-                assert urlsplit(response.headers["Location"]).path == "/admin/login", (method, path)
+            response = client.open(path, method=method, headers={"X-CSRFToken": token})
+            assert response.status_code == 302, (method, path, response.status_code)
+            assert urlsplit(response.headers["Location"]).path == "/admin/login", (method, path)
+            if method != "GET":  # and without the token, refused before anything else
+                assert client.open(path, method=method).status_code == 400, (method, path)
+
+
+def test_a_viewer_posting_any_console_action_gets_403_and_nothing_changes(app) -> None:
+    posts = [(rule, _example_path(rule)) for rule in _console_rules(app) if "POST" in rule.methods]
+    assert posts, "the console has actions"
+    store = app.extensions["leg_cramp_admin_store"]
+    before = (store.deployment_state(), len(store.audit_log()))
+    viewer = signed_in_client(app, "vera")
+    token = page_token(viewer)
+    for rule, path in posts:
+        response = viewer.post(path, data={"csrf_token": token})
+        assert response.status_code == 403, (path, response.status_code)
+        assert "text/html" in response.content_type
+    assert (store.deployment_state(), len(store.audit_log())) == (before[0], before[1] + 1)  # + vera's sign-in
+
+
+def test_an_editor_cannot_deploy_or_roll_back(app) -> None:
+    deploy_only = [_example_path(rule) for rule in _console_rules(app)
+                   if "POST" in rule.methods and ("deploy" in rule.rule or "rollback" in rule.rule)]
+    if not deploy_only:
+        pytest.skip("the rules pages (deploy, rollback) are not in this build")
+    store = app.extensions["leg_cramp_admin_store"]
+    state = store.deployment_state()
+    editor = signed_in_client(app, "eddie")
+    token = page_token(editor)
+    for path in deploy_only:
+        assert editor.post(path, data={"csrf_token": token}).status_code == 403, path
+        assert editor.post(path, headers={"X-CSRFToken": token, "Accept": "application/json"}).status_code == 403
+    assert store.deployment_state() == state
 
 
 def test_highest_known_role_of_an_id_token_claim() -> None:
