@@ -29,7 +29,7 @@ from typing import Callable
 from cds_service.engine.reload import RuleSourceUnavailable
 from cds_service.ruleset.loader import RuleSet, RuleSetError, parse_ruleset
 from cds_service.storage.admin_store import (
-    SYSTEM_ACTOR, AdminStore, AdminStoreError, AdminStoreUnavailable, Deployment, DeploymentState,
+    SYSTEM_ACTOR, AdminStore, AdminStoreError, AdminStoreUnavailable, Deployment, DeploymentState, DraftSaved,
     NothingToRollBack, RuleSetVersion, UnknownVersion, VersionConflict, content_sha256,
 )
 
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AdminStoreError", "AdminStoreUnavailable", "DatabaseRuleSource", "NothingToRollBack", "Problem",
     "RuleSetInvalid", "RuleVersions", "RulesReadOnly", "StartOutcome", "UnknownVersion", "VersionConflict",
-    "bundled_ruleset_text", "next_version", "unified_diff",
+    "bundled_ruleset_text", "deployed_message", "draft_saved_message", "file_mode_reason", "next_version",
+    "rolled_back_message", "unified_diff",
 ]
 
 BUNDLED_SOURCE = "cds_service/data/ruleset.yaml"
@@ -108,6 +109,34 @@ def unified_diff(old: str, new: str, old_label: str, new_label: str, context: in
                                      n=context, lineterm=""))
 
 
+def file_mode_reason(path: Path | None) -> str:
+    """Why the rules cannot be changed here in file mode (the console and the CLI say the same)."""
+    where = f"the file {path}" if path else f"the bundled rule set ({BUNDLED_SOURCE})"
+    return (f"The rules come from {where} (CRAMP_RULES_SOURCE=file): change them there; "
+            "set CRAMP_RULES_SOURCE=database to edit and deploy them here.")
+
+
+# What a change says to the person who made it: the console's flash messages and the CLI's lines.
+SWITCH_NOTE = "every replica switches to it within 2 s of its next request"
+
+
+def draft_saved_message(version: RuleSetVersion, changed: bool = True) -> str:
+    if version.status != "draft":
+        return f"Version {version.version} is {version.status} with this content already: nothing saved."
+    if not changed:
+        return f"Draft {version.version} is unchanged (the same content was saved before)."
+    return f"Saved draft {version.version} (not deployed)."
+
+
+def deployed_message(state: DeploymentState, previous: str | None) -> str:
+    was = f" (was {previous})" if previous and previous != state.version else ""
+    return f"Deployed version {state.version}{was}: {SWITCH_NOTE}."
+
+
+def rolled_back_message(state: DeploymentState, previous: str | None) -> str:
+    return f"Rolled back from version {previous} to {state.version}: {SWITCH_NOTE}."
+
+
 @dataclass(frozen=True)
 class StartOutcome:
     """What ``start_from`` did, for the start-up log."""
@@ -138,10 +167,7 @@ class RuleVersions:
                   read: Callable[[], str]) -> "RuleVersions":
         """Read-only versions over a rules file (``path``; None: the bundled file). ``current`` is the rule
         set the service serves now, ``read`` the file's text."""
-        where = f"the file {path}" if path else f"the bundled rule set ({BUNDLED_SOURCE})"
-        reason = (f"The rules come from {where} (CRAMP_RULES_SOURCE=file): change them there; "
-                  "set CRAMP_RULES_SOURCE=database to edit and deploy them here.")
-        return cls(store, base_dir=path.parent if path else None, read_only_reason=reason,
+        return cls(store, base_dir=path.parent if path else None, read_only_reason=file_mode_reason(path),
                    file_rules=lambda: (read(), current()))
 
     @property
@@ -211,18 +237,22 @@ class RuleVersions:
 
     # --- changing --------------------------------------------------------------------------------
     def save_draft(self, content: str, actor: str) -> RuleSetVersion:
-        """Validate ``content`` and save it as a draft under its own ``version:`` (audited).
+        """Validate ``content`` and save it as a draft under its own ``version:`` (audited); the version
+        stored (a draft; the active or a retired one when that number holds this very content already).
 
         ``RuleSetInvalid`` (problems at their lines), ``VersionConflict`` (the number was deployed with other
         content; the message proposes the next free one), ``RulesReadOnly`` in file mode.
         """
+        return self.save_draft_result(content, actor).version
+
+    def save_draft_result(self, content: str, actor: str) -> DraftSaved:
+        """``save_draft``, saying also whether the draft is new and whether anything changed."""
         self._writable()
         ruleset = self._parse(content, "draft", content_sha256(content))
         try:
-            saved = self.store.save_draft(ruleset.version, content, actor)
+            return self.store.save_draft(ruleset.version, content, actor)
         except VersionConflict as error:
             raise VersionConflict(f"{error} The next free number is {self.next_version(ruleset.version)}.") from None
-        return saved.version
 
     def deploy(self, version: str, actor: str) -> DeploymentState:
         """Make ``version`` active on every replica (audited). Its content is validated again first: a

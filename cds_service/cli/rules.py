@@ -257,3 +257,7 @@ def explain(rules_file: Path, as_of: date | None, fmt: str, output: Path | None,
         report = render_explanation_text(explanation) + "\n"
     _write_or_echo(report, output, "Explanation")
 
+
+
+from cds_service.cli.rule_versions import VERSION_COMMANDS  # noqa: E402  (versions, publish, deploy, rollback)
+for _command in VERSION_COMMANDS: rules.add_command(_command)  # noqa: E701

@@ -242,3 +242,44 @@ def test_file_source_state_is_mtime_and_size(tmp_path: Path) -> None:
     assert source.state() is None and source.describe() == str(path)
     path.write_text(BUNDLED)
     assert source.state()[1] == len(BUNDLED.encode()) and source.load().version == BUNDLED_VERSION
+
+
+# ---------------------------------------------------------------- the CLI says the same
+
+def test_cli_publish_deploy_rollback_and_versions(tmp_path, versions, card_store) -> None:
+    from click.testing import CliRunner
+
+    from cds_service.cli.main import CliContext, main
+
+    url = str(card_store.engine.url)
+    runner = CliRunner()
+
+    def run(*args: str, env: dict | None = None):
+        return runner.invoke(main, ["rules", *args], obj=CliContext(env={"USER": "x", **(env or {})}))
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(variant("2026.12.2").replace("    statin: 0.5", "    statin: -1"))
+    result = run("publish", str(bad), "--database-url", url)
+    assert result.exit_code == 1
+    assert f"{bad}:" in result.output and ": contributors.points.statin: negative points" in result.output
+    taken = tmp_path / "taken.yaml"
+    taken.write_text(variant(BUNDLED_VERSION, "2"))
+    result = run("publish", str(taken), "--database-url", url)
+    assert result.exit_code == 1 and "The next free number is 2026.12.2." in result.output
+    good = tmp_path / "good.yaml"
+    good.write_text(variant("2026.12.2", "2"))
+    result = run("publish", str(good), "--database-url", url, "--actor", "alice")
+    assert result.exit_code == 0 and "Saved draft 2026.12.2 (not deployed)." in result.output
+    result = run("deploy", "2026.12.2", "--database-url", url, "--actor", "dora")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Deployed version 2026.12.2 (was {BUNDLED_VERSION}): every replica switches")
+    assert run("deploy", "9.9", "--database-url", url).exit_code == 2
+    listing = run("versions", "--database-url", url).output
+    assert "* 2026.12.2" in listing and "Active: 2026.12.2 (deployment 2)" in listing
+    result = run("rollback", "--database-url", url, "--actor", "dora")
+    assert result.exit_code == 0 and f"Rolled back from version 2026.12.2 to {BUNDLED_VERSION}" in result.output
+    assert run("rollback", "--database-url", url).exit_code == 1
+    result = run("deploy", "2026.12.2", "--database-url", url, env={"CRAMP_RULES_SOURCE": "file"})
+    assert result.exit_code == 2 and "CRAMP_RULES_SOURCE=file" in result.output
+    assert [e.actor for e in versions.store.audit_log()][:3] == ["dora", "dora", "alice"]
+    assert run("versions", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite3'}").exit_code == 2
