@@ -37,6 +37,7 @@ from cds_service.ruleset.loader import RuleSet, RuleSetError, load_ruleset
 log = logging.getLogger(__name__)
 
 FileState = tuple[int, int] | None  # (mtime_ns, size), None when the file cannot be read
+UNAVAILABLE_RETRY_SECONDS = 10.0  # a source that did not answer is asked again after this long, not every check
 
 
 class RuleSourceUnavailable(Exception):
@@ -137,7 +138,9 @@ class EngineSwitch:
                 self._reload_locked("SIGHUP")
                 return
             state = self._read_state()
-            if state is not _UNKNOWN and state != self._state:
+            if state is _UNKNOWN:  # a database that does not answer may make each check wait its timeout
+                self._next_check = now + max(self._check_every, UNAVAILABLE_RETRY_SECONDS)
+            elif state != self._state:
                 self._reload_locked("source changed" if self.path is None else "file changed")
         finally:
             self._lock.release()

@@ -200,7 +200,7 @@ def test_switch_keeps_serving_when_the_database_stops_answering_and_warns_once(v
     database.mkdir()  # every new connection fails
     with caplog.at_level(logging.WARNING, logger="cds_service.engine.reload"):
         for step in range(1, 4):
-            clock.now = 2.0 * step
+            clock.now = 11.0 * step  # past the retry delay of a source that did not answer
             assert switch.current().ruleset.version == BUNDLED_VERSION
     warnings = [r.getMessage() for r in caplog.records if r.name == "cds_service.engine.reload"]
     assert len(warnings) == 1 and "rule source not checked (database)" in warnings[0]
@@ -220,7 +220,11 @@ def test_switch_keeps_the_last_valid_version_when_the_deployed_one_is_invalid(ve
 
 
 class UnavailableSource:
+    def __init__(self) -> None:
+        self.asked = 0
+
     def state(self):
+        self.asked += 1
         raise RuleSourceUnavailable("down")
 
     def load(self):
@@ -230,10 +234,17 @@ class UnavailableSource:
         return "test source"
 
 
-def test_a_source_that_cannot_answer_at_start_is_retried_later() -> None:
+def test_a_source_that_does_not_answer_is_asked_again_only_after_the_retry_delay() -> None:
     ruleset = load_default_ruleset()
-    switch = EngineSwitch(UnavailableSource(), FakeEngine(ruleset), FakeEngine, check_every=0.0)
-    assert switch.current().ruleset is ruleset
+    source, clock = UnavailableSource(), Clock()
+    switch = EngineSwitch(source, FakeEngine(ruleset), FakeEngine, check_every=2.0, monotonic=clock)
+    for now in (2.0, 4.0, 6.0, 11.9):
+        clock.now = now
+        assert switch.current().ruleset is ruleset
+    assert source.asked == 2  # at start and at 2 s; not again before 2 + UNAVAILABLE_RETRY_SECONDS
+    clock.now = 12.0
+    switch.current()
+    assert source.asked == 3
 
 
 def test_file_source_state_is_mtime_and_size(tmp_path: Path) -> None:
