@@ -44,6 +44,54 @@ def synthea_bodies(limit: int | None = None) -> list[bytes]:
     return [json.dumps(r.hook_request()).encode() for r in records]
 
 
+def discovery_prefetch(prefetch: dict, templates) -> dict:
+    """What a FHIR server answers to the service's own discovery templates for a patient whose data is
+    ``prefetch`` (a population record's, every resource of each type): each key's Bundle keeps the entries
+    the template's search parameters select (``code=`` any coding's code in the list, ``status=`` the
+    status), as an EHR sends it. Medications included with the requests stay only when a kept request
+    names them."""
+    from urllib.parse import parse_qsl
+
+    chosen: dict = {}
+    for template in templates:
+        value = prefetch.get(template.key)
+        if template.key == "patient" or not isinstance(value, dict):
+            if value is not None:
+                chosen[template.key] = value
+            continue
+        params = [(name, set(values.split(","))) for name, values in parse_qsl(template.query.split("?", 1)[-1])
+                  if name != "patient"]
+
+        def selected(resource: dict) -> bool:
+            for name, values in params:
+                if name == "code" and not any(c.get("code") in values
+                                              for c in (resource.get("code") or {}).get("coding") or []):
+                    return False
+                if name == "status" and resource.get("status") not in values:
+                    return False
+            return True
+
+        entries = [e for e in value.get("entry") or [] if e["resource"].get("resourceType") != "Medication"
+                   and selected(e["resource"])]
+        named = {(e["resource"].get("medicationReference") or {}).get("reference") for e in entries}
+        entries += [e for e in value.get("entry") or [] if e["resource"].get("resourceType") == "Medication"
+                    and f"Medication/{e['resource'].get('id')}" in named]
+        chosen[template.key] = {**value, "entry": entries}
+    return chosen
+
+
+def synthea_discovery_bodies(limit: int | None = None) -> list[bytes]:
+    """patient-view requests as an EHR sends them after reading our discovery (``discovery_prefetch``)."""
+    sys.path.insert(0, str(ROOT))
+    from cds_service.admin.population import iter_bundle_files
+    from cds_service.engine.pipeline import Engine
+
+    templates = Engine.default().registry.get("leg-cramp-patient-view").templates
+    records = list(iter_bundle_files([SYNTHEA]))[:limit]
+    return [json.dumps({**r.hook_request(), "prefetch": discovery_prefetch(r.prefetch, templates)}).encode()
+            for r in records]
+
+
 def write_bodies(bodies: list[bytes], directory: Path) -> list[Path]:
     paths = []
     for index, body in enumerate(bodies):

@@ -12,6 +12,7 @@ import argparse
 import orjson
 from flask import Flask, Response, request
 
+BASELINE_PATH = "/baseline"
 FIXED_CARDS = orjson.dumps({"cards": [{
     "uuid": "00000000-0000-4000-8000-000000000000",
     "summary": "Baseline card",
@@ -27,7 +28,7 @@ def create_app() -> Flask:
     def healthz() -> Response:
         return Response(b'{"status":"ok"}', mimetype="application/json")
 
-    @app.post("/baseline")
+    @app.post(BASELINE_PATH)
     def baseline() -> Response:
         body = orjson.loads(request.get_data(cache=False))
         if not isinstance(body, dict):

@@ -107,10 +107,10 @@ def read_resource(resource_type: str, raw: dict[str, Any]) -> Any:
     by fhir.resources (raising one of ``INVALID_RESOURCE``, as ``validate_resource``)."""
     if FULL_MODELS:
         return validate_resource(resource_type, raw)
-    pruned = _pruned(resource_type, raw)
-    record = projection.read(pruned)
+    record = projection.read(raw)
     if record is not None:
         return record
+    pruned = _pruned(resource_type, raw)
     _check_dates_are_strings(pruned)
     return projection.from_model(_MODEL_CLASSES[resource_type].model_validate(pruned))
 
@@ -252,15 +252,15 @@ def _add_resource(
         chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
         return
     resource_type = raw.get("resourceType")
-    resource_id = record_id(raw)
     if resource_type not in READ_TYPES or resource_type == "Patient":
         return
     if resource_type == "Observation" and "code" not in raw and not FULL_MODELS:
         # invalid, and no rule could read it: said so without validating it (a Bundle of 200,000 of them)
-        chart.skipped.append(SkippedRecord(resource_type, resource_id, "invalid FHIR R4 (code: missing)"))
+        chart.skipped.append(SkippedRecord(resource_type, record_id(raw), "invalid FHIR R4 (code: missing)"))
         return
     if not FULL_MODELS and _unusable(raw, resource_type, observation_codes, stale_before, procedure_codes):
         return
+    resource_id = record_id(raw)
     identity = (resource_type, resource_id)
     if resource_id != "?" and identity in seen:
         return  # the same record sent under two keys counts once

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
+from weakref import WeakKeyDictionary
 
 from cds_service.engine.chart import Chart, SkippedRecord
 from cds_service.engine.drugs import DrugTable
@@ -249,14 +250,46 @@ def _first_display(concept: Any) -> tuple[str | None, str | None, str | None]:
 
 # ---------------------------------------------------------------- conditions
 
-def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:
-    codings = codings_of(resource.code)
+def _code_concepts(concept: Any, ruleset: RuleSet) -> tuple[dict[str, Coding], str]:
+    """The concepts a Condition's code shows (concept -> the coding that matched it), and how: "code", or
+    "text" (RULES.md's fallback when no coding is in any value set)."""
+    codings = codings_of(concept)
     # One index probe per coding instead of asking every value set (ruleset.ConceptIndex): same answers.
     matched: dict[str, Coding] = ruleset.concepts.first_matches(codings)
-    method = "code"
     if not matched and not any(ruleset.concepts.holds(system, code) for system, code, _ in codings):
-        matched = _text_matches(resource.code, ruleset)
-        method = "text" if matched else method
+        matched = _text_matches(concept, ruleset)
+        return matched, "text" if matched else "code"
+    return matched, "code"
+
+
+# What a rule set (or drug table) reads from one concept, remembered per rule set: chart records' concepts
+# are values (engine/projection.py: frozen, hashable), and the same ones come chart after chart (text
+# matching is most of a Condition's cost, drug matching of a medication's).
+_READINGS: WeakKeyDictionary[Any, dict[Any, Any]] = WeakKeyDictionary()
+_READINGS_KEPT = 20_000
+
+
+def _remembered(owner: Any, concept: Any, read: Any) -> Any:
+    """``read(concept)`` for ``owner`` (a RuleSet or a DrugTable), remembered when ``concept`` is a value."""
+    memo = _READINGS.get(owner)
+    if memo is None:
+        memo = _READINGS.setdefault(owner, {})
+    try:
+        return memo[concept]
+    except KeyError:
+        pass
+    except TypeError:  # not a value (a fhir.resources model, as orders.py and tests pass)
+        return read(concept)
+    if len(memo) >= _READINGS_KEPT:
+        memo.clear()
+    known = memo[concept] = read(concept)
+    return known
+
+
+def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:
+    codings = codings_of(resource.code)
+    matched, method = _remembered(ruleset, resource.code, lambda concept: _code_concepts(concept, ruleset))
+    matched = dict(matched)  # each record its own
     clinical = _codes(resource.clinicalStatus)
     verification = _codes(resource.verificationStatus)
     if clinical:
@@ -337,8 +370,8 @@ def medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: Drug
     """One MedicationRequest or MedicationStatement as a ``MedicationRecord`` (``chart`` resolves a
     ``medicationReference``); orders.py reads the order hooks' draft orders with it."""
     concept = _medication_concept(resource, chart)
-    codings = codings_of(concept)
-    match = drugs.match_medication(codings, getattr(concept, "text", None) if concept else None)
+    match = _remembered(drugs, concept, lambda c: drugs.match_medication(
+        codings_of(c), getattr(c, "text", None) if c else None))
     system, code, display = _first_display(concept)
     when = record_date(resource)
     provenance = Provenance(resource.get_resource_type(), str(resource.id), system, code, display, when)

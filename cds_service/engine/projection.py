@@ -22,8 +22,9 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import orjson
 from fhir_core.types import Date as _FhirDate, DateTime as _FhirDateTime, Decimal as _FhirDecimal, \
     Instant as _FhirInstant
 
@@ -35,31 +36,31 @@ class Doubt(Exception):
 # ---------------------------------------------------------------- the records
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)  # frozen: one checked concept is shared by every record that has it
 class Coding:
     system: str | None
     code: str | None
     display: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class CodeableConcept:
     coding: tuple[Coding, ...] | None
     text: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Reference:
     reference: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Period:
     start: Any  # date, datetime or a partial date string, as fhir.resources reads a dateTime
     end: Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Quantity:
     value: Decimal | None
     comparator: str | None
@@ -85,14 +86,14 @@ class _Resource:
 
 @dataclass(slots=True)
 class Patient(_Resource):
-    id: str | None
+    id: str | None = None
     birthDate: Any = None
     resource_type = "Patient"
 
 
 @dataclass(slots=True)
 class Condition(_Resource):
-    id: str | None
+    id: str | None = None
     code: CodeableConcept | None = None
     clinicalStatus: CodeableConcept | None = None
     verificationStatus: CodeableConcept | None = None
@@ -110,7 +111,7 @@ class Condition(_Resource):
 
 @dataclass(slots=True)
 class Observation(_Resource):
-    id: str | None
+    id: str | None = None
     status: str | None = None
     code: CodeableConcept | None = None
     effectiveDateTime: Any = None
@@ -124,7 +125,7 @@ class Observation(_Resource):
 
 @dataclass(slots=True)
 class MedicationRequest(_Resource):
-    id: str | None
+    id: str | None = None
     status: str | None = None
     intent: str | None = None
     medicationCodeableConcept: CodeableConcept | None = None
@@ -136,7 +137,7 @@ class MedicationRequest(_Resource):
 
 @dataclass(slots=True)
 class MedicationStatement(_Resource):
-    id: str | None
+    id: str | None = None
     status: str | None = None
     medicationCodeableConcept: CodeableConcept | None = None
     medicationReference: Reference | None = None
@@ -149,14 +150,14 @@ class MedicationStatement(_Resource):
 
 @dataclass(slots=True)
 class Medication(_Resource):
-    id: str | None
+    id: str | None = None
     code: CodeableConcept | None = None
     resource_type = "Medication"
 
 
 @dataclass(slots=True)
 class Procedure(_Resource):
-    id: str | None
+    id: str | None = None
     status: str | None = None
     category: CodeableConcept | None = None
     code: CodeableConcept | None = None
@@ -167,7 +168,7 @@ class Procedure(_Resource):
 
 @dataclass(slots=True)
 class ServiceRequest(_Resource):
-    id: str | None
+    id: str | None = None
     status: str | None = None
     intent: str | None = None
     code: CodeableConcept | None = None
@@ -177,6 +178,52 @@ class ServiceRequest(_Resource):
 
 Record = Patient | Condition | Observation | MedicationRequest | MedicationStatement | Medication | Procedure \
     | ServiceRequest
+
+# ---------------------------------------------------------------- memos
+
+_KEPT = 20_000  # entries per memo below (cleared when full): each is a few hundred bytes
+
+
+def _remembered(reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``reader`` of a string, remembering what it read: the same dates come again and again (one
+    encounter's observations). Only strings are looked up, so a number never stands for one."""
+    memo: dict[str, Any] = {}
+
+    def read(value: Any) -> Any:
+        if type(value) is not str:
+            return reader(value)
+        known = memo.get(value)
+        if known is None:
+            known = reader(value)
+            if len(memo) >= _KEPT:
+                memo.clear()
+            memo[value] = known
+        return known
+
+    return read
+
+
+def _remembered_element(reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``reader`` of a JSON element, remembering what it read, keyed by the element's JSON as written
+    (orjson: ``true`` and ``1`` and ``1.0`` are different keys, as they are different FHIR values): the same
+    codings, concepts and patient reference come in record after record."""
+    memo: dict[bytes, Any] = {}
+
+    def read(value: Any) -> Any:
+        try:
+            key = orjson.dumps(value)
+        except (TypeError, orjson.JSONEncodeError):  # not JSON (an integer past 64 bits): not remembered
+            return reader(value)
+        known = memo.get(key)
+        if known is None:
+            known = reader(value)
+            if len(memo) >= _KEPT:
+                memo.clear()
+            memo[key] = known
+        return known
+
+    return read
+
 
 # ---------------------------------------------------------------- primitives (a strict subset of FHIR's)
 
@@ -222,6 +269,7 @@ def _id(value: Any) -> str:
     raise Doubt
 
 
+@_remembered
 def _date(value: Any) -> date | str:
     """FHIR date: a full date as a ``date``, a partial one kept as written (as fhir.resources does)."""
     if type(value) is str and _FHIR_DATE(value):
@@ -236,6 +284,7 @@ def _date(value: Any) -> date | str:
     raise Doubt
 
 
+@_remembered
 def _date_time(value: Any) -> date | datetime | str:
     """FHIR dateTime: a date alone as a ``date``, a partial one as written, a time with its zone."""
     if type(value) is str and _FHIR_DATE_TIME(value):
@@ -249,6 +298,7 @@ def _date_time(value: Any) -> date | datetime | str:
     raise Doubt
 
 
+@_remembered
 def _instant(value: Any) -> datetime:
     if type(value) is str and _FHIR_INSTANT(value) and _DATE_TIME(value):
         try:
@@ -305,6 +355,7 @@ def _coding(value: Any) -> Coding:
 _CONCEPT_KEYS = frozenset({"coding", "text"})
 
 
+@_remembered_element
 def _concept(value: Any) -> CodeableConcept:
     element = _element(value, _CONCEPT_KEYS)
     coding, text = element.get("coding"), element.get("text")
@@ -319,6 +370,7 @@ def _concepts(value: Any) -> tuple[CodeableConcept, ...]:
 _REFERENCE_KEYS = frozenset({"reference", "type", "display"})
 
 
+@_remembered_element
 def _reference(value: Any) -> Reference:
     element = _element(value, _REFERENCE_KEYS)
     if "type" in element:
@@ -332,6 +384,7 @@ def _reference(value: Any) -> Reference:
 _PERIOD_KEYS = frozenset({"start", "end"})
 
 
+@_remembered_element
 def _period(value: Any) -> Period:
     element = _element(value, _PERIOD_KEYS)
     start, end = element.get("start"), element.get("end")
@@ -378,40 +431,32 @@ def _extensions(value: Any, depth: int = 1) -> None:
     if depth > _EXTENSION_DEPTH:
         raise Doubt
     for extension in _items(value):
-        element = _element(extension, _EXTENSION_KEYS)
-        if "url" not in element:
-            raise Doubt
-        _uri(element["url"])
-        values = [key for key in element if key.startswith("value")]
-        if len(values) > 1:
-            raise Doubt
-        for key in values:
-            _EXTENSION_VALUES[key](element[key])
-        if "extension" in element:
-            _extensions(element["extension"], depth + 1)
+        if depth == 1:
+            _patient_extension(extension)
+        else:
+            _extension(extension, depth)
+
+
+def _extension(value: Any, depth: int) -> bool:
+    element = _element(value, _EXTENSION_KEYS)
+    if "url" not in element:
+        raise Doubt
+    _uri(element["url"])
+    values = [key for key in element if key.startswith("value")]
+    if len(values) > 1:
+        raise Doubt
+    for key in values:
+        _EXTENSION_VALUES[key](element[key])
+    if "extension" in element:
+        _extensions(element["extension"], depth + 1)
+    return True  # remembered: checked
+
+
+# A Patient's extensions one by one: race and ethnicity, with their codings, are the same in many charts.
+_patient_extension = _remembered_element(lambda value: _extension(value, 1))
 
 
 # ---------------------------------------------------------------- resources
-
-
-def _optional(raw: dict[str, Any], key: str, reader: Callable[[Any], Any]) -> Any:
-    """The element read by ``reader`` when present (a null is for fhir.resources to judge), else None."""
-    if key not in raw:
-        return None
-    return reader(raw[key])
-
-
-def _required(raw: dict[str, Any], key: str, reader: Callable[[Any], Any]) -> Any:
-    if key not in raw:
-        raise Doubt
-    return reader(raw[key])
-
-
-def _one_of(raw: dict[str, Any], *keys: str, required: bool = False) -> None:
-    """A choice element (``value[x]``): at most one of its types, exactly one when ``required``."""
-    given = sum(key in raw for key in keys)
-    if given > 1 or (required and given == 0):
-        raise Doubt
 
 
 def _doubted(value: Any) -> Any:
@@ -419,139 +464,96 @@ def _doubted(value: Any) -> Any:
     raise Doubt
 
 
-def _common(raw: dict[str, Any], subject: str) -> str | None:
-    """The id; and the subject reference, ``subject`` being "required", "optional" or "none" (the type has
-    none: fhir.resources refuses one, and says so)."""
-    if subject == "required" or (subject == "optional" and "subject" in raw):
-        _required(raw, "subject", _reference)
-    elif subject == "none" and "subject" in raw:
-        raise Doubt
-    return _optional(raw, "id", _id)
+def _checked(value: Any) -> None:
+    """Patient.extension: checked (a malformed one is a 400), not kept."""
+    _extensions(value)
 
 
-def _patient(raw: dict[str, Any]) -> Patient:
-    identity = _common(raw, subject="none")
-    if "extension" in raw:
-        _extensions(raw["extension"])
-    return Patient(identity, _optional(raw, "birthDate", _date))
+@dataclass(frozen=True)
+class _Shape:
+    """A resource type as the fast reader reads it: a reader per element it knows (an element it does not
+    know is doubted: fhir.resources refuses it, or reads it), the required elements, and the choice
+    elements (``onset[x]``: at most one type; ``medication[x]``: exactly one)."""
+
+    record: type
+    readers: Mapping[str, Callable[[Any], Any]]
+    required: frozenset[str] = frozenset()
+    choices: tuple[frozenset[str], ...] = ()
+    one_required: frozenset[str] = frozenset()
+    refused: frozenset[str] = frozenset()  # read elements the type does not have (chart.READ_ELEMENTS' subject)
 
 
-def _condition(raw: dict[str, Any]) -> Condition:
-    identity = _common(raw, subject="required")
-    _one_of(raw, "onsetDateTime", "onsetPeriod")
-    _one_of(raw, "abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange", "abatementString")
-    return Condition(
-        identity,
-        code=_optional(raw, "code", _concept),
-        clinicalStatus=_optional(raw, "clinicalStatus", _concept),
-        verificationStatus=_optional(raw, "verificationStatus", _concept),
-        bodySite=_optional(raw, "bodySite", _concepts),
-        onsetDateTime=_optional(raw, "onsetDateTime", _date_time),
-        onsetPeriod=_optional(raw, "onsetPeriod", _period),
-        recordedDate=_optional(raw, "recordedDate", _date_time),
-        abatementDateTime=_optional(raw, "abatementDateTime", _date_time),
-        abatementPeriod=_optional(raw, "abatementPeriod", _period),
-        abatementAge=_optional(raw, "abatementAge", _doubted),
-        abatementRange=_optional(raw, "abatementRange", _doubted),
-        abatementString=_optional(raw, "abatementString", _string),
-    )
-
-
-def _observation(raw: dict[str, Any]) -> Observation:
-    identity = _common(raw, subject="optional")
-    _one_of(raw, "effectiveDateTime", "effectivePeriod")
-    _one_of(raw, "valueQuantity", "valueCodeableConcept")
-    return Observation(
-        identity,
-        status=_required(raw, "status", _code),
-        code=_required(raw, "code", _concept),
-        effectiveDateTime=_optional(raw, "effectiveDateTime", _date_time),
-        effectivePeriod=_optional(raw, "effectivePeriod", _period),
-        issued=_optional(raw, "issued", _instant),
-        valueQuantity=_optional(raw, "valueQuantity", _quantity),
-        valueCodeableConcept=_optional(raw, "valueCodeableConcept", _concept),
-        interpretation=_optional(raw, "interpretation", _concepts),
-    )
-
-
-def _medication_request(raw: dict[str, Any]) -> MedicationRequest:
-    identity = _common(raw, subject="required")
-    _one_of(raw, "medicationCodeableConcept", "medicationReference", required=True)
-    return MedicationRequest(
-        identity,
-        status=_required(raw, "status", _code),
-        intent=_required(raw, "intent", _code),
-        medicationCodeableConcept=_optional(raw, "medicationCodeableConcept", _concept),
-        medicationReference=_optional(raw, "medicationReference", _reference),
-        contained=_optional(raw, "contained", _doubted),
-        authoredOn=_optional(raw, "authoredOn", _date_time),
-    )
-
-
-def _medication_statement(raw: dict[str, Any]) -> MedicationStatement:
-    identity = _common(raw, subject="required")
-    _one_of(raw, "medicationCodeableConcept", "medicationReference", required=True)
-    _one_of(raw, "effectiveDateTime", "effectivePeriod")
-    return MedicationStatement(
-        identity,
-        status=_required(raw, "status", _code),
-        medicationCodeableConcept=_optional(raw, "medicationCodeableConcept", _concept),
-        medicationReference=_optional(raw, "medicationReference", _reference),
-        contained=_optional(raw, "contained", _doubted),
-        effectiveDateTime=_optional(raw, "effectiveDateTime", _date_time),
-        effectivePeriod=_optional(raw, "effectivePeriod", _period),
-        dateAsserted=_optional(raw, "dateAsserted", _date_time),
-    )
-
-
-def _medication(raw: dict[str, Any]) -> Medication:
-    return Medication(_common(raw, subject="none"), code=_optional(raw, "code", _concept))
-
-
-def _procedure(raw: dict[str, Any]) -> Procedure:
-    identity = _common(raw, subject="required")
-    _one_of(raw, "performedDateTime", "performedPeriod")
-    return Procedure(
-        identity,
-        status=_required(raw, "status", _code),
-        category=_optional(raw, "category", _concept),
-        code=_optional(raw, "code", _concept),
-        performedDateTime=_optional(raw, "performedDateTime", _date_time),
-        performedPeriod=_optional(raw, "performedPeriod", _period),
-    )
-
-
-def _service_request(raw: dict[str, Any]) -> ServiceRequest:
-    identity = _common(raw, subject="required")
-    return ServiceRequest(
-        identity,
-        status=_required(raw, "status", _code),
-        intent=_required(raw, "intent", _code),
-        code=_optional(raw, "code", _concept),
-        authoredOn=_optional(raw, "authoredOn", _date_time),
-    )
-
-
-_READERS: dict[str, Callable[[dict[str, Any]], Record]] = {
-    "Patient": _patient,
-    "Condition": _condition,
-    "Observation": _observation,
-    "MedicationRequest": _medication_request,
-    "MedicationStatement": _medication_statement,
-    "Medication": _medication,
-    "Procedure": _procedure,
-    "ServiceRequest": _service_request,
+_MEDICATION_X = frozenset({"medicationCodeableConcept", "medicationReference"})
+_SUBJECT = frozenset({"subject"})
+_SHAPES: dict[str, _Shape] = {
+    "Patient": _Shape(Patient, {"id": _id, "birthDate": _date, "extension": _checked}, refused=_SUBJECT),
+    "Condition": _Shape(
+        Condition,
+        {"id": _id, "subject": _reference, "code": _concept, "clinicalStatus": _concept,
+         "verificationStatus": _concept, "bodySite": _concepts, "onsetDateTime": _date_time,
+         "onsetPeriod": _period, "recordedDate": _date_time, "abatementDateTime": _date_time,
+         "abatementPeriod": _period, "abatementAge": _doubted, "abatementRange": _doubted,
+         "abatementString": _string},
+        required=frozenset({"subject"}),
+        choices=(frozenset({"onsetDateTime", "onsetPeriod"}),
+                 frozenset({"abatementDateTime", "abatementPeriod", "abatementAge", "abatementRange",
+                            "abatementString"}))),
+    "Observation": _Shape(
+        Observation,
+        {"id": _id, "subject": _reference, "status": _code, "code": _concept, "effectiveDateTime": _date_time,
+         "effectivePeriod": _period, "issued": _instant, "valueQuantity": _quantity,
+         "valueCodeableConcept": _concept, "interpretation": _concepts},
+        required=frozenset({"status", "code"}),
+        choices=(frozenset({"effectiveDateTime", "effectivePeriod"}),
+                 frozenset({"valueQuantity", "valueCodeableConcept"}))),
+    "MedicationRequest": _Shape(
+        MedicationRequest,
+        {"id": _id, "subject": _reference, "status": _code, "intent": _code, "medicationCodeableConcept": _concept,
+         "medicationReference": _reference, "contained": _doubted, "authoredOn": _date_time},
+        required=frozenset({"subject", "status", "intent"}), one_required=_MEDICATION_X),
+    "MedicationStatement": _Shape(
+        MedicationStatement,
+        {"id": _id, "subject": _reference, "status": _code, "medicationCodeableConcept": _concept,
+         "medicationReference": _reference, "contained": _doubted, "effectiveDateTime": _date_time,
+         "effectivePeriod": _period, "dateAsserted": _date_time},
+        required=frozenset({"subject", "status"}), choices=(frozenset({"effectiveDateTime", "effectivePeriod"}),),
+        one_required=_MEDICATION_X),
+    "Medication": _Shape(Medication, {"id": _id, "code": _concept}, refused=_SUBJECT),
+    "Procedure": _Shape(
+        Procedure,
+        {"id": _id, "subject": _reference, "status": _code, "category": _concept, "code": _concept,
+         "performedDateTime": _date_time, "performedPeriod": _period},
+        required=frozenset({"subject", "status"}),
+        choices=(frozenset({"performedDateTime", "performedPeriod"}),)),
+    "ServiceRequest": _Shape(
+        ServiceRequest,
+        {"id": _id, "subject": _reference, "status": _code, "intent": _code, "code": _concept,
+         "authoredOn": _date_time},
+        required=frozenset({"subject", "status", "intent"})),
 }
-READ_TYPES = frozenset(_READERS)
+READ_TYPES = frozenset(_SHAPES)
+_NOT_KEPT = ("subject", "extension")  # checked, not read by facts.py
 
 
 def read(raw: dict[str, Any]) -> Record | None:
-    """``raw`` (pruned to the read elements, of a type in ``READ_TYPES``) as its record, or None when the
-    fast reader cannot vouch for it: then fhir.resources reads it (``from_model``) or refuses it."""
+    """``raw`` (a resource of a type in ``READ_TYPES``) as its record, or None when the fast reader cannot
+    vouch for it: then fhir.resources reads it (``from_model``) or refuses it. Only the elements the rules
+    read (``chart.READ_ELEMENTS``) are looked at."""
+    shape = _SHAPES[raw["resourceType"]]
+    if not shape.required.issubset(raw) or any(len(group.intersection(raw)) > 1 for group in shape.choices):
+        return None
+    if shape.one_required and len(shape.one_required.intersection(raw)) != 1:
+        return None
+    if shape.refused and not shape.refused.isdisjoint(raw):
+        return None
+    readers = shape.readers
     try:
-        return _READERS[raw["resourceType"]](raw)
+        elements = {key: readers[key](value) for key, value in raw.items() if key in readers}
     except Doubt:
         return None
+    for key in _NOT_KEPT:
+        elements.pop(key, None)
+    return shape.record(**elements)
 
 
 # ---------------------------------------------------------------- from a fhir.resources model
