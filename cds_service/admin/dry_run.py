@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cds_service.admin.bulk import read_ndjson
-from cds_service.admin.population import READ_TYPES, BundleError, PatientRecord
+from cds_service.admin.population import READ_TYPES, BundleError, PatientRecord, record_from_bundle
 from cds_service.admin.simulation import (RuleText, Simulation, SourceError, Task, collect_tasks,
                                           load_rule_source, simulate)
 from cds_service.fhir.bulk_export import BulkExportClient, ExportCancelled
 from cds_service.fhir.client import FhirFetcher
-from cds_service.fhir.crawler import ServerSourceError
+from cds_service.fhir.crawler import ServerPopulation, ServerSourceError
 from cds_service.fhir.errors import FhirError, RefusedByPolicy
 from cds_service.ruleset.loader import RuleSetError
 from cds_service.settings import Settings
@@ -169,9 +169,11 @@ def read_source(source: Source, loinc_codes: list[str], *, token: str | None, wo
     try:
         if source.kind == "fixtures":
             return [Task(record=r) for r in fixture_records()]
-        if source.kind in ("folder", "ndjson", "fhir"):
+        if source.kind in ("folder", "ndjson"):
             report("reading the patients")
             return collect_tasks([source.location], loinc_codes)
+        if source.kind == "fhir":
+            return _server_tasks(source, loinc_codes, should_stop, report)
         if source.kind == "bulk":
             return _bulk_tasks(source, token, work_dir, should_stop, report, allowed_output_prefixes, sleep)
     except (SourceError, BundleError) as exc:
@@ -182,6 +184,21 @@ def read_source(source: Source, loinc_codes: list[str], *, token: str | None, wo
         detail = f" ({error.detail})" if error.detail else ""
         raise DryRunError(f"{error.server or source.location}: {error.reason}{detail}") from None
     raise DryRunError(f"unknown source kind {source.kind!r}")
+
+
+def _server_tasks(source: Source, loinc_codes: list[str], should_stop: Callable[[], bool],
+                  report: Callable[[str], None]) -> list[Task]:
+    """Each patient of the server and its searches (``fhir/crawler.py``), stoppable between patients."""
+    base = source.location.rstrip("/")
+    tasks = []
+    report("reading the patients from the FHIR server")
+    for bundle in ServerPopulation(base, loinc_codes).patient_bundles():
+        if should_stop():
+            raise DryRunStopped("cancelled while reading the FHIR server")
+        tasks.append(Task(record=record_from_bundle(bundle, base)))
+        if len(tasks) % HEARTBEAT_EVERY == 0:
+            report(f"read {len(tasks)} patients from the FHIR server")
+    return tasks
 
 
 def _bulk_tasks(source: Source, token: str | None, work_dir: Path, should_stop: Callable[[], bool],

@@ -21,17 +21,20 @@ SQLAlchemy engine (``JobStore.for_card_store``). A job's life:
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, Integer, MetaData, String, Table, Text, and_, select,
                         update)
 from sqlalchemy.engine import Connection, Engine
 
 from cds_service.clock import system_clock
-from cds_service.storage.store import CardStore, UtcDateTime
+from cds_service.storage.store import UNAVAILABLE, CardStore, UtcDateTime, _error_type
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
@@ -65,6 +68,10 @@ jobs = Table(
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobStoreUnavailable(RuntimeError):
+    """The database did not answer (down, locked, timed out); the message names the driver's error type."""
 
 
 class Beat(enum.Enum):
@@ -119,6 +126,19 @@ def _job(row: Any) -> Job:
     return Job(**values)
 
 
+def _answering(method: F) -> F:
+    """A database that does not answer raises ``JobStoreUnavailable`` (callers show a message, never a 500)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            raise JobStoreUnavailable(f"the database did not answer ({_error_type(exc)})") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class JobStore:
     """The ``jobs`` table on ``engine`` (see the module docstring)."""
 
@@ -135,6 +155,7 @@ class JobStore:
         return cls(store.engine, **kwargs)
 
     # --- the admin's side ------------------------------------------------------------------------
+    @_answering
     def create(self, kind: str, params: dict[str, Any], created_by: str,
                inputs: dict[str, Any] | None = None) -> Job:
         """Queue a job; committed before this returns. ``params`` is what lists show; ``inputs`` what only
@@ -146,11 +167,13 @@ class JobStore:
             new_id = connection.execute(jobs.insert().returning(jobs.c.id), row).scalar_one()
         return self.get(int(new_id))  # type: ignore[return-value]
 
+    @_answering
     def get(self, job_id: int) -> Job | None:
         with self._read() as connection:
             row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return _job(row) if row is not None else None
 
+    @_answering
     def list(self, kind: str | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
         """Newest first, without their results and inputs (they can be large)."""
         query = select(*_SUMMARY_COLUMNS).order_by(jobs.c.id.desc()).limit(limit).offset(offset)
@@ -159,6 +182,7 @@ class JobStore:
         with self._read() as connection:
             return [_job(row) for row in connection.execute(query)]
 
+    @_answering
     def cancel(self, job_id: int) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop (its worker sees it at the next
         heartbeat). A finished job is left as it is. ``JobNotFound`` when there is no such job."""
@@ -174,6 +198,7 @@ class JobStore:
         return job
 
     # --- the worker's side -----------------------------------------------------------------------
+    @_answering
     def claim_next(self, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
         """The oldest queued job, now running for ``worker_id``; None when there is none. Stale running
         jobs are re-queued first (or failed after ``max_attempts``). The job returned carries its inputs'
@@ -202,6 +227,7 @@ class JobStore:
         job = _job(claimed)
         return replace(job, inputs=inputs)
 
+    @_answering
     def requeue_stale(self) -> int:
         """Queue again the running jobs whose worker stopped heartbeating; returns how many changed."""
         with self.engine.begin() as connection:
@@ -228,6 +254,7 @@ class JobStore:
             .values(status="queued", worker_id=None, heartbeat_at=None, message=f"queued again: {lost}"))
         return len(ids)
 
+    @_answering
     def heartbeat(self, job_id: int, worker_id: str, *, done: int | None = None, total: int | None = None,
                   message: str | None = None) -> Beat:
         """Record progress and that the worker is alive; say whether to go on."""
@@ -246,6 +273,7 @@ class JobStore:
             return Beat.LOST
         return Beat.CANCEL if row[0] else Beat.CONTINUE
 
+    @_answering
     def release(self, job_id: int, worker_id: str) -> bool:
         """The worker is stopping (SIGTERM): its job goes back to the queue now, the claim not counted."""
         with self.engine.begin() as connection:
@@ -267,6 +295,7 @@ class JobStore:
         """The worker stopped on a cancel request."""
         return self._end(job_id, worker_id, status="cancelled", message="cancelled")
 
+    @_answering
     def _end(self, job_id: int, worker_id: str, **values: Any) -> bool:
         with self.engine.begin() as connection:
             row = connection.execute(
@@ -283,4 +312,4 @@ class JobStore:
         return self.engine.connect().execution_options(cramp_read_only=True)
 
 
-__all__ = ["Beat", "Job", "JobNotFound", "JobStore", "STATUSES", "FINAL_STATUSES", "jobs"]
+__all__ = ["Beat", "Job", "JobNotFound", "JobStore", "JobStoreUnavailable", "STATUSES", "FINAL_STATUSES", "jobs"]

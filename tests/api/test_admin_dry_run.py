@@ -174,3 +174,19 @@ def test_a_job_of_another_kind_is_not_a_dry_run(app) -> None:
     editor = signed_in_client(app, "eddie")
     assert editor.get(f"/admin/dry-runs/{other.id}").status_code == 404
     assert DRY_RUN == "dry_run"
+
+
+def test_a_database_that_does_not_answer_is_a_503_message(app, monkeypatch) -> None:
+    from cds_service.storage.jobs import JobStoreUnavailable
+
+    editor = signed_in_client(app, "eddie")
+
+    def down(*args, **kwargs):
+        raise JobStoreUnavailable("the database did not answer (OperationalError)")
+
+    monkeypatch.setattr(JobStore, "list", down)
+    monkeypatch.setattr(JobStore, "get", down)
+    page = editor.get("/admin/dry-runs")
+    assert page.status_code == 503 and "Try again in a moment" in page.get_data(as_text=True)
+    status = editor.get("/admin/dry-runs/1/status")
+    assert status.status_code == 503 and status.get_json()["issue"][0]["code"] == "transient"

@@ -52,7 +52,7 @@ CHANGED = {  # Patient.id -> who (docs/synthea-firing.md)
     "948e608d-e408-4788-8cf2-8157c49c2940": "Dirk Kuhlman 2.5",
     "ab4e7a7d-8b0d-41e1-9ce9-3877d7615aed": "Renea Quigley 2.5",
 }
-JOB_TIMEOUT = 180
+JOB_TIMEOUT = 120
 
 
 def _texts() -> tuple[str, str]:
@@ -65,7 +65,8 @@ def _texts() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def bulk_server() -> Iterator[BulkDataServer]:
     bundles = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(SYNTHEA.glob("*.json"))]
-    with BulkDataServer(resources_of_bundles(bundles), token=TOKEN, polls_before_ready=2, retry_after=1) as server:
+    with BulkDataServer(resources_of_bundles(bundles), token=TOKEN, polls_before_ready=2, retry_after=1,
+                        open_searches=True) as server:
         yield server
 
 
@@ -96,14 +97,17 @@ def submit(store: JobStore, source: Source, token: str | None = None) -> Job:
     return store.create(DRY_RUN, params, "test", inputs)
 
 
-def wait_for(store: JobStore, job_id: int, condition, seconds: float = JOB_TIMEOUT) -> Job:
+def wait_for(store: JobStore, job_id: int, condition, seconds: float = JOB_TIMEOUT, process=None) -> Job:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the worker process exited ({process.returncode}) before job {job_id} ended")
         job = store.get(job_id)
         if condition(job):
             return job
         time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {store.get(job_id)} after {seconds} s")
+    job = store.get(job_id)
+    raise AssertionError(f"job {job_id} still {job.status} ({job.message}, {job.error}) after {seconds} s")
 
 
 def check_result(result: dict) -> None:
@@ -133,7 +137,7 @@ def test_the_changed_patients_are_those_scoring_between_the_two_thresholds() -> 
 
 def test_a_dry_run_of_the_synthea_folder_in_the_worker_process(store, worker) -> None:
     job = submit(store, Source("folder", str(SYNTHEA)))
-    done = wait_for(store, job.id, lambda j: j.finished)
+    done = wait_for(store, job.id, lambda j: j.finished, process=worker)
     assert done.status == "done", done.error
     assert (done.progress_done, done.progress_total) == (31, 31)
     check_result(done.result)
@@ -143,13 +147,24 @@ def test_a_dry_run_of_the_synthea_folder_in_the_worker_process(store, worker) ->
 
 def test_a_dry_run_of_the_bulk_export_of_the_same_patients(store, worker, bulk_server) -> None:
     job = submit(store, Source("bulk", bulk_server.base_url), token=TOKEN)
-    done = wait_for(store, job.id, lambda j: j.finished)
+    done = wait_for(store, job.id, lambda j: j.finished, process=worker)
     assert done.status == "done", done.error
     check_result(done.result)
     kick_off = bulk_server.seen("GET", "/Patient/$export")[-1]
     assert "Claim" not in kick_off.query["_type"][0] and "Patient" in kick_off.query["_type"][0]
-    assert all(r.authorised for r in bulk_server.requests)
+    assert all(r.authorised for r in bulk_server.requests if "$export" in r.path or "/files/" in r.path)
     assert store.get(job.id).inputs is None  # neither the token nor the rule texts are kept
+
+
+def test_a_dry_run_of_the_same_patients_read_from_a_fhir_server(store, worker, bulk_server) -> None:
+    """The "FHIR server" source: each patient and the prefetch's searches (fhir/crawler.py, which sends no
+    token: the server's searches are open here), no export."""
+    before = bulk_server.searches
+    job = submit(store, Source("fhir", bulk_server.base_url), token=None)
+    done = wait_for(store, job.id, lambda j: j.finished, process=worker)
+    assert done.status == "done", done.error
+    check_result(done.result)
+    assert bulk_server.searches - before == 1 + 31 * 6  # the Patient search, then six per patient
 
 
 def test_cancel_a_running_bulk_dry_run(store, worker, bulk_server) -> None:

@@ -19,6 +19,10 @@ It follows the spec where a client can tell:
 * ``DELETE`` on the status URL cancels (202); afterwards the status URL is 404;
 * ``fail_status``: the status URL answers that HTTP status with an OperationOutcome (a failed export);
   ``output_origin``: the manifest's file URLs use that origin instead (a file on another host).
+
+It also answers plain searches (``GET [base]/Patient``, ``GET [base]/Condition?patient=ID``, one page) over
+the same resources, for the dry run's "FHIR server" source (``fhir/crawler.py``); ``open_searches``: without
+the token.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class _Export:
 class BulkDataServer:
     def __init__(self, resources: list[dict[str, Any]], *, token: str = "bulk-token", polls_before_ready: int = 2,
                  retry_after: int = 3, retry_after_date: bool = False, fail_status: int | None = None,
-                 output_origin: str | None = None, error_file: bool = False, groups: tuple[str, ...] = ("all",)):
+                 output_origin: str | None = None, error_file: bool = False, groups: tuple[str, ...] = ("all",),
+                 open_searches: bool = False):
         self.resources = resources
         self.token = token
         self.polls_before_ready = polls_before_ready
@@ -72,7 +77,9 @@ class BulkDataServer:
         self.output_origin = output_origin
         self.error_file = error_file
         self.groups = groups
+        self.open_searches = open_searches
         self.requests: list[Seen] = []
+        self.searches = 0
         self.exports: dict[str, _Export] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -138,11 +145,12 @@ class BulkDataServer:
 
             def do_GET(self) -> None:
                 path, query, authorised = self._record()
-                if not authorised:
+                segments = [s for s in path.split("/") if s]
+                is_search = len(segments) == 2 and segments[0] == "fhir" and segments[1] in KNOWN_TYPES
+                if not authorised and not (is_search and server.open_searches):
                     self._send(401, outcome("login", "a bearer token is required"),
                                {"WWW-Authenticate": "Bearer"})
                     return
-                segments = [s for s in path.split("/") if s]
                 if segments[:1] == ["files"]:
                     self._file(segments[1:])
                 elif segments[:2] == ["fhir", "$export-status"] and len(segments) == 3:
@@ -153,8 +161,28 @@ class BulkDataServer:
                         self._send(404, outcome("not-found", f"no Group {segments[2]}"))
                         return
                     self._kick_off(query)
+                elif is_search:
+                    self._search(segments[1], query)
                 else:
                     self._send(404, outcome("not-found", "unknown path"))
+
+            def _search(self, kind: str, query: dict[str, list[str]]) -> None:
+                """A plain FHIR search (one page), as ``fhir/crawler.py`` reads a server: Patient, or a type
+                by ``patient=``; ``_include=MedicationRequest:medication`` adds the Medications."""
+                found = server.by_type([kind]).get(kind, [])
+                if kind != "Patient":
+                    wanted = f"Patient/{query.get('patient', [''])[0]}"
+                    found = [r for r in found if (r.get("subject") or r.get("patient") or {}).get("reference")
+                             == wanted]
+                entries = [{"resource": r, "search": {"mode": "match"}} for r in found]
+                if "MedicationRequest:medication" in query.get("_include", []):
+                    refs = {(r.get("medicationReference") or {}).get("reference") for r in found}
+                    entries += [{"resource": m, "search": {"mode": "include"}}
+                                for m in server.by_type(["Medication"]).get("Medication", [])
+                                if f"Medication/{m['id']}" in refs]
+                server.searches += 1
+                self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                                 "entry": entries})
 
             def do_DELETE(self) -> None:
                 path, _, authorised = self._record()

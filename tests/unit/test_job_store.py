@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from support.feedback import fresh_postgres_database, postgres_url
 
-from cds_service.storage.jobs import Beat, JobNotFound, JobStore
+from cds_service.storage.jobs import Beat, JobNotFound, JobStore, JobStoreUnavailable
 from cds_service.storage.store import CardStore
 
 SECRET = "s" * 32
@@ -211,3 +211,13 @@ def test_a_released_job_is_queued_again_at_once_without_counting_the_claim(datab
     assert not store.release(job.id, "w1")  # no longer its job
     again = store.claim_next("w2")
     assert again.id == job.id and again.attempts == 1
+
+
+def test_a_database_that_does_not_answer_is_a_typed_error(tmp_path) -> None:
+    from sqlalchemy import create_engine
+
+    broken = JobStore(create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}"))
+    with pytest.raises(JobStoreUnavailable, match="did not answer"):
+        broken.list()
+    with pytest.raises(JobStoreUnavailable):
+        broken.claim_next("w1")

@@ -28,7 +28,7 @@ from cds_service.admin.dry_run import SOURCE_KINDS, SOURCE_LABELS, DryRunResult,
 from cds_service.admin.job_worker import DRY_RUN, dry_run_job
 from cds_service.admin.simulation_report import svg_bar_chart
 from cds_service.storage.admin_store import AdminStoreError
-from cds_service.storage.jobs import Job, JobNotFound, JobStore
+from cds_service.storage.jobs import Job, JobNotFound, JobStore, JobStoreUnavailable
 from cds_service.web.admin import access, services
 from cds_service.web.admin.access import require_role
 from cds_service.web.admin.blueprint import admin_bp
@@ -232,6 +232,18 @@ def dry_run_cancel(job_id: int) -> Any:
           "Cancel asked: the worker stops at its next step." if not job.finished else
           f"Dry run #{job_id} had already ended ({job.status}).", "success")
     return redirect(url_for("admin.dry_run_page", job_id=job_id), code=303)
+
+
+@admin_bp.errorhandler(JobStoreUnavailable)
+def _jobs_unavailable(error: JobStoreUnavailable) -> Any:
+    """The database did not answer: a message (503), never a 500."""
+    message = f"The dry runs cannot be read or queued right now: {error}. Try again in a moment."
+    if request.path.endswith("/status"):
+        response = _outcome(503, "transient", message)
+    else:
+        response = render_template("admin/error.html", status=503, title="Database unavailable",
+                                   message=message), 503
+    return response
 
 
 def _outcome(status: int, code: str, text: str) -> Any:

@@ -35,10 +35,15 @@
       if (polls > MAX_POLLS) { return; }
       fetch(url, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
         .then(function (response) {
+          if (response.status === 401 || response.status === 403 || response.status === 404) {
+            if (text) { text.textContent = "Signed out or not allowed: reload the page to sign in again."; }
+            return null;  // asking again would not help
+          }
           if (!response.ok) { throw new Error("HTTP " + response.status); }
           return response.json();
         })
         .then(function (status) {
+          if (status === null) { return; }
           show(status);
           if (status.finished) {
             window.location.reload();
