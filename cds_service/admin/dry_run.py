@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cds_service.admin.bulk import read_ndjson
+from cds_service.admin.bulk import is_ndjson, read_ndjson
 from cds_service.admin.population import READ_TYPES, BundleError, PatientRecord, record_from_bundle
 from cds_service.admin.simulation import (RuleText, Simulation, SourceError, Task, collect_tasks,
                                           load_rule_source, simulate)
@@ -123,7 +123,7 @@ def check_source(source: Source, settings: Settings, env: dict[str, str] | None 
             return "give an absolute path"
         resolved = path.resolve()
         dirs = allowed_dirs(settings, env)
-        if not any(resolved == d or d in resolved.parents for d in dirs):
+        if not _under(resolved, dirs):
             listed = ", ".join(str(d) for d in dirs)
             return f"not under an allowed directory ({listed}; more with {DRY_RUN_DIRS_VARIABLE})"
         if not resolved.exists():
@@ -161,17 +161,36 @@ def fixture_records(folder: Path = FIXTURES_DIR) -> list[PatientRecord]:
     return records
 
 
+def _files_within(path: Path, allowed: tuple[Path, ...]) -> list[Path]:
+    """The Bundle and NDJSON files of ``path`` (a folder or one file) that really lie under an allowed
+    directory: a symbolic link inside it pointing elsewhere is left out."""
+    try:
+        candidates = [path] if path.is_file() else sorted(
+            p for p in path.iterdir() if p.is_file() and (p.suffix == ".json" or is_ndjson(p)))
+    except OSError as exc:
+        raise DryRunError(f"{path}: cannot be read ({exc.strerror})") from None
+    inside = [p for p in candidates if _under(p.resolve(), allowed)]
+    if not inside:
+        raise DryRunError(f"{path}: no Bundle (.json) or NDJSON file in it")
+    return inside
+
+
+def _under(path: Path, allowed: tuple[Path, ...]) -> bool:
+    return any(path == d or d in path.parents for d in allowed)
+
+
 def read_source(source: Source, loinc_codes: list[str], *, token: str | None, work_dir: Path,
                 should_stop: Callable[[], bool], report: Callable[[str], None],
-                allowed_output_prefixes: Iterable[str] = (), sleep: Callable[[float], None] = time.sleep
-                ) -> list[Task]:
-    """The patients of ``source`` as simulation tasks; ``DryRunError`` naming the problem."""
+                allowed_output_prefixes: Iterable[str] = (), sleep: Callable[[float], None] = time.sleep,
+                allowed: tuple[Path, ...] = ()) -> list[Task]:
+    """The patients of ``source`` as simulation tasks; ``DryRunError`` naming the problem. ``allowed``: the
+    directories files may be read from (``allowed_dirs``)."""
     try:
         if source.kind == "fixtures":
             return [Task(record=r) for r in fixture_records()]
         if source.kind in ("folder", "ndjson"):
             report("reading the patients")
-            return collect_tasks([source.location], loinc_codes)
+            return collect_tasks([str(p) for p in _files_within(Path(source.location), allowed)], loinc_codes)
         if source.kind == "fhir":
             return _server_tasks(source, loinc_codes, should_stop, report)
         if source.kind == "bulk":
@@ -214,6 +233,11 @@ def _bulk_tasks(source: Source, token: str | None, work_dir: Path, should_stop: 
             raise DryRunStopped("cancelled during the export") from None
     report(f"bulk export: {len(export.files)} files downloaded; reading them")
     return [Task(record=r) for r in read_ndjson(list(export.files))]
+
+
+def _default_allowed(source: Source) -> tuple[Path, ...]:
+    own = Path(source.location).resolve() if source.kind in ("folder", "ndjson") and source.location else None
+    return (FIXTURES_DIR.resolve(), *([own if own.is_dir() else own.parent] if own else []))
 
 
 # ---------------------------------------------------------------- the run
@@ -287,9 +311,12 @@ def run_dry_run(active: RuleText, draft: RuleText, source: Source, as_of: date, 
                 progress: Callable[[Progress], None] = lambda _p: None,
                 should_stop: Callable[[], bool] = lambda: False, token: str | None = None,
                 processes: int | None = None, allowed_output_prefixes: Iterable[str] = (),
-                work_root: Path | None = None, sleep: Callable[[float], None] = time.sleep) -> DryRunResult:
+                work_root: Path | None = None, sleep: Callable[[float], None] = time.sleep,
+                allowed: tuple[Path, ...] | None = None) -> DryRunResult:
     """Run ``active`` and ``draft`` over ``source`` at ``as_of``. ``progress`` may raise ``DryRunStopped``
-    (so may the run when ``should_stop`` says so while exporting). ``DryRunError`` when it cannot run."""
+    (so may the run when ``should_stop`` says so while exporting). ``DryRunError`` when it cannot run.
+    ``allowed``: the directories files may be read from (default: the bundled fixtures and, for a folder
+    or NDJSON source, its own location: the caller has checked it with ``check_source``)."""
     started = time.perf_counter()
     try:
         rule_sets = [load_rule_source(active), load_rule_source(draft)]
@@ -303,7 +330,8 @@ def run_dry_run(active: RuleText, draft: RuleText, source: Source, as_of: date, 
     try:
         tasks = read_source(source, loinc, token=token, work_dir=work_dir, should_stop=should_stop,
                             report=lambda text: progress(Progress(0, None, text)),
-                            allowed_output_prefixes=allowed_output_prefixes, sleep=sleep)
+                            allowed_output_prefixes=allowed_output_prefixes, sleep=sleep,
+                            allowed=allowed if allowed is not None else _default_allowed(source))
         if not tasks:
             raise DryRunError(f"no patients found in {source.describe()}")
         progress(Progress(0, len(tasks), "evaluating the patients"))

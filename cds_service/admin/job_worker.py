@@ -26,8 +26,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
-from cds_service.admin.dry_run import (DryRunError, DryRunStopped, Progress, RuleText, Source, check_source,
-                                       run_dry_run)
+from cds_service.admin.dry_run import (DryRunError, DryRunStopped, Progress, RuleText, Source, allowed_dirs,
+                                       check_source, run_dry_run)
 from cds_service.settings import Settings
 from cds_service.storage.jobs import Beat, Job, JobStore
 
@@ -179,7 +179,7 @@ class JobWorker:
             RuleText(inputs["draft"], f"draft {params.get('draft')}"),
             source, as_of, progress=progress, should_stop=running.stop.is_set, token=token,
             processes=self.processes, allowed_output_prefixes=self.allowed_output_prefixes,
-            work_root=self.work_root, sleep=running.stop.wait)
+            work_root=self.work_root, sleep=running.stop.wait, allowed=allowed_dirs(self.settings))
         return result.to_json()
 
     def _heartbeat(self, running: _Running) -> None:
