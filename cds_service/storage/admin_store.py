@@ -1,7 +1,9 @@
 """The admin console's tables: accounts, the audit log, rule-set versions and which one is deployed.
 
-Built on the card store's SQLAlchemy engine (``AdminStore(card_store.engine)``): same database, same
-short timeouts; the schema is migration 0003, run when the CardStore opens.
+Built on the card store's SQLAlchemy engine (``AdminStore.for_card_store(card_store)``, or
+``AdminStore(card_store.engine)``): same database, same short timeouts, and (for_card_store) the same
+guard: after a call that waited its whole timeout, neither store asks the database again for a moment. The
+schema is migration 0003, run when the CardStore opens.
 
     users      create_user, get_user, list_users, set_password_hash, set_role, set_disabled, touch_login
     audit      record_audit, audit_log (newest first)
@@ -28,7 +30,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, ContextManager, Iterator, NamedTuple
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, Column, ForeignKey, Integer, MetaData, String, Table, Text, select, update,
@@ -37,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.clock import system_clock
-from cds_service.storage.store import UNAVAILABLE, UtcDateTime, _error_type, _insert_ignore
+from cds_service.storage.store import UNAVAILABLE, CardStore, UtcDateTime, _error_type, _insert_ignore
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +200,17 @@ def content_sha256(content: str) -> str:
 class AdminStore:
     """See the module docstring. ``engine`` is the card store's (``CardStore.engine``)."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = system_clock) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = system_clock,
+                 answering: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
         self.engine = engine
         self.clock = clock
+        self._answering = answering  # around every use of the database (for_card_store: the card store's)
+
+    @classmethod
+    def for_card_store(cls, card_store: CardStore, *, clock: Callable[[], datetime] | None = None) -> "AdminStore":
+        """On the card store's engine, sharing its guard against a database that does not answer: after one
+        call waited its timeout, neither store asks again for ``SKIP_SECONDS`` (store.CardStore._answering)."""
+        return cls(card_store.engine, clock=clock or card_store.clock, answering=card_store._answering)
 
     # --- users -----------------------------------------------------------------------------------
     def create_user(self, username: str, password_hash: str | None, role: str,
@@ -427,7 +437,7 @@ class AdminStore:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE (store._begin_sqlite)
+            with self._answering(), self.engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE (store._begin_sqlite)
                 yield connection
         except UNAVAILABLE as exc:
             raise AdminStoreUnavailable(_unavailable_message(exc)) from None
@@ -438,7 +448,7 @@ class AdminStore:
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect().execution_options(cramp_read_only=True) as connection:
+            with self._answering(), self.engine.connect().execution_options(cramp_read_only=True) as connection:
                 yield connection
         except UNAVAILABLE as exc:
             raise AdminStoreUnavailable(_unavailable_message(exc)) from None

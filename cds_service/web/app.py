@@ -70,7 +70,7 @@ def create_app(
     app.extensions["leg_cramp_settings"] = settings
     store = _build_store(settings, clock, metrics.metrics_of(app))  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
-    admin_store = AdminStore(store.engine, **({"clock": clock} if clock else {}))  # console accounts, audit, versions
+    admin_store = AdminStore.for_card_store(store, clock=clock)  # console accounts, audit, rule-set versions
     app.extensions["leg_cramp_admin_store"] = admin_store
     _set_up_rules(app, settings, store, admin_store, clock, engine)  # leg_cramp_engine, leg_cramp_rule_versions
     metrics.metrics_of(app).ruleset_serving(app.extensions["leg_cramp_engine"].ruleset.version)  # build info
