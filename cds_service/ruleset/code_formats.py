@@ -134,6 +134,22 @@ def _hcpcs(code: str, kind: str) -> str | None:
     return None if _HCPCS.match(code.upper()) else "expected a letter A-V and 4 digits (HCPCS level II)"
 
 
+# A prefix of a code in a system other than ICD-10-CM (whose checker knows prefixes itself) fits when some
+# well-formed code starts with it: CPT 9397 (93970, 93971), never a check digit to verify.
+_PREFIX_SHAPES: dict[str, tuple[re.Pattern[str], str]] = {
+    SNOMED: (re.compile(r"^[1-9]\d{0,17}$"), "1 to 18 digits, not starting with 0"),
+    LOINC: (re.compile(r"^(?:L[AP])?\d+(?:-\d?)?$"), "the start of a LOINC code, as 2823 or 2823-"),
+    RXNORM: (re.compile(r"^[1-9]\d*$"), "digits, not starting with 0"),
+    CPT: (re.compile(r"^(?:\d{1,5}|\d{4}[FTU])$"), "1 to 5 digits (or 4 digits and F, T or U)"),
+    **{uri: (re.compile(r"^[A-V]\d{0,4}$"), "a letter A-V and up to 4 digits") for uri in HCPCS},
+}
+
+
+def _prefix_shape_problem(system: str, code: str) -> str | None:
+    pattern, expected = _PREFIX_SHAPES[system]
+    return None if pattern.match(code.upper()) else f"expected {expected}"
+
+
 Checker = Callable[[str, str], "str | None"]
 FORMATS: dict[str, tuple[str, Checker]] = {
     ICD10CM: ("ICD-10-CM", _icd10cm),
@@ -163,7 +179,7 @@ def code_format_problem(system: str, code: str, kind: str = CODE) -> str | None:
     if known is None:
         return None
     name, check = known
-    reason = check(code, kind)
+    reason = _prefix_shape_problem(system, code) if kind == PREFIX and system in _PREFIX_SHAPES else check(code, kind)
     if reason is None:
         return None
     # Any string of digits is an RxCUI: no hint for a SNOMED CT or CPT code that is merely wrong.

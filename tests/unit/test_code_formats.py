@@ -130,3 +130,14 @@ def test_file_code_problems_lists_a_few_and_counts_the_rest():
     problems = file_code_problems(pairs, limit=5)
     assert problems[0] == "I80.0 is not a SNOMED CT code (ICD-10-CM format?)"
     assert len(problems) == 6 and problems[-1] == "and 2 more code(s) that do not fit their system's format"
+
+
+@pytest.mark.parametrize(("system", "prefix", "fits"), [
+    (CPT, "9397", True),      # 93970, 93971 (venous duplex) start with it
+    (CPT, "9397x", False),
+    (CPT, "939701", False),   # longer than any CPT code
+    (SNOMED, "12805", True),  # a prefix has no check digit to verify
+    (SNOMED, "012", False),
+])
+def test_a_prefix_outside_icd10cm_fits_when_a_well_formed_code_starts_with_it(system, prefix, fits):
+    assert (code_format_problem(system, prefix, PREFIX) is None) is fits
