@@ -192,6 +192,10 @@ def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store:
     log.info("rules: database, version %s (%d version%s%s)%s", ruleset.version, count, "" if count == 1 else "s",
              f"; {outcome.message}" if outcome.action == "seeded" else "",
              "" if engine is None else "; serving the engine given to create_app")
+    if settings.rules_path and outcome.version and outcome.version != ruleset.version:
+        log.warning("rules: %s (version %s) is not the version served (%s): deploy it from the admin console or "
+                    "with `cramp-cds rules deploy %s`, or set CRAMP_RULES_SOURCE=file to serve the file",
+                    settings.rules_path, outcome.version, ruleset.version, outcome.version)
 
 
 def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object, RuleSet, int, StartOutcome]:

@@ -294,3 +294,73 @@ def test_cli_publish_deploy_rollback_and_versions(tmp_path, versions, card_store
     assert result.exit_code == 2 and "CRAMP_RULES_SOURCE=file" in result.output
     assert [e.actor for e in versions.store.audit_log()][:3] == ["dora", "dora", "alice"]
     assert run("versions", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite3'}").exit_code == 2
+
+
+# ---------------------------------------------------------------- the app's wiring (web/app.py)
+
+def _app(tmp_path, caplog, **settings):
+    from cds_service.settings import Settings
+    from cds_service.web.app import create_app
+
+    class Lines(logging.Handler):  # on the logger itself: create_app replaces the root's handlers
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("rules"):
+                self.lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("cds_service.web.app"), Lines()
+    logger.addHandler(handler)
+    try:
+        app = create_app(Settings(development_mode=True, database_url=f"sqlite:///{tmp_path / 'app.sqlite3'}",
+                                  **settings))
+    finally:
+        logger.removeHandler(handler)
+    return app, handler.lines
+
+
+def test_database_mode_seeds_once_offers_a_new_file_version_and_says_which_is_served(tmp_path, caplog) -> None:
+    app, lines = _app(tmp_path, caplog)
+    assert lines == [f"rules: database, version {BUNDLED_VERSION} (1 version; seeded the database with version "
+                     f"{BUNDLED_VERSION} from cds_service/data/ruleset.yaml)"]
+    assert isinstance(app.extensions["leg_cramp_admin_store"], AdminStore)
+    assert app.extensions["leg_cramp_rule_versions"].read_only is False
+    newer = tmp_path / "newer.yaml"
+    newer.write_text(variant("2027.1.1", "2"))
+    app, lines = _app(tmp_path, caplog, rules_path=newer)
+    assert lines[0] == f"rules: version 2027.1.1 from {newer} added as a draft (not deployed)"
+    assert lines[1] == f"rules: database, version {BUNDLED_VERSION} (2 versions)"
+    assert "is not the version served" in lines[2] and "cramp-cds rules deploy 2027.1.1" in lines[2]
+    assert app.extensions["leg_cramp_engine"].ruleset.version == BUNDLED_VERSION
+    versions = app.extensions["leg_cramp_rule_versions"]
+    versions.deploy("2027.1.1", "dora")
+    client = app.test_client()
+    client.get("/healthz")  # the deploying process switches at its next request
+    assert app.extensions["leg_cramp_engine"].ruleset.version == "2027.1.1"
+    _, lines = _app(tmp_path, caplog)  # a restart serves the deployed version, not the bundled one
+    assert lines == ["rules: database, version 2027.1.1 (2 versions)"]
+
+
+def test_file_mode_serves_the_file_read_only(tmp_path, caplog) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(variant("2027.1.1", "2"))
+    app, lines = _app(tmp_path, caplog, rules_path=path, rules_source="file")
+    assert lines == [f"rules: file {path}, version 2027.1.1 (reloaded when it changes)"]
+    versions = app.extensions["leg_cramp_rule_versions"]
+    assert versions.read_only and str(path) in versions.read_only_reason
+    assert versions.active()[0].version == "2027.1.1"
+    assert versions.store.list_versions() == []  # nothing seeded: the file is authoritative
+
+
+def test_an_engine_given_to_create_app_is_served_as_it_is(tmp_path, caplog) -> None:
+    from cds_service.settings import Settings
+    from cds_service.web.app import create_app
+    from support.app import make_app
+
+    engine = make_app().extensions["leg_cramp_engine"]
+    app = create_app(Settings(development_mode=True, database_url=f"sqlite:///{tmp_path / 'e.sqlite3'}"),
+                     engine=engine)
+    assert app.extensions["leg_cramp_engine"] is engine and "leg_cramp_engines" not in app.extensions
+    assert app.extensions["leg_cramp_rule_versions"].active()[0].version == BUNDLED_VERSION
