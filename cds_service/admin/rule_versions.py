@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AdminStoreError", "AdminStoreUnavailable", "DatabaseRuleSource", "NothingToRollBack", "Problem",
-    "RuleSetInvalid", "RuleVersions", "RulesReadOnly", "StartOutcome", "UnknownVersion", "VersionConflict",
+    "OpenedRules", "RuleSetInvalid", "RuleVersions", "RulesReadOnly", "StartOutcome", "UnknownVersion", "VersionConflict",
     "bundled_ruleset_text", "deployed_message", "draft_saved_message", "file_mode_reason", "next_version",
     "rolled_back_message", "unified_diff",
 ]
@@ -144,6 +144,26 @@ class StartOutcome:
     action: str  # seeded | offered | present | conflict | invalid
     version: str | None
     message: str
+
+
+@dataclass(frozen=True)
+class OpenedRules:
+    """What the service serves at start in database mode (``RuleVersions.open``)."""
+
+    state: DeploymentState  # the deployment the rule set was read at
+    ruleset: RuleSet
+    versions: int  # how many versions the database holds
+    outcome: StartOutcome
+
+    def summary(self) -> str:
+        """The start-up line: ``database, version X (N versions[; seeded ...])``."""
+        seeded = f"; {self.outcome.message}" if self.outcome.action == "seeded" else ""
+        return f"database, version {self.ruleset.version} ({self.versions} version{'' if self.versions == 1 else 's'}{seeded})"
+
+    def unserved_file_version(self) -> str | None:
+        """The version of the start-up file when it is not the one served (None: it is, or it is invalid)."""
+        version = self.outcome.version
+        return version if version and version != self.ruleset.version else None
 
 
 # ---------------------------------------------------------------- the versions
@@ -304,6 +324,15 @@ class RuleVersions:
             return StartOutcome("conflict", version, f"version {version} of {source} differs from the database's "
                                 "version of that number: not offered (give the file a new version number)")
         return StartOutcome("present", version, f"version {version} of {source} is in the database ({existing.status})")
+
+    def open(self, content: str, source: str) -> "OpenedRules":
+        """At start-up in database mode: ``start_from(content, source)``, then the deployed version to serve.
+        ``RuleSetInvalid`` when nothing valid can be served (an empty database and an invalid file, or a
+        deployed version this release refuses: ``what`` names it), ``AdminStoreUnavailable``."""
+        outcome = self.start_from(content, source)
+        state = self.deployment_state()
+        _, ruleset = self.active()
+        return OpenedRules(state, ruleset, len(self.list_versions()), outcome)
 
     # --- internals -------------------------------------------------------------------------------
     def _writable(self) -> None:

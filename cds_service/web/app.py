@@ -20,7 +20,7 @@ from cds_service.engine.drugs import DrugTable
 from cds_service.engine.observer import Observer, StorageObserver
 from cds_service.engine.pipeline import Engine
 from cds_service.admin.rule_versions import (
-    BUNDLED_SOURCE, DatabaseRuleSource, RuleSetInvalid, RuleVersions, StartOutcome, bundled_ruleset_text,
+    BUNDLED_SOURCE, DatabaseRuleSource, OpenedRules, RuleSetInvalid, RuleVersions, bundled_ruleset_text,
 )
 from cds_service.engine.reload import EngineSwitch, FileRuleSource, RuleSource, load_ruleset_keeping_last_valid
 from cds_service.errors import PayloadTooLarge, ServiceError, operation_outcome
@@ -181,26 +181,22 @@ def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store:
         return
     versions = RuleVersions(admin_store, base_dir=settings.rules_path.parent if settings.rules_path else None)
     app.extensions["leg_cramp_rule_versions"] = versions
-    try:
-        state, ruleset, count, outcome = _database_rules(settings, versions)
-    except AdminStoreUnavailable as error:
-        raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot read the rule-set versions ({error})") from None
-    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, observer, ruleset)
+    opened = _open_database_rules(settings, versions)
+    app.extensions["leg_cramp_engine"] = engine or _build_engine(settings, clock, store, observer, opened.ruleset)
     if engine is None:
-        switch = _register_rules_reload(app, DatabaseRuleSource(versions), state=state)
+        switch = _register_rules_reload(app, DatabaseRuleSource(versions), state=opened.state)
         versions.on_change(switch.check_now)  # a deploy from this process: its next request switches
-    log.info("rules: database, version %s (%d version%s%s)%s", ruleset.version, count, "" if count == 1 else "s",
-             f"; {outcome.message}" if outcome.action == "seeded" else "",
-             "" if engine is None else "; serving the engine given to create_app")
-    if settings.rules_path and outcome.version and outcome.version != ruleset.version:
+    log.info("rules: %s%s", opened.summary(), "" if engine is None else "; serving the engine given to create_app")
+    unserved = opened.unserved_file_version()
+    if settings.rules_path and unserved:
         log.warning("rules: %s (version %s) is not the version served (%s): deploy it from the admin console or "
                     "with `cramp-cds rules deploy %s`, or set CRAMP_RULES_SOURCE=file to serve the file",
-                    settings.rules_path, outcome.version, ruleset.version, outcome.version)
+                    settings.rules_path, unserved, opened.ruleset.version, unserved)
 
 
-def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object, RuleSet, int, StartOutcome]:
-    """Seed or offer the configured (or bundled) rule set, then read the deployed one: (state, rule set,
-    number of versions, what the start did). RuleSetError when nothing valid can be served (start refused)."""
+def _open_database_rules(settings: Settings, versions: RuleVersions) -> OpenedRules:
+    """Seed or offer the configured (or bundled) rule set, then read the deployed one (RuleVersions.open).
+    RuleSetError / StoreUnavailable when nothing can be served: the start is refused with the reason."""
     path = settings.rules_path
     source = str(path) if path else BUNDLED_SOURCE
     try:
@@ -208,24 +204,18 @@ def _database_rules(settings: Settings, versions: RuleVersions) -> tuple[object,
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleSetError(source, [("(file)", f"cannot be read: {exc}")]) from None
     try:
-        outcome = versions.start_from(text, source)
-    except RuleSetInvalid as error:  # an empty database and an invalid file: nothing to serve
-        raise _as_ruleset_error(error, source) from None
-    if outcome.action == "offered":
-        log.info("rules: %s", outcome.message)
-    elif outcome.action in ("conflict", "invalid"):
-        log.warning("rules: %s", outcome.message)
-    state = versions.deployment_state()
-    try:
-        _, ruleset = versions.active()
-    except RuleSetInvalid as error:
-        raise _as_ruleset_error(error, f"the deployed {error.what}", hint=(
-            " (deploy a valid version: cramp-cds rules deploy VERSION, or cramp-cds rules rollback)")) from None
-    return state, ruleset, len(versions.list_versions()), outcome
-
-
-def _as_ruleset_error(error: RuleSetInvalid, source: str, hint: str = "") -> RuleSetError:
-    return RuleSetError(source + hint, [(p.field, p.message) for p in error.problems], [p.line for p in error.problems])
+        opened = versions.open(text, source)
+    except AdminStoreUnavailable as error:
+        raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot read the rule-set versions ({error})") from None
+    except RuleSetInvalid as error:  # an empty database and an invalid file, or an invalid deployed version
+        hint = "" if error.what == source else " (deploy a valid one: cramp-cds rules deploy VERSION, or rules rollback)"
+        raise RuleSetError(error.what + hint, [(p.field, p.message) for p in error.problems],
+                           [p.line for p in error.problems]) from None
+    if opened.outcome.action == "offered":
+        log.info("rules: %s", opened.outcome.message)
+    elif opened.outcome.action in ("conflict", "invalid"):
+        log.warning("rules: %s", opened.outcome.message)
+    return opened
 
 
 def _register_rules_reload(app: Flask, source: RuleSource, state: object = None) -> EngineSwitch:

@@ -364,3 +364,17 @@ def test_an_engine_given_to_create_app_is_served_as_it_is(tmp_path, caplog) -> N
                      engine=engine)
     assert app.extensions["leg_cramp_engine"] is engine and "leg_cramp_engines" not in app.extensions
     assert app.extensions["leg_cramp_rule_versions"].active()[0].version == BUNDLED_VERSION
+
+
+def test_a_deployed_version_this_release_refuses_stops_the_start_naming_it(tmp_path, caplog) -> None:
+    from cds_service.ruleset.loader import RuleSetError
+
+    app, _ = _app(tmp_path, caplog)
+    store = app.extensions["leg_cramp_admin_store"]
+    store.save_draft("2026.12.5", "version: '2026.12.5'\n", "old-release")
+    store.deploy("2026.12.5", "someone")  # bypassing RuleVersions' validation
+    with pytest.raises(RuleSetError) as refused:
+        _app(tmp_path, caplog)
+    message = str(refused.value)
+    assert message.startswith("version 2026.12.5 (deploy a valid one: cramp-cds rules deploy VERSION")
+    assert "title: required key is missing" in message
