@@ -11,8 +11,8 @@ It follows the spec where a client can tell:
   application/fhir+json`` and ``Prefer: respond-async`` required (else 400 OperationOutcome);
   ``_outputFormat`` one of the NDJSON names; ``_type`` known resource types; answers ``202`` with
   ``Content-Location`` (the status URL);
-* the status URL answers ``202`` with ``Retry-After`` (``retry_after``: seconds, or an HTTP date when
-  ``retry_after_date``) and ``X-Progress`` for ``polls_before_ready`` polls, then ``200`` and the manifest
+* the status URL answers ``202`` with ``Retry-After`` (``retry_after`` seconds, given as an HTTP date that
+  many seconds ahead when ``retry_after_date``) and ``X-Progress`` for ``polls_before_ready`` polls, then ``200`` and the manifest
   (``requiresAccessToken: true``; one output file per type with data; ``error`` files when
   ``error_file`` is set);
 * every call needs ``Authorization: Bearer <token>`` (401 OperationOutcome without), downloads included;
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -230,8 +231,8 @@ class BulkDataServer:
                     return
                 export.polls += 1
                 if export.polls <= server.polls_before_ready:
-                    retry = (formatdate(timeval=None, usegmt=True) if server.retry_after_date
-                             else str(server.retry_after))
+                    retry = (formatdate(timeval=time.time() + server.retry_after, usegmt=True)
+                             if server.retry_after_date else str(server.retry_after))
                     self._send(202, None, {"Retry-After": retry,
                                            "X-Progress": f"{export.polls} of {server.polls_before_ready} steps"})
                     return

@@ -87,11 +87,12 @@ def test_export_kicks_off_polls_with_retry_after_and_downloads_the_asked_types(t
 
 def test_retry_after_as_an_http_date_and_group_export(tmp_path) -> None:
     time = FakeTime()
-    with BulkDataServer(RESOURCES, token=TOKEN, polls_before_ready=2, retry_after_date=True,
+    with BulkDataServer(RESOURCES, token=TOKEN, polls_before_ready=2, retry_after=30, retry_after_date=True,
                         groups=("cohort-7",)) as server:
         result = client(server, time, group_id="cohort-7").export(tmp_path)
     assert server.seen("GET", "/$export")[0].path == "/fhir/Group/cohort-7/$export"
-    assert time.sleeps == [0.0, 0.0]  # an HTTP date now (to the second): no wait
+    assert len(time.sleeps) == 2  # an HTTP date 30 s ahead (to the second): a wait of up to 30 s, each time
+    assert all(15 < seconds <= 30 for seconds in time.sleeps), time.sleeps
     assert len(result.files) == 3
 
 
