@@ -26,6 +26,7 @@ from typing import Iterator
 
 import pytest
 from support.bulk_data_server import BulkDataServer, resources_of_bundles
+from support.feedback import fresh_postgres_database, postgres_url
 from support.fhir_server import free_port
 
 from cds_service.admin.dry_run import Source
@@ -297,3 +298,19 @@ def test_no_worker_with_the_option_or_the_variable(tmp_path) -> None:
         assert "job worker started" not in log.read_text(errors="replace").lower()
     finally:
         _stop(server)
+
+
+@pytest.mark.postgres
+def test_two_worker_processes_on_postgresql_share_the_queue(monkeypatch, tmp_path) -> None:
+    """On PostgreSQL (as replicas share it), two workers: each job runs once, and all of them run."""
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        url = postgres_url(host, port, name)
+        store = JobStore.for_card_store(CardStore(url, SECRET))
+        jobs = [submit(store, Source("fixtures")) for _ in range(3)]
+        env = {"CRAMP_DATABASE_URL": url, "CRAMP_PATIENT_KEY_SECRET": SECRET, "CRAMP_LOG_LEVEL": "WARNING"}
+        with job_worker_process(env) as first, job_worker_process(env) as second:
+            ended = [wait_for(store, job.id, lambda j: j.finished, process=first) for job in jobs]
+        assert first.returncode == 0 and second.returncode == 0
+        assert [job.status for job in ended] == ["done"] * 3
+        assert all(job.attempts == 1 for job in ended)  # claimed once each
+        assert len({job.result["patients"] for job in ended}) == 1 and ended[0].result["patients"] > 20
