@@ -178,6 +178,9 @@ class Settings:
     admin_oidc_client_secret: str | None = field(default=None, repr=False)
     # The ID-token claim that lists the admin's roles (values: viewer, editor, deployer).
     admin_oidc_roles_claim: str = "roles"
+    # Server folders a console dry run may read bundles or NDJSON from, besides the bundled fixtures
+    # (CRAMP_DRY_RUN_DIRS, colon- or comma-separated). None: read CRAMP_DRY_RUN_DIRS when asked (tests).
+    dry_run_dirs: tuple[str, ...] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -220,6 +223,8 @@ class Settings:
             admin_oidc_client_id=(env.get("CRAMP_ADMIN_OIDC_CLIENT_ID") or "").strip() or None,
             admin_oidc_client_secret=env.get("CRAMP_ADMIN_OIDC_CLIENT_SECRET") or None,
             admin_oidc_roles_claim=(env.get("CRAMP_ADMIN_OIDC_ROLES_CLAIM") or "roles").strip(),
+            dry_run_dirs=tuple(item.strip() for part in env.get("CRAMP_DRY_RUN_DIRS", "").split(",")
+                               for item in part.split(":") if item.strip()),
         )
 
     def patient_key_secret_or_default(self) -> tuple[str, bool]:
