@@ -19,6 +19,7 @@ WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./
 COPY cds_service ./cds_service
 COPY cards ./cards
+COPY fhir_fixtures ./fhir_fixtures
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime ----------------------------------------------------------------------------------------
