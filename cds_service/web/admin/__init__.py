@@ -9,7 +9,6 @@ and its own content-security policy allowing its own assets and nothing else.
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 from flask import Flask, Response, current_app, g, render_template, request
@@ -23,8 +22,6 @@ from cds_service.web.admin.blueprint import admin_bp
 log = logging.getLogger(__name__)
 
 PREFIX = "/admin"
-# Each registers its routes on admin_bp; one that does not exist yet is skipped (parallel work).
-VIEW_MODULES = ("auth_views", "rules_views", "dry_run_views", "try_views", "watch_views")
 ADMIN_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
              "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 ADMIN_HEADERS = {
@@ -78,17 +75,11 @@ def _configure_session(app: Flask, settings: Settings) -> None:
 
 
 def _import_view_modules() -> None:
-    """Once per process: admin_bp takes no new routes after its first registration on an app."""
-    if admin_bp._got_registered_once:
-        return
-    for name in VIEW_MODULES:
-        module = f"{__name__}.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise  # the module exists but one of its imports is missing: a real error
-            log.debug("admin console: %s not present yet", module)
+    """Importing a view module registers its routes on admin_bp (once per process: modules are cached, and
+    admin_bp takes no new routes after its first registration on an app)."""
+    from cds_service.web.admin import (  # noqa: F401
+        auth_views, dry_run_views, rules_views, try_views, watch_views,
+    )
 
 
 def is_console_path(path: str) -> bool:
