@@ -2,7 +2,8 @@
 
 `cramp-cds admin create-user` makes the account, `cramp-cds serve --dev` serves the service and the console and
 starts the dry-run worker (development auto sign-in turned off, so the sign-in page is used). The admin signs
-in, lowers a threshold on the draft form (a wrong value first: the error at its field), dry-runs the draft on
+in, lowers a threshold on the draft form (a wrong value first: the error at its field), tries it on a fixture,
+dry-runs the draft on
 the Synthea patients, reads which patients change and why, deploys it and watches the cards it shows; then
 rolls back. The EHR side is a plain hook call to the same server: a patient the dry run says changes gets the
 card only under the deployed draft, and the card names the version.
@@ -183,6 +184,19 @@ def test_a_new_admin_lowers_a_threshold_dry_runs_deploys_watches_and_rolls_back(
     assert CARD in cards_reading and (before, after) == ("3", "2.5")
     screens.take("draft-diff")
 
+    # Try it: fixture 02 scores 2.5 contributor points (its expected.yaml: no card at threshold 3), so the draft
+    # column shows elevated-cramp-risk and the active one none
+    page.goto(server.at("/admin/try"))
+    assert inputs_without_a_label(page) == []
+    page.select_option("#fixture", "02-risk-below-threshold")
+    assert page.input_value("#draft") == "2026.12.2"
+    with page.expect_navigation():
+        page.click("button:has-text('Try it')")
+    columns = page.locator("section.column")
+    assert columns.nth(0).locator("article.card").count() == 0
+    assert columns.nth(1).locator("article.card").get_attribute("data-card-id") == CARD
+    screens.take("try-it")
+
     # Dry run of the draft on the Synthea patients, run by the worker `serve` started
     page.goto(server.at("/admin/dry-runs/new"))
     assert inputs_without_a_label(page) == []
@@ -247,4 +261,4 @@ def test_a_new_admin_lowers_a_threshold_dry_runs_deploys_watches_and_rolls_back(
     # (no CSP violation, no failed asset) on any page.
     assert [p for p in page.console_problems if "status of 422" not in p] == []
     assert len([p for p in page.console_problems if "status of 422" in p]) == 1
-    assert len(screens.taken) == 11
+    assert len(screens.taken) == 12
