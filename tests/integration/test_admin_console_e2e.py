@@ -3,9 +3,8 @@
 `cramp-cds admin create-user` makes the account, `cramp-cds serve --dev` serves the service and the console and
 starts the dry-run worker (development auto sign-in turned off, so the sign-in page is used). The admin signs
 in, lowers a threshold on the draft form (a wrong value first: the error at its field), tries it on a fixture,
-dry-runs the draft on
-the Synthea patients, reads which patients change and why, deploys it and watches the cards it shows; then
-rolls back. The EHR side is a plain hook call to the same server: a patient the dry run says changes gets the
+dry-runs the draft on the Synthea patients, reads which patients change and why, deploys it and watches the
+cards it shows; then rolls back. The EHR side is a plain hook call to the same server: a patient the dry run says changes gets the
 card only under the deployed draft, and the card names the version.
 
 Screenshots of every page go to CRAMP_ADMIN_SCREENSHOTS when set (for the issue note), else the tmp dir.
