@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AdminStoreError", "AdminStoreUnavailable", "DatabaseRuleSource", "NothingToRollBack", "Problem",
-    "OpenedRules", "RuleSetInvalid", "RuleVersions", "RulesReadOnly", "StartOutcome", "UnknownVersion", "VersionConflict",
+    "OpenedRules", "RuleSetInvalid", "RuleVersions", "RulesReadOnly", "StartOutcome", "UnknownVersion",
+    "VersionConflict",
     "bundled_ruleset_text", "deployed_message", "draft_saved_message", "file_mode_reason", "next_version",
     "rolled_back_message", "unified_diff",
 ]
@@ -64,7 +65,8 @@ class RuleSetInvalid(AdminStoreError):
     def __init__(self, problems: list[Problem], what: str = "the rule set") -> None:
         self.problems = problems
         self.what = what
-        listed = "; ".join(str(p) for p in problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        listed = "; ".join(str(p) for p in problems[:5]) + more
         super().__init__(f"{what} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}): {listed}")
 
 
@@ -158,7 +160,8 @@ class OpenedRules:
     def summary(self) -> str:
         """The start-up line: ``database, version X (N versions[; seeded ...])``."""
         seeded = f"; {self.outcome.message}" if self.outcome.action == "seeded" else ""
-        return f"database, version {self.ruleset.version} ({self.versions} version{'' if self.versions == 1 else 's'}{seeded})"
+        plural = "" if self.versions == 1 else "s"
+        return f"database, version {self.ruleset.version} ({self.versions} version{plural}{seeded})"
 
     def unserved_file_version(self) -> str | None:
         """The version of the start-up file when it is not the one served (None: it is, or it is invalid)."""

@@ -463,7 +463,8 @@ def _lock_active(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
     if connection.execute(query).first() is None:  # (the migration inserts it; a hand-made schema may not)
-        connection.execute(_insert_ignore(connection, ruleset_active, ["id"]), {"id": 1, "sequence": 0, "version": None})
+        connection.execute(_insert_ignore(connection, ruleset_active, ["id"]),
+                           {"id": 1, "sequence": 0, "version": None})
         connection.execute(query).first()
 
 

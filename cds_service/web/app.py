@@ -176,7 +176,8 @@ def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store:
             read=(lambda: path.read_text(encoding="utf-8")) if path else bundled_ruleset_text)
         if engine is None and path:
             _register_rules_reload(app, FileRuleSource(path))
-        log.info("rules: file %s, version %s%s", path or BUNDLED_SOURCE, app.extensions["leg_cramp_engine"].ruleset.version,
+        log.info("rules: file %s, version %s%s", path or BUNDLED_SOURCE,
+                 app.extensions["leg_cramp_engine"].ruleset.version,
                  " (reloaded when it changes)" if engine is None and path else "")
         return
     versions = RuleVersions(admin_store, base_dir=settings.rules_path.parent if settings.rules_path else None)
@@ -208,7 +209,8 @@ def _open_database_rules(settings: Settings, versions: RuleVersions) -> OpenedRu
     except AdminStoreUnavailable as error:
         raise StoreUnavailable(f"CRAMP_DATABASE_URL: cannot read the rule-set versions ({error})") from None
     except RuleSetInvalid as error:  # an empty database and an invalid file, or an invalid deployed version
-        hint = "" if error.what == source else " (deploy a valid one: cramp-cds rules deploy VERSION, or rules rollback)"
+        hint = ("" if error.what == source
+                else " (deploy a valid one: cramp-cds rules deploy VERSION, or cramp-cds rules rollback)")
         raise RuleSetError(error.what + hint, [(p.field, p.message) for p in error.problems],
                            [p.line for p in error.problems]) from None
     if opened.outcome.action == "offered":

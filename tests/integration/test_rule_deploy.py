@@ -188,5 +188,6 @@ def test_two_serve_processes_follow_a_cli_deploy_and_rollback(database_url, tmp_
     store = CardStore(database_url, None)
     audit = AdminStore(store.engine).audit_log()
     store.close()
-    assert [(e.actor, e.action) for e in audit][:3] == [("dora", "rollback"), ("dora", "deploy"), ("alice", "draft-saved")]
+    assert [(e.actor, e.action) for e in audit][:3] == [
+        ("dora", "rollback"), ("dora", "deploy"), ("alice", "draft-saved")]
     assert [e.action for e in audit].count("seed") == 1  # two servers started at once seeded once
