@@ -201,16 +201,17 @@ class AdminStore:
     """See the module docstring. ``engine`` is the card store's (``CardStore.engine``)."""
 
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = system_clock,
-                 answering: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+                 card_store: CardStore | None = None) -> None:
         self.engine = engine
         self.clock = clock
-        self._answering = answering  # around every use of the database (for_card_store: the card store's)
+        self._card_store = card_store  # for_card_store: its transactions (guard, SQLite write turn) are used
 
     @classmethod
     def for_card_store(cls, card_store: CardStore, *, clock: Callable[[], datetime] | None = None) -> "AdminStore":
-        """On the card store's engine, sharing its guard against a database that does not answer: after one
-        call waited its timeout, neither store asks again for ``SKIP_SECONDS`` (store.CardStore._answering)."""
-        return cls(card_store.engine, clock=clock or card_store.clock, answering=card_store._answering)
+        """On the card store's engine and through its transactions: the same guard against a database that
+        does not answer (after one call waited its timeout, neither store asks again for a moment) and, on
+        SQLite, the same turn among this process's writers (a deploy never loses a busy timeout to them)."""
+        return cls(card_store.engine, clock=clock or card_store.clock, card_store=card_store)
 
     # --- users -----------------------------------------------------------------------------------
     def create_user(self, username: str, password_hash: str | None, role: str,
@@ -436,8 +437,9 @@ class AdminStore:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, store._begin_sqlite), committed on leaving."""
         try:
-            with self._answering(), self.engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE (store._begin_sqlite)
+            with self._transaction(write=True) as connection:
                 yield connection
         except UNAVAILABLE as exc:
             raise AdminStoreUnavailable(_unavailable_message(exc)) from None
@@ -448,10 +450,17 @@ class AdminStore:
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
         try:
-            with self._answering(), self.engine.connect().execution_options(cramp_read_only=True) as connection:
+            with self._transaction(write=False) as connection:
                 yield connection
         except UNAVAILABLE as exc:
             raise AdminStoreUnavailable(_unavailable_message(exc)) from None
+
+    def _transaction(self, *, write: bool) -> ContextManager[Connection]:
+        if self._card_store is not None:
+            return self._card_store._writing() if write else self._card_store._reading()
+        if write:
+            return self.engine.begin()
+        return self.engine.connect().execution_options(cramp_read_only=True)
 
 
 def _unavailable_message(exc: Exception) -> str:

@@ -44,9 +44,12 @@ def card_store(database_url) -> Iterator[CardStore]:
     store.close()
 
 
-@pytest.fixture
-def store(card_store) -> AdminStore:
-    return AdminStore(card_store.engine, clock=Clock())
+@pytest.fixture(params=["for_card_store", "engine"])
+def store(request, card_store) -> AdminStore:
+    """The app's way (through the card store's transactions) and the bare engine."""
+    if request.param == "engine":
+        return AdminStore(card_store.engine, clock=Clock())
+    return AdminStore.for_card_store(card_store, clock=Clock())
 
 
 def test_migration_0003_runs_when_the_card_store_opens(card_store) -> None:
@@ -160,7 +163,7 @@ def test_deploy_refuses_an_unknown_version(store) -> None:
 def test_concurrent_deploys_from_two_stores_end_with_one_consistent_state(database_url, card_store) -> None:
     """Two replicas (two engines on one database) deploying different versions at once: each deploy runs
     under the lock, the sequence counts both, and the active version is the one deployed last."""
-    first = AdminStore(card_store.engine)
+    first = AdminStore.for_card_store(card_store)
     other = CardStore(database_url, "x" * 32)
     second = AdminStore(other.engine)
     first.seed("1", "a: 1\n")
