@@ -280,10 +280,22 @@ def _remembered(owner: Any, concept: Any, read: Any) -> Any:
         pass
     except TypeError:  # not a value (a fhir.resources model, as orders.py and tests pass)
         return read(concept)
-    if len(memo) >= _READINGS_KEPT:
-        memo.clear()
-    known = memo[concept] = read(concept)
+    known = read(concept)
+    if _characters(concept) <= _CONCEPT_CHARACTERS:  # a memo of many small concepts, never of huge texts
+        if len(memo) >= _READINGS_KEPT:
+            memo.clear()
+        memo[concept] = known
     return known
+
+
+_CONCEPT_CHARACTERS = 2048
+
+
+def _characters(concept: Any) -> int:
+    if concept is None:
+        return 0
+    return len(concept.text or "") + sum(len(c.system or "") + len(c.code or "") + len(c.display or "")
+                                         for c in concept.coding or ())
 
 
 def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:

@@ -5,7 +5,7 @@ what ``engine/facts.py`` reads (the same attribute names as the ``fhir.resources
     from_model(model)  the same record from a validated fhir.resources model
 
 ``fhir.resources`` stays the reader of record: ``read`` accepts only a strict subset of what it accepts
-(ASCII text, no nulls or empty elements, no element it does not know, dates it parses the same way) and
+(no nulls or empty elements, no element it does not know, dates it parses the same way) and
 answers None for anything else, and the chart then asks fhir.resources, whose verdict and reason stand.
 So ``read`` may doubt a valid record (it costs time, never an answer) but never vouches for one that
 fhir.resources refuses; and what it reads equals ``from_model`` of the model
@@ -181,7 +181,8 @@ Record = Patient | Condition | Observation | MedicationRequest | MedicationState
 
 # ---------------------------------------------------------------- memos
 
-_KEPT = 20_000  # entries per memo below (cleared when full): each is a few hundred bytes
+_KEPT = 20_000  # entries per memo below (cleared when full)
+_KEY_BYTES = 2048  # a longer element is read every time: a memo never holds more than ~40 MiB of keys
 
 
 def _remembered(reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -217,9 +218,10 @@ def _remembered_element(reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
         known = memo.get(key)
         if known is None:
             known = reader(value)
-            if len(memo) >= _KEPT:
-                memo.clear()
-            memo[key] = known
+            if len(key) <= _KEY_BYTES:
+                if len(memo) >= _KEPT:
+                    memo.clear()
+                memo[key] = known
         return known
 
     return read

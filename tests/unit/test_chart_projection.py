@@ -195,3 +195,26 @@ def test_stale_quantity_observations_are_not_validated_but_recent_ones_are():
     assert result.facts.skipped == []  # the stale one was never validated
     assert chart._raw_date({"effectivePeriod": {"start": "2020-02-03T10:00:00Z"}}).isoformat() == "2020-02-03"
     assert chart._raw_date({"effectiveDateTime": "garbage"}) is None
+
+
+def test_each_rule_set_reads_the_same_concept_its_own_way():
+    """facts.py remembers a concept's reading per rule set: a reloaded rule set (here without R25.2 in
+    leg_cramp) reads the very same chart afresh, and the first one still reads it as before."""
+    from importlib import resources
+
+    from cds_service.engine.drugs import DrugTable
+    from cds_service.ruleset.loader import parse_ruleset
+    from support.chart_builder import NOW, condition, hook_request
+
+    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["value_sets"]["leg_cramp"]["codes"].remove("icd10cm|R25.2")
+    body = hook_request([condition("R25.2")])
+    drugs = DrugTable.load_default()
+    engines = [Engine(parse_ruleset(t, "x.yaml"), drugs, clock=fixed_clock(NOW)) for t in (text, yaml.safe_dump(data))]
+    for _ in range(2):
+        documented = []
+        for engine in engines:
+            result = engine.run(engine.registry.get("leg-cramp-patient-view"), parse_hook_request(body))
+            documented.append(result.facts.has("documented_leg_cramps"))
+        assert documented == [True, False]
