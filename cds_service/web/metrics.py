@@ -287,6 +287,13 @@ def exposition() -> tuple[bytes, str]:
 
 # --------------------------------------------------------------------------- card rate alarms (Watch it)
 
+def card_rate_alarms(app: Flask) -> tuple[list[tuple[str, str]], bool]:
+    """The (card, measure) pairs alarming now and whether they could be computed: what /metrics exposes, from
+    the same cache (the console's home page shows it)."""
+    values, checked = _alarm_values(app)
+    return sorted(key for key, on in values.items() if on), checked
+
+
 def _alarm_values(app: Flask) -> tuple[dict[tuple[str, str], bool], bool]:
     """(card, measure) -> alarm, and whether they could be computed; cached ALARM_CACHE_SECONDS per app
     (a failure too, so that a database that is down is not waited for at every scrape)."""

@@ -7,22 +7,15 @@ from __future__ import annotations
 import csv
 import io
 import re
-from importlib import resources
 
 import pytest
 
 from cds_service.admin.job_worker import DRY_RUN, JobWorker
 from cds_service.storage.jobs import JobStore
-from support.admin_console import console_app, create_admin, page_token, signed_in_client
+from support.admin_console import console_app, contributors_draft, create_admin, page_token, signed_in_client
 
 DRAFT = "2026.12.2"
 
-
-def _draft_text() -> str:
-    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text(encoding="utf-8")
-    head, rest = text.split("contributors:                   # evaluation C\n  threshold: 3\n", 1)
-    text = f"{head}contributors:                   # evaluation C\n  threshold: 2\n{rest}"
-    return text.replace('version: "2026.12.1"', f'version: "{DRAFT}"', 1)
 
 
 @pytest.fixture
@@ -30,7 +23,7 @@ def app(tmp_path):
     app = console_app(tmp_path)
     create_admin(app, "vera", "viewer")
     create_admin(app, "eddie", "editor")
-    app.extensions["leg_cramp_rule_versions"].save_draft(_draft_text(), "eddie")
+    app.extensions["leg_cramp_rule_versions"].save_draft(contributors_draft(2, DRAFT), "eddie")
     return app
 
 

@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import io
 import re
-import uuid
-from datetime import datetime, timedelta, timezone
-from importlib import resources
+from datetime import timedelta
 
 import pytest
 
-from cds_service.engine.ledger import ShownCard
-from cds_service.hooks.feedback import parse_feedback
 from cds_service.storage.store import CardStore
-from support.admin_console import console_app, create_admin, page_token, signed_in_client
+from support.admin_console import (
+    COMMENT, MONDAY_W25, console_app, contributors_draft, create_admin, history_with_a_drop, page_token, show_cards,
+    signed_in_client,
+)
 
-MONDAY_W25 = datetime(2026, 6, 15, 9, 0, tzinfo=timezone.utc)
-COMMENT = "Patient Jane D. already takes magnesium"  # stands for PHI in a clinician's comment
 DRAFT_VERSION = "2026.12.2"
-
-
-def _draft_text() -> str:
-    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text(encoding="utf-8")
-    head, rest = text.split("contributors:                   # evaluation C\n  threshold: 3\n", 1)
-    text = f"{head}contributors:                   # evaluation C\n  threshold: 2.5\n{rest}"
-    return text.replace('version: "2026.12.1"', f'version: "{DRAFT_VERSION}"', 1)
 
 
 @pytest.fixture
@@ -38,27 +28,8 @@ def app(tmp_path):
     create_admin(app, "vera", "viewer")
     create_admin(app, "eddie", "editor")
     create_admin(app, "dana", "deployer")
-    app.extensions["leg_cramp_rule_versions"].save_draft(_draft_text(), "eddie")
+    app.extensions["leg_cramp_rule_versions"].save_draft(contributors_draft(2.5, DRAFT_VERSION), "eddie")
     return app
-
-
-def _show(store: CardStore, rule: str, at: datetime, count: int, version: str = "2026.12.1") -> list[str]:
-    uuids = [str(uuid.uuid4()) for _ in range(count)]
-    store.record_shown([ShownCard(u, (), "leg-cramp-patient-view", rule, version, "info", str(uuid.uuid4()),
-                                  store.patient_key("p"), at) for u in uuids])
-    return uuids
-
-
-def _history_with_a_drop(app) -> None:
-    """elevated-cramp-risk: 20 a week in W16-W23, none in W24 (an alarm); one overridden card with a comment."""
-    store = app.extensions["leg_cramp_store"]
-    for weeks_back in range(2, 10):
-        _show(store, "elevated-cramp-risk", MONDAY_W25 - timedelta(weeks=weeks_back), 20)
-    [card] = _show(store, "conservative-care", MONDAY_W25 - timedelta(weeks=1), 1)
-    item = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-06-08T10:00:00Z",
-            "overrideReason": {"reason": {"system": "http://example.org/r", "code": "nr",
-                                          "display": "Not clinically relevant"}, "userComment": COMMENT}}
-    store.record_feedback("leg-cramp-patient-view", parse_feedback({"feedback": [item]}))
 
 
 # ---------------------------------------------------------------- Try it
@@ -133,7 +104,7 @@ def test_a_form_without_the_csrf_token_is_refused(app) -> None:
 # ---------------------------------------------------------------- Watch
 
 def test_watch_shows_aggregates_to_a_viewer_without_the_comments(app) -> None:
-    _history_with_a_drop(app)
+    history_with_a_drop(app)
     viewer = signed_in_client(app, "vera")
     page = viewer.get("/admin/watch")
     html = page.get_data(as_text=True)
@@ -149,7 +120,7 @@ def test_watch_shows_aggregates_to_a_viewer_without_the_comments(app) -> None:
 
 
 def test_watch_shows_the_comments_with_their_dates_to_an_editor(app) -> None:
-    _history_with_a_drop(app)
+    history_with_a_drop(app)
     editor = signed_in_client(app, "eddie")
     html = editor.get("/admin/watch").get_data(as_text=True)
     assert COMMENT in html and "2026-06-08 10:00" in html
@@ -158,7 +129,7 @@ def test_watch_shows_the_comments_with_their_dates_to_an_editor(app) -> None:
 
 
 def test_a_card_page_has_accessible_charts_and_the_data_table(app) -> None:
-    _history_with_a_drop(app)
+    history_with_a_drop(app)
     page = signed_in_client(app, "vera").get("/admin/watch/elevated-cramp-risk")
     html = page.get_data(as_text=True)
     assert page.status_code == 200
@@ -172,8 +143,8 @@ def test_a_card_page_has_accessible_charts_and_the_data_table(app) -> None:
 
 
 def test_a_card_page_splits_each_week_by_rule_set_version(app) -> None:
-    _history_with_a_drop(app)
-    _show(app.extensions["leg_cramp_store"], "conservative-care", MONDAY_W25 - timedelta(weeks=1), 3, DRAFT_VERSION)
+    history_with_a_drop(app)
+    show_cards(app.extensions["leg_cramp_store"], "conservative-care", MONDAY_W25 - timedelta(weeks=1), 3, DRAFT_VERSION)
     html = signed_in_client(app, "vera").get("/admin/watch/conservative-care").get_data(as_text=True)
     # W24: 1 card under 2026.12.1 (overridden), 3 under 2026.12.2
     row = re.search(r'<th scope="row" class="week">2026-W24</th>(.*?)</tr>', html, re.S).group(1)
@@ -194,7 +165,7 @@ def _gauge(text: str, card: str, measure: str) -> str | None:
 
 
 def test_the_alarm_gauge_is_in_metrics(app) -> None:
-    _history_with_a_drop(app)
+    history_with_a_drop(app)
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert _gauge(text, "elevated-cramp-risk", "firing") == "1.0"
     assert _gauge(text, "elevated-cramp-risk", "override") == "0.0"

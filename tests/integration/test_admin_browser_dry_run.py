@@ -6,13 +6,13 @@ JobWorker in this process (the page never runs the job)."""
 from __future__ import annotations
 
 import threading
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from cds_service.admin.job_worker import JobWorker
 from cds_service.storage.jobs import JobStore
+from support.admin_console import contributors_draft
 from support.browser import (  # noqa: F401  (fixtures)
     browser_page, chromium_browser, inputs_without_a_label, sign_in_with_keyboard, start_live_console,
 )
@@ -24,18 +24,12 @@ pytestmark = [
 ]
 
 
-def _draft_text() -> str:
-    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text(encoding="utf-8")
-    head, rest = text.split("contributors:                   # evaluation C\n  threshold: 3\n", 1)
-    text = f"{head}contributors:                   # evaluation C\n  threshold: 2.5\n{rest}"
-    return text.replace('version: "2026.12.1"', 'version: "2026.12.2"', 1)
-
 
 @pytest.fixture
 def console(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CRAMP_DRY_RUN_DIRS", str(SYNTHEA.parent))
     console = start_live_console(tmp_path, username="eddie", role="editor")
-    console.app.extensions["leg_cramp_rule_versions"].save_draft(_draft_text(), "eddie")
+    console.app.extensions["leg_cramp_rule_versions"].save_draft(contributors_draft(2.5), "eddie")
     try:
         yield console
     finally:

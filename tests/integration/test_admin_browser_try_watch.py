@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from cds_service.engine.ledger import ShownCard
 from cds_service.hooks.feedback import parse_feedback
+from support.admin_console import contributors_draft
 from support.browser import (  # noqa: F401  (fixtures)
     browser_page, chromium_browser, focused, inputs_without_a_label, sign_in_with_keyboard, start_live_console,
     tab_to,
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.chromium
 MONDAY_W25 = datetime(2026, 6, 15, 9, 0, tzinfo=timezone.utc)  # support.hook_requests.NOW's week
 COMMENT = "seen by vascular surgery last week"
 
-
-def _draft_text() -> str:
-    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text(encoding="utf-8")
-    head, rest = text.split("contributors:                   # evaluation C\n  threshold: 3\n", 1)
-    text = f"{head}contributors:                   # evaluation C\n  threshold: 2.5\n{rest}"
-    return text.replace('version: "2026.12.1"', 'version: "2026.12.2"', 1)
 
 
 def _history(app) -> None:
@@ -48,7 +42,7 @@ def _history(app) -> None:
 @pytest.fixture
 def console(tmp_path: Path):
     console = start_live_console(tmp_path, username="eddie", role="editor", users={"vera": "viewer"})
-    console.app.extensions["leg_cramp_rule_versions"].save_draft(_draft_text(), "eddie")
+    console.app.extensions["leg_cramp_rule_versions"].save_draft(contributors_draft(2.5), "eddie")
     _history(console.app)
     try:
         yield console

@@ -5,17 +5,27 @@ the real form (CSRF token read from the page, as a browser does)."""
 from __future__ import annotations
 
 import re
+import uuid
+from datetime import datetime, timedelta, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cds_service.admin.accounts import Accounts
 from cds_service.clock import fixed_clock
+from cds_service.engine.ledger import ShownCard
+from cds_service.hooks.feedback import parse_feedback
 from cds_service.settings import Settings
+from cds_service.storage.store import CardStore
 from cds_service.web.app import create_app
 from support.hook_requests import NOW
 
 PASSWORD = "correct horse battery staple"  # 28 characters: above the 12-character minimum
 PRODUCTION_SECRET = "a-test-patient-key-secret-of-32-chars"
+BUNDLED_VERSION = "2026.12.1"
+MONDAY_W25 = datetime(2026, 6, 15, 9, 0, tzinfo=timezone.utc)  # the week of NOW: W24 is the latest complete one
+COMMENT = "Patient Jane D. already takes magnesium"  # stands for PHI in a clinician's comment
+_CONTRIBUTORS = "contributors:                   # evaluation C\n  threshold: 3\n"
 _CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 _CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 
@@ -77,3 +87,30 @@ def page_token(client, path: str = "/admin/") -> str:
     page = client.get(path)
     assert page.status_code == 200, page.status_code
     return csrf_token_in(page.get_data(as_text=True))
+
+
+def contributors_draft(threshold: float = 2.5, version: str = "2026.12.2") -> str:
+    """The bundled rule set with evaluation C's threshold (RULES.md: 3 points) changed, under ``version``."""
+    text = resources.files("cds_service").joinpath("data/ruleset.yaml").read_text(encoding="utf-8")
+    assert _CONTRIBUTORS in text, "the bundled rule set no longer has contributors.threshold 3"
+    text = text.replace(_CONTRIBUTORS, _CONTRIBUTORS.replace("threshold: 3", f"threshold: {threshold:g}"), 1)
+    return text.replace(f'version: "{BUNDLED_VERSION}"', f'version: "{version}"', 1)
+
+
+def show_cards(store: CardStore, rule: str, at: datetime, count: int, version: str = "2026.12.1") -> list[str]:
+    uuids = [str(uuid.uuid4()) for _ in range(count)]
+    store.record_shown([ShownCard(u, (), "leg-cramp-patient-view", rule, version, "info", str(uuid.uuid4()),
+                                  store.patient_key("p"), at) for u in uuids])
+    return uuids
+
+
+def history_with_a_drop(app) -> None:
+    """elevated-cramp-risk: 20 a week in W16-W23, none in W24 (an alarm); one overridden card with a comment."""
+    store = app.extensions["leg_cramp_store"]
+    for weeks_back in range(2, 10):
+        show_cards(store, "elevated-cramp-risk", MONDAY_W25 - timedelta(weeks=weeks_back), 20)
+    [card] = show_cards(store, "conservative-care", MONDAY_W25 - timedelta(weeks=1), 1)
+    item = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-06-08T10:00:00Z",
+            "overrideReason": {"reason": {"system": "http://example.org/r", "code": "nr",
+                                          "display": "Not clinically relevant"}, "userComment": COMMENT}}
+    store.record_feedback("leg-cramp-patient-view", parse_feedback({"feedback": [item]}))

@@ -16,6 +16,7 @@ from cds_service.admin.accounts import MAX_PASSWORD_LENGTH, ROLES
 from cds_service.web.admin import access, oidc, services
 from cds_service.web.admin.access import Admin, require_role
 from cds_service.web.admin.blueprint import admin_bp
+from cds_service.web.metrics import card_rate_alarms
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ def oidc_callback() -> Any:
 @admin_bp.get("/")
 @require_role("viewer")
 def home() -> str:
-    return render_template("admin/home.html", ruleset=_active_ruleset(), settings=services.settings())
+    alarms, alarms_checked = card_rate_alarms(current_app)
+    return render_template("admin/home.html", ruleset=_active_ruleset(), settings=services.settings(),
+                           alarms=alarms, alarms_checked=alarms_checked, drafts=_drafts())
 
 
 @admin_bp.get("/audit")
@@ -132,6 +135,17 @@ def _page_number(raw: str | None) -> int:
         return max(1, min(int(raw or "1"), 1_000_000))
     except ValueError:
         return 1
+
+
+def _drafts() -> list[Any] | None:
+    """The drafts waiting to be deployed, newest first; None when they cannot be read (file mode, database)."""
+    if "leg_cramp_rule_versions" not in current_app.extensions or services.rule_versions().read_only:
+        return None
+    try:
+        return [v for v in services.admin_store().list_versions() if v.status == "draft"]
+    except Exception:  # noqa: BLE001  (the home page still shows the rest)
+        log.warning("admin console: the drafts could not be read")
+        return None
 
 
 def _active_ruleset() -> dict[str, Any]:
