@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from cds_service.engine import projection
+from cds_service.engine import gc_pause, projection
 from cds_service.errors import InvalidPatient, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -214,11 +214,14 @@ def build_chart(
         incomplete=tuple(incomplete),
     )
     seen: set[tuple[str, str]] = set()
-    for key, raws in resources_by_key.items():
-        if key == "patient":
-            continue
-        for raw in raws:
-            _add_resource(chart, raw, patient_id, observation_codes, seen, stale_before, procedure_codes)
+    # A large chart is read with the cyclic collector held off: its full collections would walk the whole
+    # parsed body again and again (engine/gc_pause.py).
+    with gc_pause.held_for(sum(len(raws) for raws in resources_by_key.values())):
+        for key, raws in resources_by_key.items():
+            if key == "patient":
+                continue
+            for raw in raws:
+                _add_resource(chart, raw, patient_id, observation_codes, seen, stale_before, procedure_codes)
     return chart
 
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Iterable, Mapping
 from weakref import WeakKeyDictionary
 
+from cds_service.engine import gc_pause
 from cds_service.engine.chart import Chart, SkippedRecord
 from cds_service.engine.drugs import DrugTable
 from cds_service.ruleset.loader import RuleSet, normalize_code
@@ -262,6 +263,21 @@ def _code_concepts(concept: Any, ruleset: RuleSet) -> tuple[dict[str, Coding], s
     return matched, "code"
 
 
+@dataclass(frozen=True)
+class _CodeReading:
+    """What a rule set reads from a Condition's code alone (remembered per concept: ``_remembered``)."""
+
+    matched: dict[str, Coding]
+    method: str
+    side_by_code: tuple[bool, str | None]  # (decided by the code, the side)
+    first_display: tuple[str | None, str | None, str | None]
+
+
+def _code_reading(concept: Any, ruleset: RuleSet) -> _CodeReading:
+    matched, method = _code_concepts(concept, ruleset)
+    return _CodeReading(matched, method, _code_side(codings_of(concept), ruleset), _first_display(concept))
+
+
 # What a rule set (or drug table) reads from one concept, remembered per rule set: chart records' concepts
 # are values (engine/projection.py: frozen, hashable), and the same ones come chart after chart (text
 # matching is most of a Condition's cost, drug matching of a medication's).
@@ -299,9 +315,8 @@ def _characters(concept: Any) -> int:
 
 
 def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:
-    codings = codings_of(resource.code)
-    matched, method = _remembered(ruleset, resource.code, lambda concept: _code_concepts(concept, ruleset))
-    matched = dict(matched)  # each record its own
+    reading: _CodeReading = _remembered(ruleset, resource.code, lambda concept: _code_reading(concept, ruleset))
+    matched = dict(reading.matched)  # each record its own
     clinical = _codes(resource.clinicalStatus)
     verification = _codes(resource.verificationStatus)
     if clinical:
@@ -310,8 +325,9 @@ def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> Condition
         active = resource.abatementDateTime is None and resource.abatementPeriod is None and \
             resource.abatementAge is None and resource.abatementRange is None and resource.abatementString is None
     when = record_date(resource)
-    system, code, display = _first_display(resource.code)
+    system, code, display = reading.first_display
     provenance = Provenance("Condition", str(resource.id), system, code, display, when)
+    decided, side = reading.side_by_code
     return ConditionRecord(
         provenance=provenance,
         concepts=frozenset(matched),
@@ -320,8 +336,8 @@ def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> Condition
         valid=not (verification & INVALID_VERIFICATION),
         date=when,
         age_days=age_in_days(when, today),
-        side=_side_of(codings, resource.bodySite, ruleset),
-        method=method,
+        side=side if decided else _body_site_side(resource.bodySite, ruleset),
+        method=reading.method,
     )
 
 
@@ -335,16 +351,23 @@ def _text_matches(concept: Any, ruleset: RuleSet) -> dict[str, Coding]:
     return {name: (None, None, text) for name, text in ruleset.condition_text.match(texts).items()}
 
 
-def _side_of(codings: list[Coding], body_sites: Any, ruleset: RuleSet) -> str | None:
+def _code_side(codings: list[Coding], ruleset: RuleSet) -> tuple[bool, str | None]:
+    """(True, side) when the codes alone settle the side (a lateral code, or one whose last character
+    says it, None when that character names no side); (False, None) when the body sites must."""
     laterality = ruleset.laterality
     codings = [(system, normalize_code(system, code), display) for system, code, display in codings if code]
     for side, pairs in laterality.code_sides:
         if any((system, code) in pairs for system, code, _ in codings):
-            return side
+            return True, side
     for system, prefix, sides in laterality.last_character_sides:
         for c_system, code, _ in codings:
             if c_system == system and code.startswith(prefix) and len(code) > len(prefix):
-                return sides.get(code[-1])
+                return True, sides.get(code[-1])
+    return False, None
+
+
+def _body_site_side(body_sites: Any, ruleset: RuleSet) -> str | None:
+    laterality = ruleset.laterality
     for site in body_sites or []:
         site_codings = codings_of(site)
         for side, pairs in laterality.body_site_sides:
@@ -610,6 +633,13 @@ def _add_dvt_facts(facts: dict[str, Fact], f: PatientRecords, ruleset: RuleSet) 
 # ---------------------------------------------------------------- entry point
 
 def extract_facts(chart: Chart, ruleset: RuleSet, drugs: DrugTable, now: datetime) -> PatientFacts:
+    size = len(chart.conditions) + len(chart.observations) + len(chart.medication_requests) + \
+        len(chart.medication_statements) + len(chart.procedures) + len(chart.service_requests)
+    with gc_pause.held_for(size):  # as chart.build_chart: a large chart's body is still alive
+        return _extract_facts(chart, ruleset, drugs, now)
+
+
+def _extract_facts(chart: Chart, ruleset: RuleSet, drugs: DrugTable, now: datetime) -> PatientFacts:
     today = now.astimezone(timezone.utc).date()
     observations, passed_over = _observation_values(chart, ruleset, today)
     records = _patient_records(chart, ruleset, drugs, today, observations)
@@ -665,7 +695,8 @@ def _ever_recorded(facts: PatientRecords, chart: Chart, ruleset: RuleSet) -> fro
     answer_sets = ("pregnancy_status_pregnant", "smoking_current", "smoking_former", "smoking_never")
     for observation in chart.observations:
         codings = codings_of(observation.valueCodeableConcept)
-        ever |= {name for name in answer_sets if ruleset.value_set(name).first_match(codings)}
+        if codings:  # most are quantities
+            ever |= {name for name in answer_sets if ruleset.value_set(name).first_match(codings)}
     if "pregnancy_status_pregnant" in ever:
         ever.add("pregnancy")
     return frozenset(ever)
