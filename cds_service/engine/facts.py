@@ -1,7 +1,8 @@
 """Patient facts: the chart normalised into typed records and concept-level facts, each with provenance.
 
-``extract_facts(chart, ruleset, drugs, now)`` is the only place that reads ``fhir.resources`` models;
-rule evaluation sees only the dataclasses defined here. The readings of RULES.md this module
+``extract_facts(chart, ruleset, drugs, now)`` is the only place that reads the chart's records
+(``engine/projection.py``, or ``fhir.resources`` models from the order hooks' drafts: the same attribute
+names); rule evaluation sees only the dataclasses defined here. The readings of RULES.md this module
 implements (active records, record dates, latest usable observation, drug mapping, the Condition text
 fallback, previous / recent acute DVT, recent surgery and a venous duplex on record from Procedures and
 ServiceRequests) are spelled out in ``docs/clinical-interpretation.md``.
