@@ -183,3 +183,13 @@ def test_metrics_answer_when_the_database_does_not(app) -> None:
     assert "cramp_card_rate_alarm_checked 0.0" in text
     assert _gauge(text, "elevated-cramp-risk", "firing") is None
     assert "cramp_requests_total" in text or "cramp_http_requests_total" in text or "# TYPE" in text
+
+
+def test_the_explanation_stylesheet_is_served_from_its_one_source_and_linked_by_try_it(app) -> None:
+    from cds_service.admin.explanation import EXPLANATION_CSS
+
+    client = signed_in_client(app, "eddie")
+    css = client.get("/admin/explanation.css")
+    assert css.status_code == 200 and css.mimetype == "text/css"
+    assert css.get_data(as_text=True) == EXPLANATION_CSS
+    assert 'href="/admin/explanation.css"' in client.get("/admin/try").get_data(as_text=True)

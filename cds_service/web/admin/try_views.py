@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from flask import render_template, request
+from flask import Response, render_template, request
 from markupsafe import Markup
 
 from cds_service.admin import try_it
+from cds_service.admin.explanation import EXPLANATION_CSS
 from cds_service.admin.try_it import PatientSource, TryError, TryResult
 from cds_service.storage.admin_store import AdminStoreError
 from cds_service.ruleset.loader import RuleSet
@@ -67,6 +68,13 @@ def _page(form: TryForm, result: TryResult | None = None, status: int = 200) -> 
         "admin/try.html", form=form, fixtures=try_it.list_fixtures(), drafts=drafts, active=active,
         allowlist=settings.fhir_server_allowlist, max_upload=try_it.MAX_UPLOAD_BYTES, result=result,
         columns=columns), status
+
+
+@admin_bp.get("/explanation.css")
+def explanation_css() -> Response:
+    """The explanation's stylesheet, from its one source (admin/explanation.py, which the standalone
+    `rules explain --format html` page inlines): a file here, as the console's CSP wants."""
+    return Response(EXPLANATION_CSS, mimetype="text/css")
 
 
 @admin_bp.get("/try")
