@@ -71,6 +71,7 @@ def _page(form: TryForm, result: TryResult | None = None, status: int = 200) -> 
 
 
 @admin_bp.get("/explanation.css")
+@require_role("viewer")  # like every console view (the pages that use it need a sign-in anyway)
 def explanation_css() -> Response:
     """The explanation's stylesheet, from its one source (admin/explanation.py, which the standalone
     `rules explain --format html` page inlines): a file here, as the console's CSP wants."""
