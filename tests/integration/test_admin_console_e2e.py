@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +28,7 @@ from cds_service.engine.cards import EXPLANATION_EXTENSION
 from support.browser import (  # noqa: F401  (fixtures)
     browser_page, chromium_browser, inputs_without_a_label, sign_in_with_keyboard,
 )
+from support.live_service import free_port, wait_healthy
 
 SYNTHEA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "synthea-r4"
 pytestmark = [
@@ -47,23 +46,9 @@ START_SECONDS = 60  # hang guards, not speed targets
 SWITCH_SECONDS = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cds_service.cli.main", *args], env=env, input=stdin,
                           capture_output=True, text=True, timeout=120)
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except (OSError, urllib.error.URLError):
-        return 0
 
 
 class Server:
@@ -90,7 +75,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     created = _cli("admin", "create-user", USERNAME, "--role", "deployer", "--password-stdin", env=env,
                    stdin=PASSWORD + "\n")
     assert created.returncode == 0, created.stderr
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
@@ -98,10 +83,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
             env=env, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
     running = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while _get(running.at("/healthz")) != 200:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_healthy(running.url, process, seconds=START_SECONDS, log_path=log)
         yield running
     finally:
         process.terminate()

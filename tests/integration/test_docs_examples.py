@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -37,6 +36,7 @@ import pytest
 from click.testing import CliRunner
 
 from cds_service.cli.main import main
+from support.live_service import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/configuration.md", "docs/security.md", "deploy/README.md", "docs/integration.md")
@@ -119,12 +119,6 @@ def test_a_docker_block_is_the_only_kind_left_to_check_docker_commands() -> None
 
 # ------------------------------------------------------------------------------------ running them
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Sandbox:
     """A checkout-like directory and the loopback rewrites of the docs' commands."""
 
@@ -151,7 +145,7 @@ class Sandbox:
             (folder / "trusted-clients.yaml").write_text(clients)
             (folder / "patient-key-secret").write_text("docs-example-secret-0123456789abcdef\n")
         shutil.copy(ROOT / "cds_service" / "data" / "ruleset.yaml", self.etc / "ruleset.yaml")
-        self.ports = {port: str(_free_port()) for port in PORTS}
+        self.ports = {port: str(free_port()) for port in PORTS}
         self.env = {key: value for key, value in os.environ.items()
                     if not key.startswith("CRAMP_") and key not in ("PROMETHEUS_MULTIPROC_DIR", "VIRTUAL_ENV")}
         self.env.update({"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "HOME": str(base),

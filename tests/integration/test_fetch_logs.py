@@ -20,7 +20,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.fhir_server import LoopbackFhir, free_port
+from support.fhir_server import LoopbackFhir
+from support.live_service import free_port, wait_healthy
 from support.security import PATIENT_KEY_SECRET, PUBLIC_BASE_URL, TestIssuer, write_trusted_clients
 
 PATIENT_ID = "pz-7Qx31-logscan"
@@ -83,7 +83,7 @@ def service(tmp_path: Path, fhir: LoopbackFhir) -> Iterator[tuple[str, TestIssue
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process, log_path)
+        wait_healthy(base, process, seconds=START_TIMEOUT, log_path=log_path, request_timeout=2)
         yield base, issuer, log_path, process
     finally:
         if process.poll() is None:
@@ -93,20 +93,6 @@ def service(tmp_path: Path, fhir: LoopbackFhir) -> Iterator[tuple[str, TestIssue
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
-
-
-def _wait_healthy(base: str, process: subprocess.Popen, log_path: Path) -> None:
-    waited = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < waited:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server not healthy in time: " + log_path.read_text()[-2000:])
 
 
 def _post(url: str, body: Any, token: str | None) -> tuple[int, dict[str, Any] | None]:

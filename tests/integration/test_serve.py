@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support.hook_requests import SERVICE_URL, minimal_request
+from support.live_service import free_port, wait_healthy
 
 DELAY_SECONDS = 2.0
 
@@ -42,28 +42,9 @@ sys.exit(main(sys.argv[1:], prog_name="cramp-cds"))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(base: str, process: subprocess.Popen, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early with {process.returncode}")
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server not healthy in time")
-
-
 @pytest.fixture
 def server(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     metrics_dir = tmp_path / "metrics"
     env = {
         **os.environ,
@@ -78,7 +59,7 @@ def server(tmp_path: Path):
         env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, time.monotonic() + 15)
+        wait_healthy(f"http://127.0.0.1:{port}", process, seconds=15)
         yield process, f"http://127.0.0.1:{port}", tmp_path
     finally:
         if process.poll() is None:
@@ -232,7 +213,7 @@ def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path)
            "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}"}
     for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "cds_service.cli.main", "serve", "--port", str(_free_port())],
+    result = subprocess.run([sys.executable, "-m", "cds_service.cli.main", "serve", "--port", str(free_port())],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -244,7 +225,7 @@ def test_serve_without_the_public_base_url_exits_2_with_one_line(tmp_path: Path)
 def test_the_docker_cmd_without_the_public_base_url_exits_2_before_any_worker(tmp_path: Path):
     """The image's CMD (gunicorn -c python:cds_service.serve.gunicorn_conf): the master checks the settings once."""
     env = {**os.environ, "CRAMP_PATIENT_KEY_SECRET": "serve-test-secret-0123456789",
-           "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}", "CRAMP_BIND": f"127.0.0.1:{_free_port()}"}
+           "CRAMP_DATABASE_URL": f"sqlite:///{tmp_path / 'cards.sqlite3'}", "CRAMP_BIND": f"127.0.0.1:{free_port()}"}
     for name in ("CRAMP_DEV_MODE", "CRAMP_PUBLIC_BASE_URL"):
         env.pop(name, None)
     result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "python:cds_service.serve.gunicorn_conf",

@@ -9,11 +9,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -29,6 +27,7 @@ from cds_service.hooks.feedback import parse_feedback
 from cds_service.settings import Settings
 from cds_service.storage.store import CardStore, FeedbackResult
 from cds_service.web.app import create_app
+from support.live_service import free_port, wait_healthy  # noqa: F401  (free_port: for importers)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fhir_fixtures"
@@ -361,12 +360,6 @@ class FeedbackContract:
 
 
 # --- a real server in a subprocess ----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerProcess:
     """`cramp-cds serve` on 127.0.0.1 and a free port, with the given database: in development mode, unless
     ``env`` configures authentication (CRAMP_DEV_MODE=0, CRAMP_TRUSTED_CLIENTS_FILE, ...)."""
@@ -387,17 +380,7 @@ class ServerProcess:
         self.log_path = log_path
 
     def wait_healthy(self, seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"server not healthy within {seconds} s:\n{self.log_path.read_text()}")
+        wait_healthy(self.base, self.process, seconds=seconds, log_path=self.log_path)
 
     def post(self, path: str, body: Any, timeout: float = 10, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),

@@ -13,13 +13,14 @@ and turn inbound validation, the workflow simulator and the traffic log off.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from support.live_service import free_port  # noqa: F401  (also for importers)
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = ROOT / "tools" / "setup-fhir-server"
@@ -48,12 +49,6 @@ def ensure_fhir_venv() -> Path:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise FhirServerUnavailable("tools/setup-fhir-server failed: " + " | ".join(tail))
     return venv
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_yaml(port: int, data_dir: Path) -> str:

@@ -14,11 +14,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from jwt.algorithms import ECAlgorithm
 from cds_service.clock import fixed_clock
 from cds_service.settings import Settings
 from cds_service.web.app import create_app
+from support.live_service import free_port, wait_healthy  # noqa: F401  (free_port: for importers)
 
 ISSUER = "https://ehr.test.example/oauth2"
 KID = "test-es384-1"
@@ -186,12 +185,6 @@ def service_url_for(client: Any, hook: str) -> str:
 # ------------------------------------------------------------------ the service under real gunicorn
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class SecureServer:
     """`cramp-cds serve` in production mode (no --dev) on 127.0.0.1:``port``, trusting ``issuer``, with
     ``public_base_url`` as CRAMP_PUBLIC_BASE_URL (the JWT audience); its own URL unless given. Use as a
@@ -221,20 +214,8 @@ class SecureServer:
         self._log = open(self.directory / "server.log", "wb")
         self.process = subprocess.Popen(self.command, env=self.env, cwd=self.directory, stdout=self._log,
                                         stderr=subprocess.STDOUT)
-        self._wait_healthy(time.monotonic() + 30)
+        wait_healthy(self.base, self.process, log_path=self.directory / "server.log")
         return self
-
-    def _wait_healthy(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}: {self.log()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"server not healthy in time: {self.log()[-2000:]}")
 
     def log(self) -> str:
         return (self.directory / "server.log").read_text(errors="replace")
