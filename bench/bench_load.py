@@ -2,7 +2,8 @@
 baseline app on the same stack, in one run.
 
     python bench/bench_load.py [--duration 20] [--paced-duration 20] [--connections 16] [--workers N]
-                               [--threads N] [--paths dev,sqlite,redis[,postgres]] [--body full|discovery] [--quick]
+                               [--threads N] [--paths dev,sqlite,redis[,postgres]] [--body full|discovery]
+                               [--runs 1] [--quick]
 
 Starts, on 127.0.0.1, the baseline (bench/baseline_app.py: the same gunicorn settings, a Flask view that only
 parses the body with the same JSON library and returns a fixed card) and, one after the other, the service
@@ -22,13 +23,16 @@ reading our discovery (Observations of the codes we ask for, active MedicationRe
 Per path:
 
 1. Maximum throughput: ``wrk`` (closed loop, --connections connections, one wrk thread): requests/s and
-   p50 / p95 / p99; the ratio service / baseline (the baseline's wrk run is once per run).
+   p50 / p95 / p99; the ratio service / baseline, the baseline's wrk run made just before the path's (so
+   both see the same machine: other work on a shared machine swings absolute figures 2-5x).
 2. Half that path's maximum, paced (open loop, fixed inter-arrival times, latency counted from each
    request's due time), against the service and then the baseline at the same rate: p50 / p95 / p99, the
    p99 ratio (targets: service p99 <= 2x the baseline's and < 50 ms).
 3. The RSS of each service worker at the end (target: none above 250 MB).
 
-A table at the end shows every path's throughput and paced p99 ratios beside each other.
+A table at the end shows every path's throughput and paced p99 ratios beside each other; with ``--runs N``
+the whole sequence runs N times, alternating the paths, and the table gives min / median / max of each
+figure over the runs (with the load average at each run's start).
 --quick: a smoke run (1 s phases, fewer patients). Exit status 1 when a request failed.
 Needs ``wrk`` (Debian: apt-get install wrk).
 """
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -129,11 +134,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"service paths to measure, comma-separated, of {', '.join(PATHS)} [dev,sqlite,redis]")
     parser.add_argument("--body", choices=("full", "discovery"), default="full",
                         help="what each request's prefetch holds [full]")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole sequence this many times, paths alternating; min/median/max [1]")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args(argv)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if unknown := [p for p in paths if p not in PATHS]:
         parser.error(f"--paths: unknown {', '.join(unknown)} (expected {', '.join(PATHS)})")
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     if args.quick:
         args.duration, args.paced_duration = 1.0, 1.0
     if not have_wrk():
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     body_paths = write_bodies(bodies, Path(tempfile.mkdtemp(prefix="cramp-bench-bodies-")))
     mean_kib = sum(map(len, bodies)) / len(bodies) / 1024
     failed = False
-    rows = []
+    runs: list[list[dict]] = []
     baseline = start_server("baseline", workers=args.workers, threads=args.threads)
     try:
         from cds_service.serve import gunicorn_conf  # the settings both servers start with (same environment)
@@ -155,29 +164,58 @@ def main(argv: list[str] | None = None) -> int:
               f"thread(s), keepalive {conf['keepalive']} s, max_requests {conf['max_requests']}; "
               f"wrk -c{args.connections} -t1; load average {os.getloadavg()[0]:.2f}")
         warm_up(baseline, bodies, rounds=1 if args.quick else 3)
-        baseline_peak = run_wrk(baseline, body_paths, duration=args.duration, connections=args.connections)
-        failed |= baseline_peak["errors"] > 0
-        expected_rps = baseline_peak["rps"] / 4  # tokens to make for a production wrk run, until one is known
-        for path in paths:
-            with _production(path) as production:
-                row, path_failed = measure_path(path, production, args, bodies, body_paths, baseline,
-                                                baseline_peak, expected_rps)
-            failed |= path_failed
-            rows.append(row)
-            expected_rps = max(expected_rps, row["rps"])
+        expected_rps = 0.0  # tokens to make for a production wrk run: from the fastest run so far
+        for run in range(args.runs):
+            order = paths if run % 2 == 0 else paths[::-1]  # alternate, so no path always runs first
+            if args.runs > 1:
+                print(f"\n#### run {run + 1} of {args.runs} ({', '.join(order)}); load average {os.getloadavg()[0]:.2f}")
+            rows = []
+            for path in order:
+                # The baseline's maximum just before each path: the ratio compares two neighbouring runs.
+                baseline_peak = run_wrk(baseline, body_paths, duration=args.duration, connections=args.connections)
+                failed |= baseline_peak["errors"] > 0
+                expected_rps = max(expected_rps, baseline_peak["rps"] / 4)
+                with _production(path) as production:
+                    row, path_failed = measure_path(path, production, args, bodies, body_paths, baseline,
+                                                    baseline_peak, expected_rps)
+                failed |= path_failed
+                row["load"] = os.getloadavg()[0]
+                rows.append(row)
+                expected_rps = max(expected_rps, row["rps"])
+            runs.append(sorted(rows, key=lambda row: paths.index(row["path"])))
     finally:
         if baseline.stop() != 0:
             print(f"baseline exited with an error; log: {baseline.log_path}", file=sys.stderr)
             failed = True
 
-    print(f"\nsummary (baseline max {baseline_peak['rps']:.1f} req/s; load average now {os.getloadavg()[0]:.2f})")
-    print(f"   {'path':10s} {'req/s':>8s} {'ratio':>6s} {'paced at':>9s} {'p99':>9s} {'baseline p99':>13s} {'p99 ratio':>9s}")
-    for row in rows:
-        print(f"   {row['path']:10s} {row['rps']:8.1f} {row['ratio']:6.2f} {row['rate']:7.1f}/s {row['p99']:6.2f} ms"
-              f" {row['baseline_p99']:10.2f} ms {row['p99_ratio']:9.2f}")
+    _print_summary(runs, args.body)
     if failed:
         print("FAILED: some requests failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_summary(runs: list[list[dict]], body: str) -> None:
+    """One row per path: the figure of a single run, or min / median / max over --runs runs."""
+    loads = [row["load"] for rows in runs for row in rows]
+    print(f"\nsummary ({len(runs)} run(s); load average {min(loads):.2f}-{max(loads):.2f}; targets: throughput "
+          f"ratio >= {TARGET_RATIOS[body]}, p99 < {TARGET_P99_MS:.0f} ms and p99 ratio <= {TARGET_P99_RATIO:.0f})")
+    if len(runs) == 1:
+        print(f"   {'path':10s} {'req/s':>8s} {'ratio':>6s} {'paced at':>9s} {'p99':>9s} {'baseline p99':>13s} {'p99 ratio':>9s}")
+        for row in runs[0]:
+            print(f"   {row['path']:10s} {row['rps']:8.1f} {row['ratio']:6.2f} {row['rate']:7.1f}/s {row['p99']:6.2f} ms"
+                  f" {row['baseline_p99']:10.2f} ms {row['p99_ratio']:9.2f}")
+        return
+    print("   path: min / median / max over the runs")
+    for index, first in enumerate(runs[0]):
+        rows = [rows[index] for rows in runs]
+
+        def spread(key: str, fmt: str) -> str:
+            values = sorted(row[key] for row in rows)
+            return " / ".join(format(v, fmt) for v in (values[0], statistics.median(values), values[-1]))
+
+        print(f"   {first['path']:10s} req/s {spread('rps', '.0f')}; ratio {spread('ratio', '.2f')}; "
+              f"p99 {spread('p99', '.1f')} ms vs baseline {spread('baseline_p99', '.1f')} ms; "
+              f"p99 ratio {spread('p99_ratio', '.2f')}")
 
 
 @contextmanager
