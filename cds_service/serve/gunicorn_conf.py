@@ -284,6 +284,8 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         # Lean logs: no access log unless asked for. URLs carry no PHI, but there is no need for them.
         "accesslog": _access_log(env),
+        # Gunicorn's logger, doing no access-log work for a request when the access log is off (gunicorn_logger.py)
+        "logger_class": "cds_service.serve.gunicorn_logger.ServiceLogger",
         "errorlog": "-",
         "loglevel": _log_level(env),
         "logconfig_dict": json_logconfig(_log_level(env), _access_log(env) is not None),
@@ -323,6 +325,7 @@ max_requests = _options["max_requests"]
 max_requests_jitter = _options["max_requests_jitter"]
 worker_tmp_dir = _options["worker_tmp_dir"]
 accesslog = _options["accesslog"]
+logger_class = _options["logger_class"]
 errorlog = _options["errorlog"]
 loglevel = _options["loglevel"]
 capture_output = _options["capture_output"]
