@@ -214,6 +214,16 @@ class RuleVersions:
             raise UnknownVersion("no rule-set version is deployed yet")
         return version, self.ruleset_of(version)
 
+    def active_record(self) -> RuleSetVersion:
+        """The version served, without parsing it: pages that list or diff versions still work when the
+        deployed content no longer passes this release's validator (``active`` raises ``RuleSetInvalid``)."""
+        if self._file_rules is not None:
+            return self.active()[0]
+        version = self.store.active_version()
+        if version is None:
+            raise UnknownVersion("no rule-set version is deployed yet")
+        return version
+
     def ruleset_of(self, version: str | RuleSetVersion) -> RuleSet:
         """The parsed rule set of a stored version (``UnknownVersion``; ``RuleSetInvalid`` when its content
         does not pass the validator of this release)."""

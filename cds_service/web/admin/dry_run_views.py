@@ -82,7 +82,7 @@ class DryRunForm:
 
 def _versions() -> tuple[Any, list[Any]]:
     versions = services.rule_versions()
-    active, _ = versions.active()
+    active = versions.active_record()
     others = [v for v in versions.list_versions() if v.version != active.version]
     others.sort(key=lambda v: v.status != "draft")  # drafts first, the list's order kept within each group
     return active, others
@@ -132,7 +132,7 @@ def dry_run_start() -> Any:
         form.errors["token"] = "not a usable bearer token"
     versions = services.rule_versions()
     try:
-        active, _ = versions.active()
+        active = versions.active_record()
     except AdminStoreError as error:
         form.errors["draft"] = f"the active rule set cannot be read: {error}"
         return _form_page(form, 400)

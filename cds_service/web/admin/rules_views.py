@@ -20,6 +20,7 @@ from cds_service.admin.ruleset_diff import DiffError, RuleSetDiff, diff_rulesets
 from cds_service.admin.ruleset_edit import EditError, apply_changes, changed_fields
 from cds_service.admin.ruleset_form import DraftForm, build_form, submitted_fields
 from cds_service.admin.ruleset_view import build_view
+from cds_service.ruleset.loader import load_default_ruleset
 from cds_service.web.admin import access, services
 from cds_service.web.admin.access import require_role
 from cds_service.web.admin.blueprint import admin_bp
@@ -59,7 +60,7 @@ def _unavailable(error: AdminStoreUnavailable) -> Response:
 
 def _diff_against_active(content: str) -> tuple[RuleSetDiff | None, str | None]:
     try:
-        active, _ = services.rule_versions().active()
+        active = services.rule_versions().active_record()
         return diff_rulesets(active.content, content), None
     except DiffError as error:
         return None, str(error)
@@ -71,6 +72,22 @@ def _can_edit() -> bool:
 
 def _can_deploy() -> bool:
     return access.has_role("deployer") and not services.rule_versions().read_only
+
+
+@admin_bp.errorhandler(RuleSetInvalid)
+def _active_invalid(error: RuleSetInvalid) -> Response:
+    """The deployed version fails this release's validator (a stricter release, or a row written by hand):
+    say so, with its problems and the way out (deploy or roll back), instead of an internal error."""
+    record = services.rule_versions().active_record()
+    serving = services.current_engine().ruleset.version
+    log.warning("admin console: the deployed rule-set version does not validate",
+                extra={"version": record.version, "problems": len(error.problems)})
+    message = f"version {record.version} is deployed but does not pass this release's checks: {error}"
+    if access.wants_json():
+        return access.json_error(409, message, code="conflict")
+    body = render_template("admin/rules_active_invalid.html", record=record, problems=error.problems,
+                           serving=serving)
+    return Response(body, status=409, mimetype="text/html")
 
 
 # --- reading -----------------------------------------------------------------------------------------------
@@ -92,7 +109,7 @@ def rules() -> Any:
 def rule_versions_list() -> Any:
     versions = services.rule_versions()
     try:
-        active, _ = versions.active()
+        active = versions.active_record()
         listed = versions.list_versions() if not versions.read_only else [active]
         rollback_to = versions.rollback_target() if not versions.read_only else None
     except AdminStoreUnavailable as error:
@@ -104,7 +121,7 @@ def rule_versions_list() -> Any:
 
 def _version_record(version: str) -> Any:
     versions = services.rule_versions()
-    active, _ = versions.active()
+    active = versions.active_record()
     if versions.read_only:
         if version != active.version:
             abort(404)
@@ -141,7 +158,10 @@ def _base_ruleset(base_version: str) -> Any:
             return versions.ruleset_of(record)
         except RuleSetInvalid:
             pass
-    return versions.active()[1]
+    try:
+        return versions.active()[1]
+    except RuleSetInvalid:  # the deployed version no longer validates: the bundled rules give the structure
+        return load_default_ruleset()
 
 
 def _render_draft(content: str, base_version: str, problems: Any = (), errors: dict[str, str] | None = None,
@@ -172,7 +192,7 @@ def _start_draft(from_version: str | None) -> Response:
     """A new draft: the content of ``from`` (a draft to go on with) or of the active version, under the
     next free version number (proposed; the admin may change it)."""
     versions = services.rule_versions()
-    active, _ = versions.active()
+    active = versions.active_record()
     source = versions.get_version(from_version) if from_version else active
     if source is None:
         abort(404)
@@ -243,7 +263,7 @@ def rules_deploy(version: str) -> Any:
     versions = services.rule_versions()
     try:
         record = _version_record(version)
-        active, _ = versions.active()
+        active = versions.active_record()
         if not _confirmed():
             diff, diff_error = _diff_against_active(record.content)
             return render_template("admin/rules_confirm.html", action="deploy", record=record, active=active,
@@ -269,7 +289,7 @@ def rules_rollback() -> Any:
         return refusal
     versions = services.rule_versions()
     try:
-        active, _ = versions.active()
+        active = versions.active_record()
         target = versions.rollback_target()
         if target is None:
             flash(f"There is nothing to roll back to: version {active.version} is the first one deployed.", "error")

@@ -49,7 +49,7 @@ class TryForm:
 def _drafts() -> tuple[list[Any], Any]:
     """The versions one may try beside the active one (drafts first, newest first), and the active one."""
     versions = services.rule_versions()
-    active, _ = versions.active()
+    active = versions.active_record()
     others = [v for v in versions.list_versions() if v.version != active.version]
     others.sort(key=lambda v: (v.status != "draft",))  # stable: newest first within each group
     return others, active
