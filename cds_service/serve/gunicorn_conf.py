@@ -133,8 +133,10 @@ def _log_level(env: Mapping[str, str]) -> str:
 
 
 def json_logconfig(level: str, access_log: bool) -> dict[str, Any]:
-    """Gunicorn's loggers as JSON lines on stderr (``cds_service.web.logs.JsonFormatter``)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    """Gunicorn's loggers and the service's as JSON lines on stderr (``cds_service.web.logs.JsonFormatter``),
+    written by a thread of each process (``logs.BackgroundHandler``): a request thread never waits on the
+    pipe or on another thread's line."""
+    handler = {"class": "cds_service.web.logs.BackgroundHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -192,9 +194,19 @@ def on_starting(server: Any) -> None:
     try:
         check_application_settings()
     except SettingsError as error:
+        from cds_service.web.logs import flush_logs
+
+        flush_logs()  # gunicorn's lines so far first: the log thread writes to the same stderr
         print(f"cramp-cds: configuration error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     prepare_metrics(server)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it ends: every line it logged is written before the process goes."""
+    from cds_service.web.logs import flush_logs
+
+    flush_logs()
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -204,9 +216,12 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    from cds_service.web.logs import flush_logs
+
     stop_job_worker()
     for path in _CREATED_MULTIPROC_DIR:
         shutil.rmtree(path, ignore_errors=True)
+    flush_logs()
 
 
 # --- The dry-run job worker beside the server (docs/dry-run.md) -------------------------------------------
@@ -304,6 +319,7 @@ def build(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Server hooks: the metrics directory (see above).
         "on_starting": prepare_metrics,  # `cramp-cds serve` checked the settings itself (with its options)
         "child_exit": child_exit,
+        "worker_exit": worker_exit,
         "on_exit": on_exit,
         # HUP with a changed rules file: the master re-reads it, so new workers never start on an invalid one
         "on_reload": gunicorn_on_reload,
@@ -335,6 +351,7 @@ forwarded_allow_ips = _options["forwarded_allow_ips"]
 limit_request_line = _options["limit_request_line"]
 limit_request_field_size = _options["limit_request_field_size"]
 logconfig_dict = _options["logconfig_dict"]
-# on_starting (the settings check, then prepare_metrics), child_exit and on_exit are the functions above.
+# on_starting (the settings check, then prepare_metrics), child_exit, worker_exit and on_exit are the functions
+# above.
 on_reload = gunicorn_on_reload
 post_worker_init = worker_ready

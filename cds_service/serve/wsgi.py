@@ -13,10 +13,13 @@ from cds_service.auth.trusted_clients import TrustedClientsError
 from cds_service.ruleset.loader import RuleSetError
 from cds_service.settings import Settings, SettingsError
 from cds_service.web.app import create_app
+from cds_service.web.logs import flush_logs
 
 try:
     app = create_app(Settings.from_env())
 except (SettingsError, RuleSetError, TrustedClientsError) as error:
-    # A readable message before gunicorn's own report; gunicorn then stops ("Worker failed to boot").
+    # A readable message before gunicorn's own report; gunicorn then stops ("Worker failed to boot"). The
+    # lines logged so far first: the log thread writes to the same stderr (web/logs.BackgroundHandler).
+    flush_logs()
     print(f"cramp-cds: configuration error: {error}", file=sys.stderr, flush=True)
     raise

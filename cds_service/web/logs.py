@@ -1,10 +1,29 @@
-"""Structured JSON logs. Records carry ids and counts only: never PHI, tokens or JWTs."""
+"""Structured JSON logs. Records carry ids and counts only: never PHI, tokens or JWTs.
+
+Two handlers write the same JSON lines:
+
+* ``configure_logging`` (tests, the CLI, ``flask run``): a plain StreamHandler, written by the thread that
+  logs;
+* under gunicorn (serve/gunicorn_conf.json_logconfig): ``BackgroundHandler``. A request thread only freezes
+  what belongs to the request (its id, the message text) and puts the record on a queue; one thread per
+  process formats and writes it. Eight request threads writing their own lines waited on the handler's lock
+  and on the stderr pipe (py-spy, issue 15: the handler's lock ~14 % of a worker's wall samples in
+  development mode). Records are written in the order they were logged; nothing is dropped: the queue is
+  unbounded, and ``flush`` / ``close`` (gunicorn's worker_exit, ``logging.shutdown`` at exit) return once
+  every record queued before them is written.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
+import sys
+import threading
+import weakref
 from datetime import datetime, timezone
+from typing import TextIO
 
 from cds_service.web.request_context import current_request_id
 
@@ -23,14 +42,176 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = current_request_id()
+        # Frozen by BackgroundHandler in the thread that logged; else the request this thread serves now
+        request_id = record.__dict__.get("_request_id") or current_request_id()
         if request_id:
             entry["request_id"] = request_id
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        error = record.__dict__.get("_error")
+        if error is None and record.exc_info:
+            error = error_line(self, record)
+        if error is not None:
+            entry["error"] = error
+        # The standard library's spacing (", ", ": "): operators' searches match '"level": "ERROR"'
         return json.dumps(entry, default=str)
 
+
+def error_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The last line of the record's traceback (the exception and its message): never the frames' values."""
+    return formatter.formatException(record.exc_info).splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- the background handler
+
+_STOP = object()
+FLUSH_SECONDS = 10.0  # the longest flush / close wait for the writer (a stuck stderr reader)
+_BATCH = 256  # records written with one write() at most
+_handlers: "weakref.WeakSet[BackgroundHandler]" = weakref.WeakSet()
+
+
+class BackgroundHandler(logging.Handler):
+    """JSON lines on ``stream`` (default: sys.stderr), formatted and written by a thread of this process.
+
+    The thread starts with the first record in each process: a gunicorn worker forked from a master that
+    logged has a thread of its own, and leaves the master's queued records to the master. After ``close``,
+    records are written by the thread that logs (late lines at interpreter exit)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())  # dictConfig sets the same one by name
+        self._stream = stream
+        self._queue: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._starting = threading.Lock()
+        self._writing = threading.Lock()  # held while writing, and across a fork (no half-held stream lock)
+        _handlers.add(self)
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As Handler.handle, without its lock: the queue is thread-safe, and the writer is one thread."""
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _freeze(record, self.formatter)
+            if self._closed:
+                self._write([record])
+            else:
+                self._running_queue().put(record)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise into the caller
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Returns once every record queued so far is written (or after FLUSH_SECONDS)."""
+        thread, records = self._thread, self._queue
+        if thread is None or records is None or not thread.is_alive() or thread is threading.current_thread():
+            return
+        written = threading.Event()
+        records.put(written)
+        written.wait(FLUSH_SECONDS)
+
+    def close(self) -> None:
+        with self._starting:
+            self._closed = True
+            thread, records = self._thread, self._queue
+            self._thread = self._queue = None
+        if thread is not None and records is not None and thread.is_alive():
+            records.put(_STOP)
+            thread.join(FLUSH_SECONDS)
+        super().close()
+
+    def _running_queue(self) -> queue.SimpleQueue:
+        records = self._queue
+        if records is None:
+            with self._starting:
+                if self._queue is None:
+                    self._queue = queue.SimpleQueue()
+                    self._thread = threading.Thread(target=self._run, args=(self._queue,), daemon=True,
+                                                    name="cramp-log-writer")
+                    self._thread.start()
+                records = self._queue
+        return records
+
+    def _run(self, records: queue.SimpleQueue) -> None:
+        while True:
+            batch = [records.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(records.get_nowait())
+                except queue.Empty:
+                    break
+            self._write([item for item in batch if isinstance(item, logging.LogRecord)])
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()  # every record queued before it is written
+            if _STOP in batch:
+                return
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        lines = []
+        for record in records:
+            try:
+                lines.append(self.format(record))
+            except Exception:  # noqa: BLE001
+                self.handleError(record)
+        if not lines:
+            return
+        with self._writing:
+            try:
+                stream = self.stream
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                self.handleError(records[0])
+
+    def _after_fork_in_child(self) -> None:
+        # The writer thread is the parent's: so are the records on its queue (the parent writes them).
+        self._queue, self._thread = None, None
+        self._starting, self._writing = threading.Lock(), threading.Lock()
+
+
+def _freeze(record: logging.LogRecord, formatter: logging.Formatter) -> None:
+    """What the writer thread cannot know later: the request being served, the message with its arguments
+    as they are now, the error line while the exception is current."""
+    record._request_id = current_request_id()
+    record.msg, record.args = record.getMessage(), None
+    if record.exc_info:
+        record._error = error_line(formatter, record)
+
+
+def _before_fork() -> None:
+    for handler in list(_handlers):
+        handler._writing.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for handler in list(_handlers):
+        handler._writing.release()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_handlers):
+        handler._after_fork_in_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def flush_logs() -> None:
+    """Every record logged so far written (gunicorn's worker_exit: before the worker process ends)."""
+    for handler in list(_handlers):
+        handler.flush()
+
+
+# --------------------------------------------------------------------------- configuration
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()

@@ -14,6 +14,7 @@ from gunicorn.config import Config
 
 from cds_service.serve import gunicorn_conf
 from cds_service.serve.gunicorn_logger import ServiceLogger
+from cds_service.web.logs import flush_logs
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,7 @@ def test_access_log_off_computes_no_atoms_and_writes_nothing(monkeypatch, capsys
     computed = []
     monkeypatch.setattr(logger, "atoms", lambda *args: computed.append(args) or {})
     logger.access(*_one_request())
+    flush_logs()
     assert computed == []
     assert capsys.readouterr().err == ""
 
@@ -64,6 +66,7 @@ def test_access_log_on_writes_one_json_line_per_request(capsys):
     logger = _gunicorn_logger({"CRAMP_ACCESS_LOG": "true"})
     capsys.readouterr()
     logger.access(*_one_request())
+    flush_logs()  # written by the log thread (web/logs.BackgroundHandler)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     entry = json.loads(lines[0])
