@@ -19,7 +19,7 @@ from cds_service.engine.chart import (Chart, SkippedRecord, build_chart, check_r
                                       log_skipped)
 from cds_service.engine.drugs import DrugTable
 from cds_service.engine.facts import PatientFacts, extract_facts
-from cds_service.engine.ledger import CardLedger, ShownCard
+from cds_service.engine.ledger import CardLedger, ShownCard, overridden_cards
 from cds_service.engine.observer import NULL_OBSERVER, EngineObserver
 from cds_service.engine.order_rules import OrderEvaluation, OrderOutcome, evaluate_orders
 from cds_service.engine.orders import read_draft_orders
@@ -29,7 +29,6 @@ from cds_service.engine.registry import CdsService, ServiceRegistry
 from cds_service.engine.rules import Evaluation, Outcome, evaluate
 from cds_service.hooks.cards import Card, CdsResponse, wire_json
 from cds_service.hooks.request import HookRequest, parse_hook_request
-from cds_service.ruleset.card_ids import legacy_ids
 from cds_service.ruleset.loader import RuleSet, load_default_ruleset
 from cds_service.settings import DEFAULT_MAX_RESOURCES
 
@@ -160,7 +159,11 @@ class Engine:
     def _unsuppressed(self, evaluation: Evaluation | OrderEvaluation, patient_key: str,
                       now: datetime) -> list[Outcome | OrderOutcome]:
         # Which card wins was decided before suppression: a suppressed winner still hides those below it.
-        return [o for o in evaluation.shown if not self._is_suppressed(patient_key, o.card_id, now)]
+        windows = self._suppression_windows(evaluation.shown, now)
+        if self.ledger is None or not windows:  # no candidate can be suppressed (none, or critical): no query
+            return list(evaluation.shown)
+        overridden = overridden_cards(self.ledger, patient_key, windows)
+        return [o for o in evaluation.shown if o.card_id not in overridden]
 
     def _render(self, outcomes: Sequence[Outcome | OrderOutcome], facts: PatientFacts, judged: Judged) -> Shown:
         cards = tuple((self.renderer.render(outcome, facts, skipped=judged.skipped), outcome) for outcome in outcomes)
@@ -227,10 +230,12 @@ class Engine:
         today = now.astimezone(timezone.utc).date()
         return {pair: today - timedelta(days=window + 1) for pair, window in self._quantity_windows.items()}
 
-    def _is_suppressed(self, patient_key: str, rule: str, now: datetime) -> bool:
-        settings = self.ruleset.spec.cards.get(rule)
-        if self.ledger is None or settings is None or settings.suppress_days == 0 or settings.indicator == "critical":
-            return False  # critical cards are never suppressed (RULES.md)
-        since = now - timedelta(days=settings.suppress_days)
-        # An override recorded under the id a card had before it was split (card_ids.legacy_ids) counts too.
-        return any(self.ledger.overridden_since(patient_key, recorded, since) for recorded in (rule, *legacy_ids(rule)))
+    def _suppression_windows(self, candidates: Sequence[Outcome | OrderOutcome], now: datetime) -> dict[str, datetime]:
+        """Card id -> the time from which an override suppresses it, for each candidate that can be suppressed."""
+        windows: dict[str, datetime] = {}
+        for outcome in candidates:
+            settings = self.ruleset.spec.cards.get(outcome.card_id)
+            if settings is None or settings.suppress_days == 0 or settings.indicator == "critical":
+                continue  # critical cards are never suppressed (RULES.md)
+            windows[outcome.card_id] = now - timedelta(days=settings.suppress_days)
+        return windows

@@ -3,21 +3,32 @@
 The only module that imports SQLAlchemy. ``CardStore`` implements the engine's ``CardLedger`` (engine/ledger.py):
 
     record_shown(cards)                         one row per card issued (never the patient id: a keyed hash)
-    overridden_since(patient_key, rule, since)  suppression, shared by every replica on the same database
+    overridden_rules(patient_key, windows)      suppression, shared by every replica on the same database:
+                                                one query for all of a call's candidate cards
     record_feedback(service_id, items)          idempotent, committed before it returns
     report(since)                               per rule and rule-set version: shown, accepted, overridden
-    seen_before(jti, issuer, expires_at)        JWT replay protection shared by replicas (replay.ReplayCache)
+    seen_before(jti, issuer, expires_at)        JWT replay protection shared by replicas (replay.ReplayCache):
+                                                one statement
 
-Storage: a SQLite file by default (WAL, ``synchronous=FULL``, writers take the lock at ``BEGIN
-IMMEDIATE``), or PostgreSQL by URL (``postgresql+psycopg://...``) for several replicas. The schema is
-created and upgraded by the Alembic migrations shipped in ``cds_service/storage/migrations`` when the store
-opens (PostgreSQL: under an advisory lock, so replicas starting together migrate once).
+Storage: a SQLite file by default (WAL, ``synchronous=FULL`` but for the replay insert, see
+``REPLAY_SYNCHRONOUS``; writers take the lock at ``BEGIN IMMEDIATE``), or PostgreSQL by URL
+(``postgresql+psycopg://...``) for several replicas. The schema is created and upgraded by the Alembic
+migrations shipped in ``cds_service/storage/migrations`` when the store opens (PostgreSQL: under an advisory
+lock, so replicas starting together migrate once).
 
-Whether an insert stored a row is read from ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the rows
-returned are the rows inserted. (``rowcount`` cannot say: psycopg 3 reports -1 for that statement.)
+Whether an insert stored a row is read from ``INSERT ... ON CONFLICT ... RETURNING``: the rows returned are
+the rows inserted (or, for ``jwt_seen``, an expired row taken over). (``rowcount`` cannot say: psycopg 3
+reports -1 for that statement.)
+
+Per hook call the database is asked at most three times, each a connection checkout of its own: the replay
+insert (while authenticating), the suppression query (only when a card that can be suppressed is a
+candidate) and ``record_shown`` (only when cards go out). They are not one checkout: holding a connection
+from authentication to the answer would hold it through the FHIR fetches too, and a hanging FHIR server would
+then empty the pool for everyone. On PostgreSQL the replay insert and the suppression query run in
+autocommit, one round trip each besides the pool's ping.
 
 When the database does not answer (down, locked, timed out; no call waits more than the short timeouts
-below): ``record_shown`` and ``overridden_since`` log it, count it and let the cards go out;
+below): ``record_shown`` and ``overridden_rules`` log it, count it and let the cards go out;
 ``record_feedback`` raises ``ServiceUnavailable`` (503, Retry-After); ``seen_before`` raises
 ``replay.ReplayStoreUnavailable`` (the caller falls back to memory: replay.FallbackReplayCache).
 """
@@ -25,6 +36,7 @@ below): ``record_shown`` and ``overridden_since`` log it, count it and let the c
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -35,11 +47,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, TypeDecorator,
-    create_engine, distinct, event, func, select,
+    bindparam, create_engine, distinct, event, func, select,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
@@ -75,6 +87,16 @@ SLOW_FAILURE_SECONDS = 1.0  # a failure that took this long (a host that does no
 SKIP_SECONDS = 2.0  # ...and the database is not asked again for this long: calls don't each wait for it
 FUTURE_TOLERANCE = timedelta(minutes=5)  # an outcomeTimestamp later than this after receipt is refused
 REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are deleted
+# SQLite's durability of the replay insert alone (docs/perf-database.md). In WAL mode NORMAL writes the commit
+# to the WAL without waiting for the disk: a process crash loses nothing (the OS holds the write), a power
+# loss or OS crash may lose the last commits, never the database's integrity. What such a loss costs: a token
+# accepted in the last moments before the machine went down could be accepted once more after it restarts,
+# within its lifetime (5 minutes by default, an hour at most), by someone who captured it. In exchange the
+# insert no longer waits for an fsync, under the writers' lock, on every request. Feedback and the cards
+# shown keep FULL: nothing acknowledged is ever lost. Outside WAL mode (a file system without it) the insert
+# keeps FULL too: there NORMAL could corrupt the file on power loss.
+REPLAY_SYNCHRONOUS = "NORMAL"
+DURABLE_SYNCHRONOUS = "FULL"
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
 
 
@@ -272,52 +294,57 @@ class CardStore:
         if not rows:
             return
         try:
-            with self._writing() as connection:
-                for row in rows:
-                    connection.execute(_insert_ignore(connection, cards_shown, ["card_uuid"]), row)
+            with self._writing() as connection:  # one transaction, one statement for all the call's cards
+                connection.execute(_statements(connection.dialect.name).record_shown, rows)
         except UNAVAILABLE as exc:
             # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
             _unavailable(self.observer, "record_shown", "cards shown not recorded: database unavailable", exc,
                          cards=len(rows))
 
-    def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
+    def overridden_rules(self, patient_key: str, windows: Mapping[str, datetime]) -> set[str]:
+        """The rules of ``windows`` (rule -> since) overridden for this patient at or after their since: one
+        query, served by ix_feedback_suppression (patient_key, rule, outcome, outcome_timestamp)."""
+        if not windows:
+            return set()
         query = (
-            select(feedback.c.id)
+            select(feedback.c.rule, func.max(feedback.c.outcome_timestamp))
             .where(
                 feedback.c.patient_key == patient_key,
-                feedback.c.rule == rule,
+                feedback.c.rule.in_(sorted(windows)),
                 feedback.c.outcome == "overridden",
-                feedback.c.outcome_timestamp >= since,
+                feedback.c.outcome_timestamp >= min(windows.values()),
             )
-            .limit(1)
+            .group_by(feedback.c.rule)
         )
         try:
-            with self._reading() as connection:
-                return connection.execute(query).first() is not None
+            with self._one_statement() as connection:
+                latest = connection.execute(query).all()
         except UNAVAILABLE as exc:
             _unavailable(self.observer, "suppression_check",
-                         "suppression not checked: database unavailable; the card is shown", exc, rule=rule)
-            return False
+                         "suppression not checked: database unavailable; the cards are shown", exc,
+                         rules=sorted(windows))
+            return set()
+        return {rule for rule, last in latest if last >= windows[rule]}
 
     # --- JWT replay protection (replay.ReplayCache) --------------------------------------------------
     def seen_before(self, jti: str, issuer: str, expires_at: float) -> bool:
         """Record the token id; True when it was already used and has not expired (a replay).
 
-        ``ReplayStoreUnavailable`` when the database does not answer.
+        One statement: the token's row is inserted, or an expired row of the same key taken over; a row
+        still live is a replay (nothing returned). ``ReplayStoreUnavailable`` when the database does not answer.
         """
-        key = token_key(jti, issuer)
         now = self.clock()
-        row = {"token_key": key, "expires_at": datetime.fromtimestamp(expires_at, timezone.utc)}
+        row = {"token_key": token_key(jti, issuer), "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
+               "now": now}
         try:
-            with self._writing() as connection:
-                connection.execute(jwt_seen.delete().where(jwt_seen.c.token_key == key, jwt_seen.c.expires_at < now))
-                inserted = _inserted(connection, jwt_seen, ["token_key"], row)
+            with self._one_statement(write=True, synchronous=REPLAY_SYNCHRONOUS) as connection:
+                recorded = connection.execute(_statements(connection.dialect.name).record_token, row).first()
                 self._replay_inserts += 1
                 if self._replay_inserts % REPLAY_PURGE_EVERY == 0:
                     connection.execute(jwt_seen.delete().where(jwt_seen.c.expires_at < now))
         except UNAVAILABLE as exc:
             raise ReplayStoreUnavailable(_error_type(exc)) from None
-        return not inserted
+        return recorded is None
 
     # --- feedback --------------------------------------------------------------------------------
     def record_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> FeedbackResult:
@@ -380,8 +407,9 @@ class CardStore:
         ]
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction, committed on leaving the block.
+    def _writing(self, synchronous: str = DURABLE_SYNCHRONOUS) -> Iterator[Connection]:
+        """A write transaction, committed on leaving the block; on SQLite with ``PRAGMA synchronous`` at
+        ``synchronous`` (FULL unless the caller is the replay insert: REPLAY_SYNCHRONOUS).
 
         On SQLite this process's threads take turns on a lock first: handing over a Python lock is
         immediate, where SQLite's busy handler polls in steps of up to 100 ms and could time out a queue of
@@ -395,8 +423,10 @@ class CardStore:
         if not self._write_turn.acquire(timeout=WRITE_QUEUE_SECONDS):
             raise WriterQueueTimeout(f"no turn to write within {WRITE_QUEUE_SECONDS} s")
         try:
-            with self._answering(), self.engine.begin() as connection:
-                yield connection
+            with self._answering(), self.engine.connect() as connection:
+                connection.execution_options(cramp_synchronous=synchronous)  # read by _begin_sqlite
+                with connection.begin():
+                    yield connection
         finally:
             self._write_turn.release()
 
@@ -404,6 +434,20 @@ class CardStore:
     def _reading(self) -> Iterator[Connection]:
         """A connection for reads (on SQLite a deferred BEGIN: it takes no write lock)."""
         with self._answering(), self.engine.connect().execution_options(cramp_read_only=True) as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _one_statement(self, *, write: bool = False, synchronous: str = DURABLE_SYNCHRONOUS) -> Iterator[Connection]:
+        """For a statement that is a transaction by itself (the replay insert, the suppression query).
+
+        On PostgreSQL in autocommit: one round trip, where a transaction adds a BEGIN and a COMMIT (or
+        ROLLBACK) round trip. On SQLite (in-process, no round trips) a transaction like any other.
+        """
+        if self._write_turn is None:
+            with self._answering(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                yield connection
+            return
+        with (self._writing(synchronous) if write else self._reading()) as connection:
             yield connection
 
     @contextlib.contextmanager
@@ -481,12 +525,41 @@ def _feedback_row(index: int, item: FeedbackItem, card: Any, service_id: str, re
     }
 
 
-def _insert_ignore(connection: Connection, table: Table, key: list[str]) -> Any:
-    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key, on SQLite (>= 3.35) and PostgreSQL alike."""
-    if connection.dialect.name == "postgresql":
+@dataclass(frozen=True)
+class _Statements:
+    """The hot path's statements, built once per dialect (building one costs more than running it on SQLite)."""
+
+    record_shown: Any  # INSERT ... ON CONFLICT (card_uuid) DO NOTHING, executed with all the call's rows
+    record_token: Any  # the replay insert: see CardStore.seen_before
+
+
+@functools.lru_cache(maxsize=None)
+def _statements(dialect_name: str) -> _Statements:
+    insert = _dialect_insert(dialect_name)
+    token = insert(jwt_seen)
+    record_token = token.on_conflict_do_update(
+        index_elements=["token_key"],
+        set_={"expires_at": token.excluded.expires_at},
+        where=jwt_seen.c.expires_at < bindparam("now", type_=UtcDateTime()),  # expired: reused; live: a replay
+    ).returning(jwt_seen.c.token_key)
+    return _Statements(
+        record_shown=insert(cards_shown).on_conflict_do_nothing(index_elements=["card_uuid"]),
+        record_token=record_token,
+    )
+
+
+def _dialect_insert(dialect_name: str) -> Any:
+    """The dialect's ``insert`` (the one with ``on_conflict_do_*``): PostgreSQL's or SQLite's (>= 3.35)."""
+    if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _insert_ignore(connection: Connection, table: Table, key: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key, on SQLite (>= 3.35) and PostgreSQL alike."""
+    insert = _dialect_insert(connection.dialect.name)
     return insert(table).on_conflict_do_nothing(index_elements=key).returning(*(table.c[name] for name in key))
 
 
@@ -507,9 +580,10 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
             raise StoreUnavailable(f"CRAMP_DATABASE_URL: no SQLite database at {url.database}")
         if sqlite3.sqlite_version_info < (3, 35):
             raise SettingsError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or later is needed (RETURNING)")
+        # No pool_pre_ping: a SQLite connection is a file handle, there is no server to lose; the ping would
+        # be a SELECT 1 per checkout for nothing (a locked or vanished file fails the statement itself).
         engine = create_engine(
             url,
-            pool_pre_ping=True,
             connect_args={"timeout": LOCK_TIMEOUT_MS / 1000, "check_same_thread": False},
             **({"poolclass": StaticPool} if in_memory else {}),
         )
@@ -519,7 +593,7 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
     if backend == "postgresql":
         return create_engine(
             url,
-            pool_pre_ping=True,
+            pool_pre_ping=True,  # a server restarted between calls costs a ping per checkout, not a failed call
             pool_timeout=CONNECT_TIMEOUT_SECONDS,
             pool_recycle=1800,
             connect_args={
@@ -534,17 +608,37 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
     raise SettingsError(f"CRAMP_DATABASE_URL: unsupported database {backend!r} (use sqlite:/// or postgresql+psycopg://)")
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite(dbapi_connection: Any, record: Any) -> None:
     dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own: _begin_sqlite does
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {LOCK_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = FULL")  # a commit is on disk before it returns
+    journal = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    cursor.execute(f"PRAGMA synchronous = {DURABLE_SYNCHRONOUS}")  # a commit is on disk before it returns
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+    # Kept with the DBAPI connection across checkouts (the pool's record): what _begin_sqlite may change
+    record.info["cramp_wal"] = str(journal).lower() == "wal"
+    record.info["cramp_synchronous"] = DURABLE_SYNCHRONOUS
 
 
 def _begin_sqlite(connection: Connection) -> None:
     # Writers take the write lock at BEGIN, so a read-then-write transaction never fails on lock upgrade.
-    read_only = connection.get_execution_options().get("cramp_read_only", False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    options = connection.get_execution_options()
+    if options.get("cramp_read_only", False):
+        connection.exec_driver_sql("BEGIN")
+        return
+    _set_synchronous(connection, options.get("cramp_synchronous", DURABLE_SYNCHRONOUS))
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _set_synchronous(connection: Connection, wanted: str) -> None:
+    """Every write transaction sets the durability it needs before its BEGIN (SQLite refuses to change it
+    inside a transaction), so a transaction never inherits the replay insert's level from the connection's
+    last use. Only a change costs a statement: calls that follow one another at the same level pay nothing."""
+    info = connection.info  # the pooled DBAPI connection's, written by _configure_sqlite
+    if wanted != DURABLE_SYNCHRONOUS and not info.get("cramp_wal", False):
+        wanted = DURABLE_SYNCHRONOUS  # NORMAL is corruption-safe in WAL mode only
+    if info.get("cramp_synchronous") != wanted:
+        info.pop("cramp_synchronous", None)  # unknown until the PRAGMA has run
+        connection.exec_driver_sql(f"PRAGMA synchronous = {wanted}")
+        info["cramp_synchronous"] = wanted

@@ -40,8 +40,8 @@ class _Store:
     def patient_key(self, patient_id: str) -> str:
         return "k"
 
-    def overridden_since(self, *args) -> bool:
-        return False
+    def overridden_rules(self, *args) -> set[str]:
+        return set()
 
     def record_shown(self, cards) -> None:
         pass

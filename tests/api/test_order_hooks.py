@@ -354,9 +354,9 @@ class OverriddenLedger:
 
     overridden = ("quinine-for-cramps",)
 
-    def overridden_since(self, patient_key: str, rule: str, since: datetime) -> bool:
-        self.asked.append((rule, since))
-        return rule in self.overridden
+    def overridden_rules(self, patient_key: str, windows: dict[str, datetime]) -> set[str]:
+        self.asked += windows.items()
+        return {rule for rule in windows if rule in self.overridden}
 
     def record_shown(self, cards: list[Any]) -> None:
         self.shown += cards

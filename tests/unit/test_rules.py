@@ -215,7 +215,7 @@ def test_untreated_dvt_card_has_no_suggestion_and_its_own_summary(engine):
 def test_untreated_dvt_is_never_suppressed(engine):
     class AlwaysOverridden:
         def patient_key(self, patient_id): return "k"
-        def overridden_since(self, patient_key, rule, since): return True
+        def overridden_rules(self, patient_key, windows): return set(windows)
         def record_shown(self, cards): pass
     suppressing = Engine(engine.ruleset, engine.drugs, clock=engine.clock, ledger=AlwaysOverridden())
     assert shown(run(suppressing, [condition("I82.401", age=5)])) == ["untreated-dvt"]
@@ -498,7 +498,7 @@ def test_suppressed_b_plays_no_part_when_a_duplex_is_on_record(engine):
     class Overridden:
         def __init__(self, rules): self.rules = rules
         def patient_key(self, patient_id): return "k"
-        def overridden_since(self, patient_key, rule, since): return rule in self.rules
+        def overridden_rules(self, patient_key, windows): return set(windows) & set(self.rules)
         def record_shown(self, cards): pass
 
     def cards(ledger_rules, extra):

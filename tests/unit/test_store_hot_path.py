@@ -1,0 +1,249 @@
+"""The card store on every hook call: the replay insert (one statement, its durability on SQLite), the
+suppression query (one for all of a call's candidate cards), ``record_shown``, and how many connection
+checkouts a hook call costs. Real SQLite files; the replay semantics also on PostgreSQL (marked postgres),
+through psycopg, the driver production uses.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event
+from support.feedback import (NOW, SECRET, SERVICE_ID, Service, accepted, dvt_request, fresh_postgres_database,
+                              overridden, postgres_url, track_stores)
+from support.hook_requests import PATIENT_ID, minimal_request, patient_resource, searchset
+
+from cds_service.engine.ledger import ShownCard
+from cds_service.hooks.feedback import parse_feedback
+from cds_service.storage.replay import ReplayStoreUnavailable
+from cds_service.storage.store import CardStore
+
+ISSUER = "https://ehr.example"
+FULL, NORMAL = 2, 1  # PRAGMA synchronous
+SUGGESTION = "3f0e8a52-8c1d-4d6e-9a41-0b6f5c2d7e19"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, monkeypatch) -> Iterator[str]:
+    stores = track_stores(monkeypatch)
+    yield f"sqlite:///{tmp_path / 'cards.sqlite3'}"
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def postgres_database(monkeypatch) -> Iterator[str]:
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        yield postgres_url(host, port, name)
+
+
+def _clocked_store(url: str, now: list[datetime]) -> CardStore:
+    return CardStore(url, SECRET, clock=lambda: now[0])
+
+
+def _shown(patient_key: str, rule: str = "conservative-care") -> ShownCard:
+    return ShownCard(str(uuid.uuid4()), (SUGGESTION,), SERVICE_ID, rule, "2026.12.1", "info", str(uuid.uuid4()), patient_key, NOW)
+
+
+def _overridden_at(store: CardStore, card: ShownCard, at: datetime) -> None:
+    items = parse_feedback({"feedback": [overridden(card.card_uuid, at=at)]})
+    assert store.record_feedback(SERVICE_ID, items).stored == 1
+
+
+# --- the replay insert: same answers, across stores and databases -----------------------------------------
+def _replay_semantics(url: str) -> None:
+    """Two stores on one database (two replicas): a live token is a replay at either; once expired, its row
+    is taken over by the next use of the same (issuer, jti), which is then live again."""
+    now = [NOW]
+    first, second = _clocked_store(url, now), _clocked_store(url, now)
+    expires = (NOW + timedelta(minutes=5)).timestamp()
+    assert first.seen_before("jti-1", ISSUER, expires) is False
+    assert second.seen_before("jti-1", ISSUER, expires) is True
+    assert first.seen_before("jti-1", ISSUER, expires) is True
+    assert second.seen_before("jti-1", "https://other.example", expires) is False  # per issuer
+    now[0] = NOW + timedelta(minutes=5, seconds=1)  # expired: the row may be reused
+    later = (now[0] + timedelta(minutes=5)).timestamp()
+    assert second.seen_before("jti-1", ISSUER, later) is False
+    assert first.seen_before("jti-1", ISSUER, later) is True  # reused with the new expiry: live again
+    now[0] = NOW + timedelta(minutes=9)  # before the new expiry: still a replay
+    assert first.seen_before("jti-1", ISSUER, later) is True
+    with first.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM jwt_seen").scalar() == 2  # one row per token
+
+
+def test_replay_on_two_stores_sharing_a_sqlite_file(sqlite_url) -> None:
+    _replay_semantics(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_replay_on_two_stores_sharing_postgres(postgres_database) -> None:
+    _replay_semantics(postgres_database)
+
+
+@pytest.mark.postgres
+def test_expired_token_taken_over_by_two_stores_at_once_on_postgres_is_accepted_once(postgres_database) -> None:
+    """ON CONFLICT DO UPDATE ... WHERE re-reads the row the other transaction committed: one winner."""
+    now = [NOW]
+    stores = [_clocked_store(postgres_database, now) for _ in range(2)]
+    expires = (NOW + timedelta(minutes=5)).timestamp()
+    rounds = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for n in range(20):
+            jti = f"jti-{n}"
+            now[0] = NOW
+            assert stores[0].seen_before(jti, ISSUER, expires) is False
+            now[0] = NOW + timedelta(minutes=6)  # expired for both
+            start = threading.Barrier(2)
+
+            def use(store: CardStore, jti: str = jti, start: threading.Barrier = start) -> bool:
+                start.wait()
+                return store.seen_before(jti, ISSUER, expires + 600)
+
+            rounds.append(sorted(pool.map(use, stores)))
+    assert rounds == [[False, True]] * 20
+
+
+# --- durability: NORMAL for the replay insert only, on the same pooled connection ------------------------
+def _levels_at_each_insert(store: CardStore) -> list[tuple[str, int, int]]:
+    """(table, PRAGMA synchronous, DBAPI connection id) at each INSERT, read on the connection running it."""
+    seen: list[tuple[str, int, int]] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def level(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO"):
+            raw = cursor.connection
+            seen.append((statement.split()[2], raw.execute("PRAGMA synchronous").fetchone()[0], id(raw)))
+
+    return seen
+
+
+def test_replay_insert_alone_runs_at_synchronous_normal_feedback_and_cards_shown_at_full(sqlite_url) -> None:
+    store = CardStore(sqlite_url, SECRET, clock=lambda: NOW)
+    seen = _levels_at_each_insert(store)
+    expires = (NOW + timedelta(minutes=5)).timestamp()
+    card = _shown(store.patient_key("patient-1"))
+
+    assert store.seen_before("a", ISSUER, expires) is False
+    store.record_shown([card])  # right after a replay insert, on the same connection
+    assert store.seen_before("b", ISSUER, expires) is False
+    _overridden_at(store, card, NOW + timedelta(minutes=1))
+    assert store.seen_before("c", ISSUER, expires) is False
+    _overridden_at(store, card, NOW + timedelta(minutes=2))
+
+    assert [(table, level) for table, level, _ in seen] == [
+        ("jwt_seen", NORMAL), ("cards_shown", FULL), ("jwt_seen", NORMAL), ("feedback", FULL),
+        ("jwt_seen", NORMAL), ("feedback", FULL)]
+    assert len({connection for _, _, connection in seen}) == 1, "not one pooled connection: the test proves nothing"
+    with store.engine.connect() as connection:  # and the file is WAL, which makes NORMAL safe from corruption
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_failed_replay_insert_leaves_no_weaker_durability_for_the_next_writer(sqlite_url, tmp_path) -> None:
+    store = CardStore(sqlite_url, SECRET, clock=lambda: NOW)
+    seen = _levels_at_each_insert(store)
+    card = _shown(store.patient_key("patient-1"))
+    store.record_shown([card])
+    locker = sqlite3.connect(tmp_path / "cards.sqlite3", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock: the replay insert fails
+    try:
+        with pytest.raises(ReplayStoreUnavailable):
+            store.seen_before("a", ISSUER, (NOW + timedelta(minutes=5)).timestamp())
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    _overridden_at(store, card, NOW + timedelta(minutes=1))
+    assert [(table, level) for table, level, _ in seen] == [("cards_shown", FULL), ("feedback", FULL)]
+
+
+def test_without_wal_the_replay_insert_keeps_full() -> None:
+    """In memory (no WAL possible) NORMAL would not be the WAL's corruption-safe NORMAL: FULL stays."""
+    store = CardStore("sqlite://", SECRET, clock=lambda: NOW)
+    seen = _levels_at_each_insert(store)
+    assert store.seen_before("a", ISSUER, (NOW + timedelta(minutes=5)).timestamp()) is False
+    assert [(table, level) for table, level, _ in seen] == [("jwt_seen", FULL)]
+
+
+# --- suppression: one query for all of a call's candidates ------------------------------------------------
+def test_overridden_rules_answers_every_window_in_one_query(sqlite_url) -> None:
+    store = CardStore(sqlite_url, SECRET, clock=lambda: NOW + timedelta(days=1))
+    key = store.patient_key("patient-1")
+    old, recent, accepted_only = _shown(key, "conservative-care"), _shown(key, "venous-duplex-workup"), \
+        _shown(key, "elevated-cramp-risk")
+    store.record_shown([old, recent, accepted_only, _shown(store.patient_key("patient-2"), "quinine-for-cramps")])
+    _overridden_at(store, old, NOW - timedelta(days=40))
+    _overridden_at(store, old, NOW - timedelta(days=20))  # the latest override of the rule is what counts
+    _overridden_at(store, recent, NOW - timedelta(days=1))
+    store.record_feedback(SERVICE_ID, parse_feedback({"feedback": [accepted(accepted_only.card_uuid, [SUGGESTION])]}))
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2].split()[0]))
+
+    windows = {"conservative-care": NOW - timedelta(days=30), "venous-duplex-workup": NOW - timedelta(days=30),
+               "elevated-cramp-risk": NOW - timedelta(days=90), "quinine-for-cramps": NOW - timedelta(days=90)}
+    assert store.overridden_rules(key, windows) == {"conservative-care", "venous-duplex-workup"}
+    assert store.overridden_rules(key, {**windows, "conservative-care": NOW - timedelta(days=10)}) == {
+        "venous-duplex-workup"}  # its latest override is 20 days old: outside a 10-day window
+    assert store.overridden_rules(store.patient_key("patient-2"), windows) == set()  # overrides are per patient
+    assert statements.count("SELECT") == 3
+    assert store.overridden_rules(key, {}) == set() and statements.count("SELECT") == 3  # nothing asked
+
+
+# --- connection checkouts per hook call -------------------------------------------------------------------
+def _checkouts(store: CardStore) -> list[int]:
+    count = [0]
+    event.listen(store.engine, "checkout", lambda *args: count.__setitem__(0, count[0] + 1))
+    return count
+
+
+def _order_sign(*drugs: str) -> dict[str, Any]:
+    """An order-sign call for a patient with documented leg cramps, drafting ``drugs`` (text only)."""
+    orders = [{"resourceType": "MedicationRequest", "id": f"m{n}", "status": "draft", "intent": "order",
+               "medicationCodeableConcept": {"text": text}, "subject": {"reference": f"Patient/{PATIENT_ID}"}}
+              for n, text in enumerate(drugs)]
+    cramps = {"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{PATIENT_ID}"},
+              "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                             "code": "active"}]},
+              "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R25.2"}]},
+              "onsetDateTime": "2025-01-10"}
+    context = {"userId": "Practitioner/example", "patientId": PATIENT_ID,
+               "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": order} for order in orders]}}
+    return minimal_request(hook="order-sign", context=context,
+                           prefetch={"patient": patient_resource(), "conditions": searchset(cramps)})
+
+
+def test_a_hook_call_asks_the_ledger_once_whatever_its_candidates(sqlite_url) -> None:
+    service = Service(sqlite_url)  # development mode: no replay insert here (counted below)
+    checkouts, selects = _checkouts(service.store), []
+    event.listen(service.store.engine, "before_cursor_execute",
+                 lambda *args: selects.append(args[2]) if args[2].startswith("SELECT") else None)
+    # three drug-class cards, each also asked under the id overrides were recorded under before the split
+    answer = service.app.test_client().post("/cds-services/leg-cramp-order-sign",
+                                            json=_order_sign("chlorthalidone 25 MG", "spironolactone 25 MG",
+                                                             "salmeterol 50 MCG inhaler"))
+    assert answer.status_code == 200 and len(answer.get_json()["cards"]) == 3
+    assert (len(selects), checkouts[0]) == (1, 2)  # one suppression query, one record_shown for the three cards
+    checkouts[0] = 0
+    assert len(service.cards(dvt_request())) == 1
+    assert checkouts[0] == 1  # a critical card is never suppressed: no query; record_shown
+    checkouts[0] = 0
+    assert service.cards(minimal_request()) == []
+    assert checkouts[0] == 0  # no candidate card: the ledger is not asked
+    assert service.store.seen_before("jti", ISSUER, (NOW + timedelta(minutes=5)).timestamp()) is False
+    assert checkouts[0] == 1  # the replay insert: one checkout, one statement
+
+
+def test_sqlite_checkouts_send_no_ping(sqlite_url) -> None:
+    """pool_pre_ping is off for SQLite (a file has no server to lose): no SELECT 1 before each statement."""
+    store = CardStore(sqlite_url, SECRET, clock=lambda: NOW)
+    sent: list[str] = []
+    event.listen(store.engine, "connect", lambda dbapi, record: dbapi.set_trace_callback(sent.append))
+    store.close()  # the pool again, so every connection from now on is traced
+    for n in range(3):
+        store.seen_before(f"jti-{n}", ISSUER, (NOW + timedelta(minutes=5)).timestamp())
+    assert sent and not [s for s in sent if s.strip().upper() == "SELECT 1"], sent
