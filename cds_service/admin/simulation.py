@@ -3,8 +3,10 @@ with one clock for all, in parallel over processes; and, for two rule sets, whic
 and why.
 
 Sources (``collect_tasks``): Bundle files or folders of them (one patient per file, e.g. Synthea), bulk
-NDJSON files (``bulk.read_ndjson``), or a FHIR server base URL (``fhir_population``). Bundle files are
-read by the workers; other sources are read here and their records sent to the workers.
+NDJSON files, or a FHIR server base URL (``fhir_population``). Bundle files are read by the workers; so
+are NDJSON patients, located here first (``bulk.locate_patients``, itself in parallel: a few integers per
+patient) and each read from its byte ranges by the worker that evaluates it (docs/perf-dry-run.md). A
+server's patients are read here and their records sent to the workers.
 
 Rule sets are files, or texts (``RuleText``: a version from the database, for the console's dry runs,
 ``admin/dry_run.py``); each worker process loads them again from that source.
@@ -13,8 +15,8 @@ Each worker builds its engines once (``_init_worker``) and returns a compact ``P
 patient. Suppression is not simulated (no card ledger): the counts are what the rules would show.
 
 The unit of work is a shard of patients (``run_shard``): on the embedded process pool (the default) or,
-given a cluster address, on Dask distributed (``admin/cluster.py``; Bundle files are then read by the
-Dask workers, so their paths must be on a filesystem the workers share; other sources are read here).
+given a cluster address, on Dask distributed (``admin/cluster.py``; Bundle and NDJSON files are then read
+by the Dask workers, so their paths must be on a filesystem the workers share; a server is read here).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from cds_service.admin.bulk import is_ndjson, read_ndjson
+from cds_service.admin.bulk import LocatedPatient, is_ndjson, locate_patients, read_located
 from cds_service.admin.population import BundleError, PatientRecord, read_bundle_file, record_from_bundle
 from cds_service.clock import fixed_clock
 from cds_service.engine.drugs import DrugTable
@@ -213,9 +215,11 @@ def _describe(outcome: RuleOutcome) -> str:
 class Task:
     path: Path | None = None  # a Bundle file, read by the worker
     record: PatientRecord | None = None
+    located: LocatedPatient | None = None  # an NDJSON patient, read from its byte ranges by the worker
 
 
-def collect_tasks(sources: Iterable[str], loinc_codes: list[str]) -> list[Task]:
+def collect_tasks(sources: Iterable[str], loinc_codes: list[str], jobs: int | None = None) -> list[Task]:
+    """The patients of ``sources``; NDJSON files are scanned on ``jobs`` processes (default: CPU count)."""
     tasks: list[Task] = []
     ndjson: list[Path] = []
     for source in sources:
@@ -236,7 +240,7 @@ def collect_tasks(sources: Iterable[str], loinc_codes: list[str]) -> list[Task]:
             raise SourceError(f"{source}: no such file, folder or server URL")
     if ndjson:
         try:
-            tasks += [Task(record=r) for r in read_ndjson(ndjson)]
+            tasks += [Task(located=located) for located in locate_patients(ndjson, jobs)]
         except BundleError as exc:
             raise SourceError(str(exc)) from None
     return tasks
@@ -288,6 +292,12 @@ def _run_task(task: Task, engines: list[Engine] | None = None) -> PatientResult:
             record = read_bundle_file(task.path)
         except BundleError as exc:
             return PatientResult(task.path.name, "?", error=str(exc))
+        return evaluate_record(record, engines)
+    if task.located is not None:
+        try:
+            record = read_located(task.located)
+        except BundleError as exc:
+            return PatientResult(task.located.source, task.located.patient_id, error=str(exc))
         return evaluate_record(record, engines)
     assert task.record is not None
     return evaluate_record(task.record, engines)

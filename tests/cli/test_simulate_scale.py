@@ -16,10 +16,11 @@ from click.testing import CliRunner
 
 from cds_service.admin import bulk, cluster
 from cds_service.admin.bulk import read_ndjson, write_ndjson
+from cds_service.admin.bulk import read_located
 from cds_service.admin.population import (
-    TEMPLATE_TYPES, BundleError, PatientRecord, iter_bundle_files, record_from_bundle, searchset,
+    TEMPLATE_TYPES, BundleError, PatientRecord, iter_bundle_files, record_from_bundle, record_from_resources, searchset,
 )
-from cds_service.admin.simulation import build_engines, collect_tasks, evaluate_record, simulate
+from cds_service.admin.simulation import Task, build_engines, collect_tasks, evaluate_record, simulate
 from cds_service.cli.main import main
 from cds_service.ruleset.loader import load_default_ruleset
 
@@ -86,6 +87,135 @@ def test_every_synthea_patient_same_prefetch_and_answers_from_ndjson_bundles_and
         assert outcomes(simulation.results) == expected
 
 
+def one_pass_reader(paths: list[Path]) -> dict[str, dict]:
+    """The NDJSON reader before the two passes, as the oracle: every line of a read type parsed (json),
+    grouped by owner in one pass; Medications by id (the last wins), attached when referenced."""
+    patients, by_owner, medications = [], {}, {}
+    for path in paths:
+        for line in path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            resource = json.loads(line)
+            kind = resource["resourceType"]
+            if kind not in bulk.READ_TYPES:
+                continue
+            if kind == "Patient":
+                patients.append((path.name, resource))
+            elif kind == "Medication":
+                medications[str(resource["id"])] = resource
+            else:
+                owner = bulk._patient_id(resource.get("subject")) or bulk._patient_id(resource.get("patient"))
+                if owner is not None:
+                    by_owner.setdefault(owner, []).append(resource)
+    prefetches = {}
+    for source, patient in patients:
+        mine = by_owner.get(str(patient["id"]), [])
+        wanted = sorted({r["medicationReference"]["reference"].rsplit("/", 1)[-1] for r in mine
+                         if not r.get("medicationReference", {}).get("reference", "#").startswith("#")})
+        entries = [patient, *mine, *(medications[m] for m in wanted if m in medications)]
+        prefetches[str(patient["id"])] = record_from_resources(entries, source).prefetch
+    return prefetches
+
+
+def synthea_interleaved(folder: Path) -> Path:
+    """Every Synthea patient in one file, their resources dealt out in turn (patients not grouped, types
+    mixed: many short runs), with CRLF line ends and blank lines."""
+    per_type = synthea_as_ndjson(folder / "per-type") and sorted((folder / "per-type").glob("*.ndjson"))
+    resources = [json.loads(line) for path in per_type for line in path.read_text().splitlines()]
+    queues: dict[str, list] = {}
+    for resource in resources:
+        owner = bulk._owner(resource) if resource["resourceType"] != "Patient" else resource["id"]
+        queues.setdefault(owner or "-", []).append(resource)
+    lines = []
+    while any(queues.values()):
+        for queue in queues.values():
+            if queue:
+                lines.append(json.dumps(queue.pop(0)))
+        lines.append("")
+    path = folder / "export.ndjson"
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    return path
+
+
+WHOLE_FILES = bulk.CHUNK_BYTES  # larger than any test file: one chunk per file
+MEDICATION_LINES = [
+    '{"resourceType":"Medication","id":"m1","code":{"text":"first m1"}}',
+    '{"resourceType":"Patient","id":"p1"}',
+    '{"resourceType":"MedicationRequest","id":"r1","subject":{"reference":"Patient/p1"},'
+    '"medicationReference":{"reference":"Medication/m2"}}',
+    '{"resourceType":"MedicationRequest","id":"r2","subject":{"reference":"Patient/p1"},'
+    '"medicationReference":{"reference":"Medication/m1"}}',
+    '{"resourceType":"Patient","id":"p2"}',
+    '{"resourceType":"MedicationStatement","id":"s1","subject":{"reference":"https://x/fhir/Patient/p2/_history/3"},'
+    '"medicationReference":{"reference":"#contained"}}',
+    '{"resourceType":"Condition","id":"c0","subject":{"reference":"Patient/nobody"}}',
+    '{"resourceType":"Observation","id":"o0"}',
+    '{"resourceType":"Medication","id":"m1","code":{"text":"second m1: the last wins"}}',
+    '{"resourceType":"Condition","id":"c2","subject":{"reference":"Patient/p2"}}',
+    '{"resourceType":"Patient","id":"p1"}',
+    '{"resourceType":"Medication","id":"m2"}',
+]
+
+
+@pytest.mark.parametrize("layout", ["per-type", "interleaved", "medications"])
+@pytest.mark.parametrize("chunks,jobs", [("whole files", 1), ("small", 1), ("small", 2)])
+def test_two_pass_reader_equals_the_one_pass_reader(tmp_path, monkeypatch, layout, chunks, jobs):
+    if layout != "medications" and not SYNTHEA.is_dir():
+        pytest.skip(f"shared Synthea data not found at {SYNTHEA}")
+    if layout == "per-type":
+        synthea_as_ndjson(tmp_path)
+        paths = sorted(tmp_path.glob("*.ndjson"))
+    elif layout == "interleaved":
+        paths = [synthea_interleaved(tmp_path)]
+    else:
+        paths = [tmp_path / "a.ndjson", tmp_path / "b.ndjson"]
+        paths[0].write_text("\n".join(MEDICATION_LINES[:6]) + "\n")
+        paths[1].write_text("\n".join(MEDICATION_LINES[6:]))  # no newline at the end
+    # small chunks cut the files mid-patient; the pool scans them even though the files are small
+    chunk_bytes = WHOLE_FILES if chunks == "whole files" else 100 if layout == "medications" else 2048
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(bulk, "PARALLEL_SCAN_BYTES", 0)
+    assert len(bulk._chunks(paths, chunk_bytes)) > (len(paths) if chunks == "small" else 0)
+    located = bulk.locate_patients(paths, jobs)
+    expected = one_pass_reader(paths)
+    assert [lp.patient_id for lp in located] == [pid for pid in expected] + (["p1"] if layout == "medications" else [])
+    for lp in located:
+        assert read_located(lp).prefetch == expected[lp.patient_id], lp.patient_id
+    if layout == "medications":
+        p1 = read_located(located[0]).prefetch["medicationRequests"]["entry"]
+        assert [(e["resource"]["id"], e["search"]["mode"]) for e in p1] == [
+            ("r1", "match"), ("r2", "match"), ("m1", "include"), ("m2", "include")]
+        assert p1[2]["resource"]["code"]["text"] == "second m1: the last wins"
+        assert [e["resource"]["id"] for e in read_located(located[1]).prefetch["conditions"]["entry"]] == ["c2"]
+    if layout == "per-type" and chunks == "whole files":
+        # a file grouped by patient: one run per patient and file, whatever its size
+        assert max(len(lp.resources) for lp in located) <= len(paths)
+
+
+def test_a_bad_line_is_numbered_in_its_file_across_chunks(tmp_path, monkeypatch):
+    path = tmp_path / "Observation.ndjson"
+    good = [f'{{"resourceType":"Observation","id":"o{i}","subject":{{"reference":"Patient/p"}}}}' for i in range(400)]
+    path.write_text("\n".join(['{"resourceType":"Patient","id":"p"}', *good, '{"resourceType":"Observation", oops',
+                               *good, "[1]"]) + "\n")
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(bulk, "PARALLEL_SCAN_BYTES", 0)
+    for jobs in (1, 2):
+        with pytest.raises(BundleError, match=r"Observation.ndjson:402: not valid JSON"):
+            bulk.locate_patients([path], jobs)
+
+
+def test_a_file_changed_after_locating_is_refused_not_misread(tmp_path):
+    path = tmp_path / "Patient.ndjson"
+    path.write_text('{"resourceType":"Patient","id":"p1"}\n{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/p1"}}\n')
+    [located] = bulk.locate_patients([path])
+    path.write_text('{"resourceType":"Patient","id":"p2"}\n{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/p2"}}\n')
+    with pytest.raises(BundleError, match="changed since its patients were located"):
+        read_located(located)
+    simulation = simulate([None], [load_default_ruleset()], [Task(located=located)], AS_OF, 1)
+    assert [(r.patient_id, r.error) for r in simulation.results] == [
+        ("p1", f"{path}: changed since its patients were located")]
+
+
 def test_unread_types_are_skipped_before_json_parsing(tmp_path, monkeypatch):
     path = tmp_path / "mixed.ndjson"
     lines = [
@@ -103,7 +233,11 @@ def test_unread_types_are_skipped_before_json_parsing(tmp_path, monkeypatch):
     real_loads = orjson.loads
     monkeypatch.setattr(bulk.orjson, "loads", lambda data: parsed.append(data) or real_loads(data))
     [record] = read_ndjson([path])
-    assert len(parsed) == 4  # Patient, Condition, Encounter (type not first), Observation
+    # pass 1 (where each patient is) parses Patient, Condition, Encounter (type not first), Observation;
+    # pass 2 (the record) parses again only the lines it keeps, a run of lines as one array.
+    assert [bytes(data) for data in parsed[:4]] == [lines[i].encode() for i in (0, 3, 4, 7)]
+    assert [r for data in parsed[4:] for r in real_loads(data)] == [json.loads(lines[i]) for i in (0, 3, 7)]
+    assert not any(b"not JSON" in bytes(data) or b"ClaimResponse" in bytes(data) for data in parsed)
     assert [e["resource"]["id"] for e in record.prefetch["conditions"]["entry"]] == ["c1"]
     assert [e["resource"]["id"] for e in record.prefetch["observations"]["entry"]] == ["o1"]
 
