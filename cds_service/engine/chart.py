@@ -185,6 +185,7 @@ _LISTS = {
     "Procedure": "procedures",
     "ServiceRequest": "service_requests",
 }
+_LISTS_AND_MEDICATIONS = frozenset({*_LISTS, "Medication"})  # every read type but the Patient
 
 
 def build_chart(
@@ -255,7 +256,7 @@ def _add_resource(
         chart.skipped.append(SkippedRecord("?", "?", "not a JSON object"))
         return
     resource_type = raw.get("resourceType")
-    if resource_type not in READ_TYPES or resource_type == "Patient":
+    if type(resource_type) is not str or resource_type not in _LISTS_AND_MEDICATIONS:
         return
     if resource_type == "Observation" and "code" not in raw and not FULL_MODELS:
         # invalid, and no rule could read it: said so without validating it (a Bundle of 200,000 of them)
@@ -286,21 +287,30 @@ def _unusable(raw: dict[str, Any], resource_type: str, observation_codes: frozen
               stale_before: Mapping[tuple[str, str], date] | None,
               procedure_codes: frozenset[tuple[str, str]] | None) -> bool:
     """A record no rule could use, left out unvalidated: an Observation of a code no rule reads, or a
-    quantity older than its window; a Procedure / ServiceRequest that is neither a surgery nor a duplex."""
+    quantity older than its window; a Procedure / ServiceRequest that is neither a surgery nor a duplex.
+    A malformed code is never a reason to leave a record out: it is validated, so that it is reported."""
     if resource_type == "Observation":
-        return not _has_read_code(raw, observation_codes) or bool(stale_before) and _is_stale_quantity(raw, stale_before)
+        code = raw.get("code")
+        pairs = _coded_pairs(code) if isinstance(code, dict) and "coding" in code else None
+        if pairs is None:
+            return False
+        if observation_codes.isdisjoint(pairs):
+            return True
+        return bool(stale_before) and _is_stale_quantity(raw, pairs, stale_before)
     if resource_type in ("Procedure", "ServiceRequest"):
         return procedure_codes is not None and not _has_procedure_code(raw, procedure_codes)
     return False
 
 
-def _has_read_code(raw: dict[str, Any], observation_codes: frozenset[tuple[str, str]]) -> bool:
-    code = raw.get("code")
-    if not isinstance(code, dict) or not isinstance(code.get("coding"), list):
-        return True  # malformed: validate it so that it is reported, not silently dropped
-    return any(
-        isinstance(c, dict) and (c.get("system"), c.get("code")) in observation_codes for c in code["coding"]
-    )
+def _coded_pairs(concept: Any) -> set[tuple[Any, Any]] | None:
+    """The (system, code) of each coding (an object) of a raw CodeableConcept; None when it is malformed: not
+    an object, ``coding`` not an array, or a system or code that cannot be looked up (an array, an object)."""
+    if not isinstance(concept, dict) or not isinstance(codings := concept.get("coding", []), list):
+        return None
+    try:
+        return {(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)}
+    except TypeError:  # unhashable
+        return None
 
 
 def _has_procedure_code(raw: dict[str, Any], codes: frozenset[tuple[str, str]]) -> bool:
@@ -311,9 +321,10 @@ def _has_procedure_code(raw: dict[str, Any], codes: frozenset[tuple[str, str]]) 
         value = raw.get(element)
         concepts += value if isinstance(value, list) else [value] if value is not None else []
     for concept in concepts:
-        if not isinstance(concept, dict) or not isinstance(concept.get("coding", []), list):
+        pairs = _coded_pairs(concept)
+        if pairs is None or not codes.isdisjoint(pairs):
             return True
-        if any(not isinstance(c, dict) or (c.get("system"), c.get("code")) in codes for c in concept.get("coding", [])):
+        if isinstance(concept, dict) and any(not isinstance(c, dict) for c in concept.get("coding", [])):
             return True
     return False
 
@@ -334,14 +345,11 @@ def _raw_date(raw: dict[str, Any]) -> date | None:
     return None
 
 
-def _is_stale_quantity(raw: dict[str, Any], stale_before: Mapping[tuple[str, str], date]) -> bool:
+def _is_stale_quantity(raw: dict[str, Any], pairs: set[tuple[Any, Any]],
+                       stale_before: Mapping[tuple[str, str], date]) -> bool:
     if "valueQuantity" not in raw or "valueCodeableConcept" in raw:
         return False  # coded answers count at any age (facts: ever recorded)
-    code = raw.get("code")
-    if not isinstance(code, dict) or not isinstance(code.get("coding"), list):
-        return False  # malformed: validated, so that it is reported
-    cutoffs = [stale_before[(c.get("system"), c.get("code"))] for c in code["coding"]
-               if isinstance(c, dict) and (c.get("system"), c.get("code")) in stale_before]
+    cutoffs = [stale_before[pair] for pair in pairs if pair in stale_before]
     when = _raw_date(raw) if cutoffs else None
     return when is not None and all(when < cutoff for cutoff in cutoffs)
 

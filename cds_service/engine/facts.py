@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from weakref import WeakKeyDictionary
 
 from cds_service.engine import gc_pause
@@ -136,7 +137,17 @@ class PatientRecords:
     observations: Mapping[str, ObservationValue]  # latest usable value per kind, inside its window
 
     def active_conditions(self, concept: str) -> list[ConditionRecord]:
-        return [c for c in self.conditions if c.active and c.valid and concept in c.concepts]
+        return list(self._active_by_concept.get(concept, ()))
+
+    @cached_property
+    def _active_by_concept(self) -> dict[str, list[ConditionRecord]]:
+        """Concept -> the active, valid records that show it, in the chart's order: the rules ask ~30 times."""
+        index: dict[str, list[ConditionRecord]] = {}
+        for record in self.conditions:
+            if record.active and record.valid:
+                for concept in record.concepts:
+                    index.setdefault(concept, []).append(record)
+        return index
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,11 @@ class PatientFacts(PatientRecords):
         return name in self.facts
 
     def drug_classes(self) -> dict[str, list[MedicationRecord]]:
+        """Drug class -> the current medication records in it (made once: not to be changed)."""
+        return self._drug_classes
+
+    @cached_property
+    def _drug_classes(self) -> dict[str, list[MedicationRecord]]:
         classes: dict[str, list[MedicationRecord]] = {}
         for med in self.medications:
             if med.counted:
@@ -279,32 +295,46 @@ def _code_reading(concept: Any, ruleset: RuleSet) -> _CodeReading:
     return _CodeReading(matched, method, _code_side(codings_of(concept), ruleset), _first_display(concept))
 
 
-# What a rule set (or drug table) reads from one concept, remembered per rule set: chart records' concepts
-# are values (engine/projection.py: frozen, hashable), and the same ones come chart after chart (text
-# matching is most of a Condition's cost, drug matching of a medication's).
-_READINGS: WeakKeyDictionary[Any, dict[Any, Any]] = WeakKeyDictionary()
+class _Readings:
+    """One kind of reading of a concept (what a Condition code shows, which answers a coded value is...)
+    by an owner (a RuleSet or a DrugTable), remembered per owner: chart records' concepts are values
+    (engine/projection.py: frozen, hashable, their hash computed once), and the same ones come chart after
+    chart (text matching is most of a Condition's cost, drug matching of a medication's). A reloaded rule
+    set reads afresh (its own memo, dropped with it); the last owner asked is kept at hand, so a call costs
+    one dict probe. At most ``_READINGS_KEPT`` concepts each (emptied when full), none over
+    ``_CONCEPT_CHARACTERS`` characters; a concept that is not a value (a fhir.resources model, as orders.py
+    and tests pass) is read every time."""
+
+    def __init__(self, read: Callable[[Any, Any], Any]) -> None:
+        self._read = read  # read(owner, concept)
+        self._by_owner: WeakKeyDictionary[Any, dict[Any, Any]] = WeakKeyDictionary()
+        self._last: tuple[Any, dict[Any, Any]] = (None, {})  # one tuple: swapped whole, safe across threads
+
+    def __call__(self, owner: Any, concept: Any) -> Any:
+        last = self._last
+        memo = last[1] if last[0] is owner else self._memo_of(owner)
+        try:
+            return memo[concept]
+        except KeyError:
+            pass
+        except TypeError:  # not a value
+            return self._read(owner, concept)
+        known = self._read(owner, concept)
+        if _characters(concept) <= _CONCEPT_CHARACTERS:  # a memo of many small concepts, never of huge texts
+            if len(memo) >= _READINGS_KEPT:
+                memo.clear()
+            memo[concept] = known
+        return known
+
+    def _memo_of(self, owner: Any) -> dict[Any, Any]:
+        memo = self._by_owner.get(owner)
+        if memo is None:
+            memo = self._by_owner.setdefault(owner, {})
+        self._last = (owner, memo)
+        return memo
+
+
 _READINGS_KEPT = 20_000
-
-
-def _remembered(owner: Any, concept: Any, read: Any) -> Any:
-    """``read(concept)`` for ``owner`` (a RuleSet or a DrugTable), remembered when ``concept`` is a value."""
-    memo = _READINGS.get(owner)
-    if memo is None:
-        memo = _READINGS.setdefault(owner, {})
-    try:
-        return memo[concept]
-    except KeyError:
-        pass
-    except TypeError:  # not a value (a fhir.resources model, as orders.py and tests pass)
-        return read(concept)
-    known = read(concept)
-    if _characters(concept) <= _CONCEPT_CHARACTERS:  # a memo of many small concepts, never of huge texts
-        if len(memo) >= _READINGS_KEPT:
-            memo.clear()
-        memo[concept] = known
-    return known
-
-
 _CONCEPT_CHARACTERS = 2048
 
 
@@ -315,11 +345,18 @@ def _characters(concept: Any) -> int:
                                          for c in concept.coding or ())
 
 
+_condition_code = _Readings(lambda ruleset, concept: _code_reading(concept, ruleset))
+# A clinicalStatus / verificationStatus: its codes (a handful of concepts, in every Condition).
+_status_codes = _Readings(lambda owner, concept: frozenset(_codes(concept)))
+_medication_match = _Readings(lambda drugs, concept: drugs.match_medication(
+    codings_of(concept), getattr(concept, "text", None) if concept else None))
+
+
 def _condition_record(resource: Any, ruleset: RuleSet, today: date) -> ConditionRecord:
-    reading: _CodeReading = _remembered(ruleset, resource.code, lambda concept: _code_reading(concept, ruleset))
+    reading: _CodeReading = _condition_code(ruleset, resource.code)
     matched = dict(reading.matched)  # each record its own
-    clinical = _codes(resource.clinicalStatus)
-    verification = _codes(resource.verificationStatus)
+    clinical = _status_codes(ruleset, resource.clinicalStatus)
+    verification = _status_codes(ruleset, resource.verificationStatus)
     if clinical:
         active = bool(clinical & ACTIVE_CLINICAL)
     else:
@@ -406,8 +443,7 @@ def medication_record(resource: Any, chart: Chart, ruleset: RuleSet, drugs: Drug
     """One MedicationRequest or MedicationStatement as a ``MedicationRecord`` (``chart`` resolves a
     ``medicationReference``); orders.py reads the order hooks' draft orders with it."""
     concept = _medication_concept(resource, chart)
-    match = _remembered(drugs, concept, lambda c: drugs.match_medication(
-        codings_of(c), getattr(c, "text", None) if c else None))
+    match = _medication_match(drugs, concept)
     system, code, display = _first_display(concept)
     when = record_date(resource)
     provenance = Provenance(resource.get_resource_type(), str(resource.id), system, code, display, when)
@@ -436,12 +472,11 @@ def _is_current_medication(resource: Any, ruleset: RuleSet, today: date) -> bool
 def _observation_values(chart: Chart, ruleset: RuleSet, today: date) -> tuple[dict[str, ObservationValue], tuple[str, ...]]:
     """The latest usable value of each kind, and the observations passed over for an unusable value or unit."""
     passed_over: list[str] = []
-    kinds = ruleset.observation_codes
     candidates: dict[str, list[tuple[date, int, Any]]] = {}
     for order, resource in enumerate(chart.observations):
         if resource.status not in USABLE_OBSERVATION:
             continue
-        kind = next((kinds[(s, c)] for s, c, _ in codings_of(resource.code) if (s, c) in kinds), None)
+        kind = _observation_kind(ruleset, resource.code)
         if kind is None:
             continue
         when = record_date(resource)
@@ -461,6 +496,11 @@ def _observation_values(chart: Chart, ruleset: RuleSet, today: date) -> tuple[di
             _, code, display = _first_display(resource.code)
             passed_over.append(f"{display or kind} ({code or 'no code'}), {when.isoformat()}: value or unit not usable")
     return latest, tuple(passed_over)
+
+
+# The kind of observation a code is (ruleset.observation_codes: potassium, bmi...), None when no rule reads it.
+_observation_kind = _Readings(lambda ruleset, concept: next(
+    (ruleset.observation_codes[(s, c)] for s, c, _ in codings_of(concept) if (s, c) in ruleset.observation_codes), None))
 
 
 def _read_observation(kind: str, resource: Any, ruleset: RuleSet, when: date) -> ObservationValue | None:
@@ -693,14 +733,19 @@ def _ever_recorded(facts: PatientRecords, chart: Chart, ruleset: RuleSet) -> fro
             ever |= record.concepts
     for med in facts.medications:
         ever |= med.classes
-    answer_sets = ("pregnancy_status_pregnant", "smoking_current", "smoking_former", "smoking_never")
     for observation in chart.observations:
-        codings = codings_of(observation.valueCodeableConcept)
-        if codings:  # most are quantities
-            ever |= {name for name in answer_sets if ruleset.value_set(name).first_match(codings)}
+        concept = observation.valueCodeableConcept
+        if concept is not None:  # most are quantities
+            ever |= _answers_ever(ruleset, concept)
     if "pregnancy_status_pregnant" in ever:
         ever.add("pregnancy")
     return frozenset(ever)
+
+
+_ANSWER_SETS = ("pregnancy_status_pregnant", "smoking_current", "smoking_former", "smoking_never")
+# The answer sets a coded value is in (a handful of concepts: smoking status, pregnancy status...).
+_answers_ever = _Readings(lambda ruleset, concept: frozenset(
+    name for name in _ANSWER_SETS if ruleset.value_set(name).first_match(codings_of(concept))))
 
 
 def _dated_within(resource: Any, today: date, window: int) -> date | None:

@@ -19,7 +19,7 @@ extensions are checked (a malformed one stays a 400) but not kept.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable, Mapping
@@ -43,10 +43,21 @@ class Coding:
     display: str | None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class CodeableConcept:
+    """Its hash is computed once: facts.py looks concepts up in its memos several times per record."""
+
+    __slots__ = ("coding", "text", "_hash")
     coding: tuple[Coding, ...] | None
     text: str | None
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash
+        except AttributeError:
+            value = hash((self.coding, self.text))
+            object.__setattr__(self, "_hash", value)
+            return value
 
 
 @dataclass(slots=True, frozen=True)
@@ -311,10 +322,11 @@ def _instant(value: Any) -> datetime:
 
 
 def _decimal(value: Any) -> Decimal:
-    if type(value) is int and _FHIR_DECIMAL(str(value)):
-        return Decimal(value)
-    if type(value) is float and _FHIR_DECIMAL(str(value)):
-        return Decimal(str(value))  # as fhir_core: 1.0 stays Decimal('1.0')
+    kind = type(value)
+    if kind is int or kind is float:
+        written = str(value)  # once: a float's shortest repr is the costly part
+        if _FHIR_DECIMAL(written):
+            return Decimal(value) if kind is int else Decimal(written)  # as fhir_core: 1.0 stays Decimal('1.0')
     raise Doubt
 
 
@@ -483,6 +495,10 @@ class _Shape:
     choices: tuple[frozenset[str], ...] = ()
     one_required: frozenset[str] = frozenset()
     refused: frozenset[str] = frozenset()  # read elements the type does not have (chart.READ_ELEMENTS' subject)
+    known: frozenset[str] = field(init=False)  # every element looked at: the readers' and the refused
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "known", frozenset(self.readers) | self.refused)
 
 
 _MEDICATION_X = frozenset({"medicationCodeableConcept", "medicationReference"})
@@ -542,15 +558,17 @@ def read(raw: dict[str, Any]) -> Record | None:
     vouch for it: then fhir.resources reads it (``from_model``) or refuses it. Only the elements the rules
     read (``chart.READ_ELEMENTS``) are looked at."""
     shape = _SHAPES[raw["resourceType"]]
-    if not shape.required.issubset(raw) or any(len(group.intersection(raw)) > 1 for group in shape.choices):
+    present = shape.known.intersection(raw)  # the elements looked at, once (the checks below are set probes)
+    if not shape.required <= present or not shape.refused.isdisjoint(present):
         return None
-    if shape.one_required and len(shape.one_required.intersection(raw)) != 1:
-        return None
-    if shape.refused and not shape.refused.isdisjoint(raw):
+    for group in shape.choices:
+        if len(group & present) > 1:
+            return None
+    if shape.one_required and len(shape.one_required & present) != 1:
         return None
     readers = shape.readers
     try:
-        elements = {key: readers[key](value) for key, value in raw.items() if key in readers}
+        elements = {key: readers[key](raw[key]) for key in present}
     except Doubt:
         return None
     for key in _NOT_KEPT:

@@ -161,6 +161,16 @@ INVALID_READ_RECORDS = {
     "text not ASCII and the coding not an object": ("conditions", {
         "resourceType": "Condition", "id": "c5", "subject": SUBJECT,
         "code": {"coding": ["R25.2"], "text": "crampes nocturnes, côté gauche"}}),
+    # A code that cannot be looked up (an array, an object) is no reason to leave a record out unvalidated
+    # (it was a 500: the chart's code lookup raised TypeError).
+    "Observation coding code an array": ("observations", {
+        "resourceType": "Observation", "id": "o2", "status": "final", "subject": SUBJECT,
+        "code": {"coding": [{"system": "http://loinc.org", "code": ["2823-3"]}]}, "effectiveDateTime": "2026-06-01",
+        "valueQuantity": {"value": 3.1, "unit": "mmol/L"}}),
+    "Procedure coding code an object": ("procedures", {
+        "resourceType": "Procedure", "id": "p2", "status": "completed", "subject": SUBJECT,
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": {"value": "387713003"}}]},
+        "performedDateTime": "2026-06-01"}),
 }
 
 
