@@ -91,11 +91,15 @@ def baseline(folder: Path) -> float:
 def run(folder: Path, jobs: int) -> tuple[float, dict[str, int], int]:
     ruleset = load_default_ruleset()
     started = time.perf_counter()
-    tasks = collect_tasks([str(folder)], [])
+    tasks = collect_tasks([str(folder)], [], jobs)
     simulation = simulate([None], [ruleset], tasks, AS_OF, jobs)
     elapsed = time.perf_counter() - started
     assert not simulation.errors, simulation.errors[:3]
     return elapsed, simulation.shown_counts(), len(simulation.evaluated)
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def summary(rates: list[float]) -> str:
@@ -126,7 +130,8 @@ def main() -> None:
                 assert evaluated == written, (evaluated, written)
                 rates[f"jobs={jobs}"].append(evaluated / elapsed)
                 counts.append(shown)
-                print(f"round {round_ + 1} jobs={jobs}: {evaluated / elapsed:.1f} patients/s; cards shown: {shown}")
+                print(f"round {round_ + 1} jobs={jobs}: {evaluated / elapsed:.1f} patients/s (load {_load()}); "
+                      f"cards shown: {shown}")
         assert all(c == counts[0] for c in counts), "the runs disagree"
         print()
         for name, values in rates.items():

@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cds_service.admin.bulk import is_ndjson, read_ndjson
+from cds_service.admin.bulk import is_ndjson, locate_patients
 from cds_service.admin.population import READ_TYPES, BundleError, PatientRecord, record_from_bundle
 from cds_service.admin.simulation import (RuleText, Simulation, SourceError, Task, collect_tasks,
                                           load_rule_source, simulate)
@@ -232,7 +232,8 @@ def _bulk_tasks(source: Source, token: str | None, work_dir: Path, should_stop: 
         except ExportCancelled:
             raise DryRunStopped("cancelled during the export") from None
     report(f"bulk export: {len(export.files)} files downloaded; reading them")
-    return [Task(record=r) for r in read_ndjson(list(export.files))]
+    # located here, read by the workers that evaluate them (the files stay until the run has ended)
+    return [Task(located=located) for located in locate_patients(list(export.files))]
 
 
 def _default_allowed(source: Source) -> tuple[Path, ...]:

@@ -330,8 +330,12 @@ def run_tasks(tasks: list[Task], rule_paths: list[RuleSource], rule_sets: list[R
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1 or len(tasks) <= 1:
         engines = build_engines(rule_sets, as_of)
-        for task in tasks:
-            yield _run_task(task, engines)
+        gc.freeze()  # as in a worker: the engines and the tasks outlive the run, no collection rescans them
+        try:
+            for task in tasks:
+                yield _run_task(task, engines)
+        finally:
+            gc.unfreeze()
         return
     chunk = max(1, min(32, len(tasks) // (jobs * 8)))
     gc.freeze()  # the tasks (all their records) live through the run: no collection need rescan them

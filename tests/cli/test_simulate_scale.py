@@ -1,6 +1,7 @@
-"""``rules simulate`` at scale (issue 15): bulk NDJSON parses only the resource types a prefetch reads,
-records travel to worker processes as orjson bytes, and a shard of patients runs on a Dask cluster
-(``--cluster``) with the same answers as the embedded process pool."""
+"""``rules simulate`` at scale (issue 15): bulk NDJSON parses only the resource types a prefetch reads, in
+two passes (patients located in byte ranges, then each read by the worker that evaluates it) that give
+what the one-pass reader gave; a server's records travel to worker processes as orjson bytes; and a shard
+of patients runs on a Dask cluster (``--cluster``) with the same answers as the embedded process pool."""
 
 from __future__ import annotations
 
@@ -284,7 +285,12 @@ def dask_cluster():
 
 
 @needs_synthea
-def test_simulate_on_a_dask_cluster_equals_the_process_pool(dask_cluster, tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["bundles", "ndjson"])
+def test_simulate_on_a_dask_cluster_equals_the_process_pool(dask_cluster, tmp_path, monkeypatch, source):
+    if source == "ndjson":
+        synthea_as_ndjson(tmp_path)  # the Dask workers read each shard's patients from their byte ranges
+        assert all(task.located is not None for task in collect_tasks([str(tmp_path)], []))
+    folder = tmp_path if source == "ndjson" else SYNTHEA
     address = dask_cluster.scheduler_address
     assert address.startswith("tcp://127.0.0.1:")
     monkeypatch.setattr(cluster, "SHARD_SIZE", 4)  # 31 patients: 8 shards over the 2 workers
@@ -293,7 +299,7 @@ def test_simulate_on_a_dask_cluster_equals_the_process_pool(dask_cluster, tmp_pa
     def report(*options):
         result = runner.invoke(main, ["rules", "simulate", "--as-of", "2021-03-11", "--format", "json",
                                       "--rules", str(ROOT / "cds_service" / "data" / "ruleset.yaml"),
-                                      *options, str(SYNTHEA)])
+                                      *options, str(folder)])
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -302,7 +308,7 @@ def test_simulate_on_a_dask_cluster_equals_the_process_pool(dask_cluster, tmp_pa
     # the scheduler computed the 8 shards on its workers
     counts = {name: prefix.state_counts["memory"] for name, prefix in dask_cluster.scheduler.task_prefixes.items()}
     assert counts.get("call") == 8, counts  # dask names the prefix after _call
-    assert on_cluster == report("--jobs", "1")
+    assert on_cluster == report("--jobs", "1") == report("--jobs", "2")
 
 
 def test_unreachable_cluster_is_one_line_exit_2(monkeypatch, tmp_path):
