@@ -2,7 +2,8 @@
 
     JWKSCache       keys per source (``url:``, ``file:``, ``inline:``), for ``ttl`` seconds; an unknown ``kid``
                     reloads its source at most once per ``refetch_interval`` (key rotation, no fetch storm)
-    PublicKey       one verification key and the JWK members it was published with
+    PublicKey       one verification key and the JWK members it was published with; verifies a signature
+                    with PyJWT's algorithm object (built once per process, not per token)
     parse_jwks      the usable public signing keys of a JWK Set, by ``kid``
 """
 
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
 from cds_service.auth.rejection import AuthenticationError, loggable
+from cds_service.auth.trusted_clients import ASYMMETRIC_ALGORITHMS
 from cds_service.fhir.errors import FhirError
 from cds_service.fhir.reader import read_json
 from cds_service.fhir.session import build_session
@@ -34,6 +37,10 @@ _EC_CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MAX_JWKS_BYTES = 512 * 1024
 _MIN_RSA_BITS = 2048
+# PyJWT's verifiers (cryptography underneath) of the algorithms a client may be configured with; never HMAC
+# or "none". Stateless objects, shared by threads.
+_ALGORITHMS = {name: algorithm for name, algorithm in get_default_algorithms().items()
+               if name in ASYMMETRIC_ALGORITHMS}
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,15 @@ class PublicKey:
         if alg.startswith("ES"):
             return self.jwk.get("kty") == "EC" and self.jwk.get("crv") == _EC_CURVE_FOR_ALG[alg]
         return self.jwk.get("kty") == "RSA"  # RS*, PS*
+
+    def verify(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
+        """Is ``signature`` this key's ``alg`` signature of ``signing_input`` (the JWS's ASCII header.payload)?
+        For a key that ``fits(alg)``. PyJWT's ``prepare_key`` checks the key's type and curve once more."""
+        algorithm = _ALGORITHMS[alg]
+        try:
+            return algorithm.verify(signing_input, algorithm.prepare_key(self.key), signature)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return False
 
 
 @dataclass

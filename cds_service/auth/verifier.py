@@ -19,7 +19,9 @@ What is checked, in order (docs/security.md says the same for deployers):
 4. The key is looked up by ``kid`` in that client's JWKS: from the header's ``jku`` only when that exact
    URL is on the client's ``allowed_jku`` list, else from its ``jwks_url`` / ``jwks_file`` / inline
    ``jwks``. The key's type, curve, ``alg`` and ``use`` must fit the token's ``alg``.
-5. The signature is verified (PyJWT; no hand-rolled cryptography).
+5. The signature is verified (PyJWT's algorithm object, cryptography underneath: no hand-rolled
+   cryptography) over the token's own header.payload bytes, the ones its claims were read from: the token is
+   decoded once, before anything is trusted, and nothing of it is cached.
 6. Claims, with an injectable clock and leeway: ``aud`` is this endpoint's external URL, one of the
    configured base URLs + the path called (string, or an array containing it); ``exp`` required, not
    past; ``iat`` required, not in the future; ``nbf`` honoured; lifetime ``exp - iat`` at most
@@ -43,6 +45,8 @@ Thread safety: ``ClientAuthenticator``, ``JWKSCache`` and ``MemoryReplayCache`` 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -50,8 +54,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
-
-import jwt
 
 from cds_service.auth.jwks import JWKSCache
 from cds_service.auth.rejection import AuthenticationError, loggable
@@ -66,6 +68,16 @@ Clock = Callable[[], float]
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _MAX_TOKEN_CHARS = MAX_TOKEN_BYTES  # docs/security.md: tokens up to 16 KiB; the headers limits fit them
 _MAX_JTI_CHARS = 512
+
+
+@dataclass(frozen=True)
+class _CompactJws:
+    """A compact JWS decoded once: header and claims as sent (not yet trusted), and what the signature covers."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes  # the ASCII "header.payload" the signature is over
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,8 @@ class ClientAuthenticator:
         Returns who called; raises ``AuthenticationError`` (answer: bare 401, ``www_authenticate``).
         """
         audiences = (audience,) if isinstance(audience, str) else tuple(audience)
-        token = self._bearer_token(authorization_header)
-        header, claims = self._unverified_parts(token)
+        jws = self._unverified_parts(self._bearer_token(authorization_header))
+        header, claims = jws.header, jws.claims
         alg, kid = header["alg"], header["kid"]
 
         issuer = claims.get("iss")
@@ -166,15 +178,10 @@ class ClientAuthenticator:
         key = self._jwks.get_key(self._key_source(client, header.get("jku")), kid)
         if not key.fits(alg):
             raise AuthenticationError(f"key {loggable(kid)} does not fit alg {alg}", "signature", issuer=issuer)
-        try:
-            decoded = jwt.api_jws.decode_complete(token, key=key.key, algorithms=[alg])
-            payload = json.loads(decoded["payload"])
-        except (jwt.PyJWTError, ValueError) as exc:
-            raise AuthenticationError(f"signature not verified ({type(exc).__name__})", "signature", issuer=issuer) from None
-        if not isinstance(payload, dict) or payload.get("iss") != issuer:
-            raise AuthenticationError("signed payload differs from the parsed one", "signature", issuer=issuer)
+        if not key.verify(alg, jws.signing_input, jws.signature):
+            raise AuthenticationError("signature not verified", "signature", issuer=issuer)
 
-        return self._check_claims(client, payload, audiences)
+        return self._check_claims(client, claims, audiences)  # the claims just verified: read from those bytes
 
     # -- steps
 
@@ -191,15 +198,11 @@ class ClientAuthenticator:
         return token
 
     @staticmethod
-    def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Header and claims before verification: used only to choose the client, algorithm and key."""
-        try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except (jwt.PyJWTError, ValueError):
-            raise AuthenticationError("malformed JWT", "malformed") from None
-        if not isinstance(header, dict) or not isinstance(claims, dict):
-            raise AuthenticationError("malformed JWT", "malformed")
+    def _unverified_parts(token: str) -> _CompactJws:
+        """The token decoded, its header checked: header and claims choose the client, algorithm and key,
+        and are trusted only once the signature over their own bytes is verified."""
+        jws = _decode_compact(token)
+        header = jws.header
         alg = header.get("alg")
         if alg not in ASYMMETRIC_ALGORITHMS:  # 'none', HS*, anything unknown: before any key is touched
             raise AuthenticationError(f"alg {loggable(alg)} refused", "signature")
@@ -210,8 +213,8 @@ class ClientAuthenticator:
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise AuthenticationError(f"typ {loggable(typ)} is not JWT", "malformed")
         if "crit" in header or header.get("b64") is False:
-            raise AuthenticationError("critical JWS extensions are not supported", "malformed")
-        return header, claims
+            raise AuthenticationError("malformed JWT: critical JWS extensions are not supported", "malformed")
+        return jws
 
     @staticmethod
     def _key_source(client: TrustedClient, jku: object) -> str:
@@ -266,3 +269,27 @@ class ClientAuthenticator:
             raise AuthenticationError(f"jti {loggable(jti)} replayed", "replayed", issuer=issuer)
 
         return VerifiedClient(issuer=issuer, jti=jti, tenant=tenant, sub=sub)
+
+
+def _decode_compact(token: str) -> _CompactJws:
+    """Split and decode a compact JWS (``_bearer_token`` matched its three base64url parts), as strictly as
+    PyJWT does: each part canonical base64url (one token string per signature), header and claims JSON
+    objects. Once per request: PyJWT's unverified reads and its verifying decode each decoded it again."""
+    header_part, payload_part, signature_part = token.split(".")
+    try:
+        header = json.loads(_base64url(header_part))
+        claims = json.loads(_base64url(payload_part))
+        signature = _base64url(signature_part)
+    except (ValueError, RecursionError):  # binascii.Error and json's errors are ValueErrors
+        raise AuthenticationError("malformed JWT", "malformed") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise AuthenticationError("malformed JWT", "malformed")
+    return _CompactJws(header, claims, f"{header_part}.{payload_part}".encode("ascii"), signature)
+
+
+def _base64url(part: str) -> bytes:
+    """Unpadded base64url, canonical only: a string whose unused bits are not zero is refused (binascii.Error)."""
+    decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != part.encode("ascii"):
+        raise binascii.Error("not canonical base64url")
+    return decoded

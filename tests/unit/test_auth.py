@@ -230,6 +230,30 @@ def _tampered_signature(keys: dict[str, SigningKey]) -> str:
     return bearer(f"{header}.{payload}.{signature[:5]}{flipped}{signature[6:]}")
 
 
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _non_canonical(part: int) -> Callable[[dict[str, SigningKey]], str]:
+    """A valid token with one part re-spelt: the last character's unused bits set, so the part decodes to the
+    same bytes (the signature covers the spelling, but it is refused before that as malformed)."""
+    def make(keys: dict[str, SigningKey]) -> str:
+        for pad in range(4):  # a claim that gives both header and payload a last character with unused bits
+            parts = sign(keys["es384-1"], claims(tenant="tenant-a", pad="x" * pad)).split(".")
+            if len(parts[part]) % 4 in (2, 3):
+                break
+        last = parts[part][-1]
+        parts[part] = parts[part][:-1] + _BASE64URL[_BASE64URL.index(last) ^ 1]
+        assert base64.urlsafe_b64decode(parts[part] + "==") == base64.urlsafe_b64decode(
+            parts[part][:-1] + last + "==")
+        return bearer(".".join(parts))
+    return make
+
+
+def _short_signature(keys: dict[str, SigningKey]) -> str:
+    header, payload, signature = sign(keys["es384-1"], claims(tenant="tenant-a")).split(".")
+    return bearer(f"{header}.{payload}.{signature[:-4]}")
+
+
 def _attacker_same_kid(keys: dict[str, SigningKey], attacker: SigningKey) -> str:
     return bearer(sign(attacker, claims(tenant="tenant-a")))
 
@@ -267,6 +291,13 @@ ATTACKS: list[tuple[str, Callable[..., str | None], str, str]] = [
     ("empty jti", lambda keys: _valid(keys, jti=""), r"jti", "malformed"),
     ("tampered payload", _tampered_payload, r"signature not verified", "signature"),
     ("tampered signature", _tampered_signature, r"signature not verified", "signature"),
+    ("signature of the wrong length", _short_signature, r"signature not verified", "signature"),
+    ("header spelt non-canonically", _non_canonical(0), r"malformed", "malformed"),
+    ("payload spelt non-canonically", _non_canonical(1), r"malformed", "malformed"),
+    ("a part of 4n+1 characters", lambda keys: f"Bearer {b64url(b'{}')}.{b64url(b'{}')}.abcde", r"malformed",
+     "malformed"),
+    ("payload not a JSON object", lambda keys: f"Bearer {b64url(b'{}')}.{b64url(b'[1]')}.{b64url(b'sig')}",
+     r"malformed", "malformed"),
     ("wrong tenant", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-b"))), r"tenant", "issuer"),
     ("missing tenant", lambda keys: bearer(sign(keys["es384-1"], claims())), r"tenant", "issuer"),
     ("typ not JWT", lambda keys: bearer(sign(keys["es384-1"], claims(tenant="tenant-a"), typ="at+jwt")), r"typ", "malformed"),
