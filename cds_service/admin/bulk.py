@@ -175,7 +175,7 @@ def scan_chunk(path: str, start: int, end: int) -> ChunkScan:
     return scan
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large run: no per-instance dict
 class LocatedPatient:
     """Where one patient's resources are in the NDJSON ``files`` (one tuple shared by every patient of a
     read, so a pickled shard holds it once; ``stamps``: each file as pass 1 found it): its Patient line,
@@ -244,6 +244,7 @@ def locate_patients(paths: list[Path], jobs: int | None = None) -> list[LocatedP
     scans = _scan_all(chunks, jobs or os.cpu_count() or 1)
     _raise_first_error(paths, chunks, scans)
     files = tuple(str(path) for path in paths)
+    names = [path.name for path in paths]  # one string per file, shared by its patients
     patients: list[tuple[int, str, Span]] = []  # (file index, id, its line)
     runs: dict[str, list[Span]] = {}
     wanted: dict[str, set[str]] = {}
@@ -256,7 +257,7 @@ def locate_patients(paths: list[Path], jobs: int | None = None) -> list[LocatedP
             wanted.setdefault(owner, set()).add(ref)
         medications.update((mid, (index, offset + s, offset + e)) for mid, s, e in scan.medications)
     return [
-        LocatedPatient(files, stamps, paths[index].name, pid, span, tuple(runs.get(pid, ())),
+        LocatedPatient(files, stamps, names[index], pid, span, tuple(runs.get(pid, ())),
                        tuple(medications[m] for m in sorted(wanted.get(pid, ())) if m in medications))
         for index, pid, span in patients
     ]

@@ -211,7 +211,7 @@ def _describe(outcome: RuleOutcome) -> str:
 
 # ---------------------------------------------------------------- sources
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     path: Path | None = None  # a Bundle file, read by the worker
     record: PatientRecord | None = None
