@@ -10,7 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
@@ -51,6 +52,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+_SECURITY_HEADER_ITEMS = tuple((header.lower(), header, value) for header, value in SECURITY_HEADERS.items())
 
 
 def create_app(
@@ -86,6 +88,7 @@ def create_app(
     app.register_blueprint(bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json, /openapi.yaml (docs/security.md)
     admin_console.init_app(app, settings)  # /admin: its own sign-in, CSRF and CSP (docs/admin-console.md)
+    app.session_interface = ConsoleOnlySessions()
     # First: every request (a refused one too) gets its id and its timer before any other hook runs.
     request_context.init_app(app)
     metrics.init_app(app)
@@ -97,6 +100,17 @@ def create_app(
     else:
         _register_authentication(app, settings)
     return app
+
+
+class ConsoleOnlySessions(SecureCookieSessionInterface):
+    """The admin console's signed-cookie session, opened on the console's paths only. Its cookie is scoped to
+    them (SESSION_COOKIE_PATH), so a CDS call never carries one, and nothing outside the console reads or
+    writes a session; opening it anyway built a signer for every call (~30 us)."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        if not admin_console.is_console_path(request.path):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def _build_authenticator(settings: Settings, store: CardStore) -> ClientAuthenticator:
@@ -296,6 +310,10 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def security_headers(response: Response) -> Response:
-        for header, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(header, value)
+        # Each one unless the view set its own (the console's CSP): one pass over the response's few headers
+        # (Headers.setdefault scanned them three times per header, ~3 us each on every call)
+        present = {key.lower() for key, _ in response.headers}
+        for lowered, header, value in _SECURITY_HEADER_ITEMS:
+            if lowered not in present:
+                response.headers.add(header, value)
         return response
