@@ -10,8 +10,10 @@ folder with the bundled rule set as of 2021-03-11, with --jobs 1 and --jobs 2, `
 alternating; the card counts of every run must be equal.
 
 Baseline, from the same run: ``json.loads`` of every line of the same files in one process (the floor of
-any reader that parses each resource), as patients/s. Prints min / median / max patients/s per setting
-and the target (>= 300 patients/s with 2 jobs: a million patients in under an hour).
+any reader that parses each resource), as patients/s. Prints min / median / max patients/s per setting,
+the CPU time a patient costs in all processes (this process and the pools' workers: the figure the other
+load of a shared machine changes least), the load average each round, and the target (>= 300 patients/s
+with 2 jobs: a million patients in under an hour).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import statistics
 import tempfile
@@ -88,14 +91,21 @@ def baseline(folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def run(folder: Path, jobs: int) -> tuple[float, dict[str, int], int]:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (the pools' workers, joined at shutdown)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run(folder: Path, jobs: int) -> tuple[float, float, dict[str, int], int]:
+    """Wall and CPU seconds of the run as the CLI does it (locate the patients, then evaluate them)."""
     ruleset = load_default_ruleset()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     tasks = collect_tasks([str(folder)], [], jobs)
     simulation = simulate([None], [ruleset], tasks, AS_OF, jobs)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert not simulation.errors, simulation.errors[:3]
-    return elapsed, simulation.shown_counts(), len(simulation.evaluated)
+    return elapsed, cpu, simulation.shown_counts(), len(simulation.evaluated)
 
 
 def _load() -> str:
@@ -122,20 +132,25 @@ def main() -> None:
         print(f"replicated {written} patients with fresh ids as NDJSON ({size:.0f} MiB) in "
               f"{time.perf_counter() - started:.1f} s ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
         rates: dict[str, list[float]] = {"baseline json.loads": [], "jobs=1": [], "jobs=2": []}
+        cpu_ms: dict[str, list[float]] = {"jobs=1": [], "jobs=2": []}
         counts = []
         for round_ in range(rounds):
             rates["baseline json.loads"].append(written / baseline(folder))
             for jobs in (1, 2):
-                elapsed, shown, evaluated = run(folder, jobs)
+                elapsed, cpu, shown, evaluated = run(folder, jobs)
                 assert evaluated == written, (evaluated, written)
                 rates[f"jobs={jobs}"].append(evaluated / elapsed)
+                cpu_ms[f"jobs={jobs}"].append(cpu * 1000 / evaluated)
                 counts.append(shown)
-                print(f"round {round_ + 1} jobs={jobs}: {evaluated / elapsed:.1f} patients/s (load {_load()}); "
-                      f"cards shown: {shown}")
+                print(f"round {round_ + 1} jobs={jobs}: {evaluated / elapsed:.1f} patients/s, "
+                      f"CPU {cpu * 1000 / evaluated:.2f} ms a patient (load {_load()}); cards shown: {shown}")
         assert all(c == counts[0] for c in counts), "the runs disagree"
         print()
         for name, values in rates.items():
             print(f"{name:20s} {summary(values)}")
+        for name, values in cpu_ms.items():  # what the machine's other load does not change much
+            print(f"{name + ' CPU':20s} min {min(values):7.2f}  median {statistics.median(values):7.2f}  "
+                  f"max {max(values):7.2f} ms a patient (all processes)")
         best = statistics.median(rates["jobs=2"])
         print(f"ratio jobs=2 / baseline json.loads (median): {best / statistics.median(rates['baseline json.loads']):.2f}")
         print(f"speed-up jobs=2 / jobs=1 (median): {best / statistics.median(rates['jobs=1']):.2f}x")
