@@ -194,6 +194,8 @@ class Engine:
         self.observer.evaluation_finished(service.id, elapsed)
         self.observer.prefetch_keys_resolved(service.id, key_outcomes(resolved, service.templates))
         self.observer.cards_returned(service.id, [(outcome.card_id, card.indicator) for card, outcome in shown.cards])
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line's fields are built only when it is written (dry runs hold the engine at WARNING)
         log.info(
             "hook answered",
             extra={

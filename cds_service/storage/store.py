@@ -306,19 +306,10 @@ class CardStore:
         query, served by ix_feedback_suppression (patient_key, rule, outcome, outcome_timestamp)."""
         if not windows:
             return set()
-        query = (
-            select(feedback.c.rule, func.max(feedback.c.outcome_timestamp))
-            .where(
-                feedback.c.patient_key == patient_key,
-                feedback.c.rule.in_(sorted(windows)),
-                feedback.c.outcome == "overridden",
-                feedback.c.outcome_timestamp >= min(windows.values()),
-            )
-            .group_by(feedback.c.rule)
-        )
+        asked = {"patient_key": patient_key, "rules": sorted(windows), "since": min(windows.values())}
         try:
             with self._one_statement() as connection:
-                latest = connection.execute(query).all()
+                latest = connection.execute(_statements(connection.dialect.name).last_overrides, asked).all()
         except UNAVAILABLE as exc:
             _unavailable(self.observer, "suppression_check",
                          "suppression not checked: database unavailable; the cards are shown", exc,
@@ -531,6 +522,7 @@ class _Statements:
 
     record_shown: Any  # INSERT ... ON CONFLICT (card_uuid) DO NOTHING, executed with all the call's rows
     record_token: Any  # the replay insert: see CardStore.seen_before
+    last_overrides: Any  # per rule asked, its latest override for the patient since the earliest window
 
 
 @functools.lru_cache(maxsize=None)
@@ -542,9 +534,20 @@ def _statements(dialect_name: str) -> _Statements:
         set_={"expires_at": token.excluded.expires_at},
         where=jwt_seen.c.expires_at < bindparam("now", type_=UtcDateTime()),  # expired: reused; live: a replay
     ).returning(jwt_seen.c.token_key)
+    last_overrides = (
+        select(feedback.c.rule, func.max(feedback.c.outcome_timestamp))
+        .where(
+            feedback.c.patient_key == bindparam("patient_key"),
+            feedback.c.rule.in_(bindparam("rules", expanding=True)),
+            feedback.c.outcome == "overridden",
+            feedback.c.outcome_timestamp >= bindparam("since", type_=UtcDateTime()),
+        )
+        .group_by(feedback.c.rule)
+    )
     return _Statements(
         record_shown=insert(cards_shown).on_conflict_do_nothing(index_elements=["card_uuid"]),
         record_token=record_token,
+        last_overrides=last_overrides,
     )
 
 
