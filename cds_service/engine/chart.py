@@ -350,8 +350,10 @@ def _is_stale_quantity(raw: dict[str, Any], pairs: set[tuple[Any, Any]],
     if "valueQuantity" not in raw or "valueCodeableConcept" in raw:
         return False  # coded answers count at any age (facts: ever recorded)
     cutoffs = [stale_before[pair] for pair in pairs if pair in stale_before]
-    when = _raw_date(raw) if cutoffs else None
-    return when is not None and all(when < cutoff for cutoff in cutoffs)
+    if not cutoffs:
+        return False
+    when = _raw_date(raw)
+    return when is not None and when < min(cutoffs)  # older than every window its codes have
 
 
 def is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
@@ -360,6 +362,8 @@ def is_other_patient(raw: dict[str, Any], patient_id: str) -> bool:
         ref = raw.get(field_name)
         if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
             reference = ref["reference"]
+            if reference == "Patient/" + patient_id:
+                return False  # the usual case, told without splitting
             if "Patient/" in reference:
                 return reference.rsplit("Patient/", 1)[1].split("/", 1)[0] != patient_id
     return False

@@ -258,20 +258,27 @@ _FHIR_INSTANT = _FhirInstant.pattern.fullmatch
 _FHIR_DECIMAL = _FhirDecimal.pattern.fullmatch
 
 
+# Most values are printable ASCII (0x20-0x7e: no whitespace but the space, no surrogate): such a value is
+# valid under the patterns above, told by str methods at a fraction of a regex's cost; any other value is
+# left to the pattern. The same verdicts, sooner.
+def _plain_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
 def _string(value: Any) -> str:
-    if type(value) is str and _TEXT(value):
+    if type(value) is str and (value and _plain_ascii(value) or _TEXT(value)):
         return value
     raise Doubt
 
 
 def _code(value: Any) -> str:
-    if type(value) is str and _CODE(value):
+    if type(value) is str and (value and " " not in value and _plain_ascii(value) or _CODE(value)):
         return value
     raise Doubt
 
 
 def _uri(value: Any) -> str:
-    if type(value) is str and _URI(value):
+    if type(value) is str and (value and " " not in value and _plain_ascii(value) or _URI(value)):
         return value
     raise Doubt
 
@@ -412,7 +419,8 @@ def _quantity(value: Any) -> Quantity:
     element = _element(value, _QUANTITY_KEYS)
     if "system" in element:
         _uri(element["system"])
-    number, comparator, unit, code = (element.get(k) for k in ("value", "comparator", "unit", "code"))
+    get = element.get
+    number, comparator, unit, code = get("value"), get("comparator"), get("unit"), get("code")
     return Quantity(None if number is None else _decimal(number), None if comparator is None else _code(comparator),
                     None if unit is None else _string(unit), None if code is None else _code(code))
 
@@ -496,11 +504,14 @@ class _Shape:
     one_required: frozenset[str] = frozenset()
     refused: frozenset[str] = frozenset()  # read elements the type does not have (chart.READ_ELEMENTS' subject)
     known: frozenset[str] = field(init=False)  # every element looked at: the readers' and the refused
+    kept: frozenset[str] = field(init=False)  # the elements the record holds (the others are only checked)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "known", frozenset(self.readers) | self.refused)
+        object.__setattr__(self, "kept", frozenset(self.readers) - _NOT_KEPT)
 
 
+_NOT_KEPT = frozenset({"subject", "extension"})  # checked, not read by facts.py
 _MEDICATION_X = frozenset({"medicationCodeableConcept", "medicationReference"})
 _SUBJECT = frozenset({"subject"})
 _SHAPES: dict[str, _Shape] = {
@@ -550,7 +561,6 @@ _SHAPES: dict[str, _Shape] = {
         required=frozenset({"subject", "status", "intent"})),
 }
 READ_TYPES = frozenset(_SHAPES)
-_NOT_KEPT = ("subject", "extension")  # checked, not read by facts.py
 
 
 def read(raw: dict[str, Any]) -> Record | None:
@@ -566,14 +576,16 @@ def read(raw: dict[str, Any]) -> Record | None:
             return None
     if shape.one_required and len(shape.one_required & present) != 1:
         return None
-    readers = shape.readers
+    readers, kept = shape.readers, shape.kept
+    record = shape.record()
     try:
-        elements = {key: readers[key](raw[key]) for key in present}
+        for key in present:
+            value = readers[key](raw[key])
+            if key in kept:
+                setattr(record, key, value)
     except Doubt:
         return None
-    for key in _NOT_KEPT:
-        elements.pop(key, None)
-    return shape.record(**elements)
+    return record
 
 
 # ---------------------------------------------------------------- from a fhir.resources model

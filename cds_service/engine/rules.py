@@ -35,7 +35,9 @@ KEYS_READ: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+# Made anew for every call and never changed after: plain dataclasses hashed by value, not frozen ones (a
+# frozen dataclass costs five times as much to make: engine/facts.py, Provenance).
+@dataclass(unsafe_hash=True)
 class MissingData:
     """Data the chart lacks that could have raised the card's score or changed which card fires.
 
@@ -57,7 +59,7 @@ class MissingData:
     threshold: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class ScoredItem:
     item: str
     points: float
@@ -65,7 +67,7 @@ class ScoredItem:
     note: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class Outcome:
     card_id: str
     fired: bool
@@ -89,7 +91,7 @@ class Outcome:
     duplex_not_checked: tuple[str, ...] = ()  # B fired, no duplex found, and these keys could not be checked
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class Evaluation:
     red_flag: Outcome  # A: untreated-dvt when A.1 fires, else possible-dvt
     venous: Outcome
@@ -419,12 +421,16 @@ def _with_what_could_change_the_card(facts: PatientFacts, ruleset: RuleSet, veno
     names the venous duplex that stopped B."""
     surgery = _surgery_unknown(facts, ruleset)
     above_b = (surgery,) if surgery else ()
-    venous = replace(venous, missing=(*venous.missing, *above_b))
+    if above_b:
+        venous = replace(venous, missing=(*venous.missing, *above_b))
     from_b = venous.missing if any(m.reason == "venous_would_fire" for m in venous.missing) else ()
-    extra = {"missing": (*contributors.missing, *above_b, *(m for m in from_b if m not in above_b))}
+    extra: dict[str, tuple] = {}
+    if above_b or from_b:
+        extra["missing"] = (*contributors.missing, *above_b, *(m for m in from_b if m not in above_b))
     if venous.duplex_on_record and contributors.card_id == CONSERVATIVE_CARE:
         extra["duplex_on_record"] = venous.duplex_on_record
-    return venous, replace(contributors, **extra)
+    # An outcome is rebuilt only when something is added to it (most calls add nothing).
+    return venous, replace(contributors, **extra) if extra else contributors
 
 
 def choose_cards(outcomes: tuple[Outcome, ...], ruleset: RuleSet) -> tuple[Outcome, ...]:
