@@ -323,3 +323,17 @@ def test_unreachable_cluster_is_one_line_exit_2(monkeypatch, tmp_path):
     assert result.exit_code == 2, result.output
     assert f"tcp://127.0.0.1:{port}: Dask scheduler not reachable" in result.output
     assert "Traceback" not in result.output
+
+
+@needs_synthea
+def test_spawned_workers_build_their_engines_and_answer_as_forked_ones(monkeypatch):
+    """Forked workers inherit the engines built here; spawned ones (macOS, Windows) parse the rule set
+    again from its source. Both answer alike."""
+    from cds_service.admin import simulation
+
+    tasks = collect_tasks([str(SYNTHEA)], [])[:6]
+    ruleset = load_default_ruleset()
+    forked = simulate([None], [ruleset], tasks, AS_OF, 2)
+    monkeypatch.setattr(simulation, "POOL_START_METHOD", "spawn")
+    spawned = simulate([None], [ruleset], tasks, AS_OF, 2)
+    assert outcomes(spawned.results) == outcomes(forked.results) and len(forked.results) == 6
