@@ -330,17 +330,18 @@ def _has_procedure_code(raw: dict[str, Any], codes: frozenset[tuple[str, str]]) 
 
 
 def _raw_date(raw: dict[str, Any]) -> date | None:
-    """An Observation's date as facts.record_date reads it (effective, period start, issued), from the raw
-    strings: the calendar date as written, None when absent or unreadable."""
-    period = raw.get("effectivePeriod")
-    for value in (raw.get("effectiveDateTime"), period.get("start") if isinstance(period, dict) else None,
-                  raw.get("issued")):
-        if isinstance(value, str) and len(value) >= 10:
-            try:
-                return date.fromisoformat(value[:10])
-            except ValueError:
-                return None
-        if value is not None:
+    """An Observation's date as facts.record_date reads it (effective, period start, issued: the first one
+    given), from the raw strings: the calendar date as written, None when absent or unreadable."""
+    value = raw.get("effectiveDateTime")
+    if value is None:
+        period = raw.get("effectivePeriod")
+        value = period.get("start") if isinstance(period, dict) else None
+        if value is None:
+            value = raw.get("issued")
+    if isinstance(value, str) and len(value) >= 10:
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
             return None
     return None
 

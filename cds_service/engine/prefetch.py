@@ -84,19 +84,19 @@ def check_resource_shape(key: str, value: dict[str, Any]) -> None:
     """A prefetch value's own shape, before any lookup: a string ``resourceType``; for a Bundle, ``entry``
     and ``link`` arrays (a malformed ``link`` could hide a next page). 400 naming the field; a bad record
     inside ``entry`` is the chart's to skip and count."""
-    where = f"prefetch.{key}"
-    if not isinstance(value.get("resourceType"), str):
-        raise BadRequest(f"{where}.resourceType must be a string (a FHIR resource type).",
-                         expression=f"{where}.resourceType")
-    if value["resourceType"] != "Bundle":
+    resource_type = value.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise BadRequest(f"prefetch.{key}.resourceType must be a string (a FHIR resource type).",
+                         expression=f"prefetch.{key}.resourceType")
+    if resource_type != "Bundle":
         return
     for element in ("entry", "link"):
         items = value.get(element)
         if items is not None and not isinstance(items, list):
-            raise BadRequest(f"{where}.{element} must be an array.", expression=f"{where}.{element}")
+            raise BadRequest(f"prefetch.{key}.{element} must be an array.", expression=f"prefetch.{key}.{element}")
     for index, link in enumerate(value.get("link") or ()):
         if not isinstance(link, dict) or not isinstance(link.get("relation"), str):
-            field = f"{where}.link[{index}]"
+            field = f"prefetch.{key}.link[{index}]"
             raise BadRequest(f"{field} must be an object with a string relation.", expression=field)
 
 

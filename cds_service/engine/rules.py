@@ -132,6 +132,8 @@ def _one_side(sides: set[str | None]) -> str | None:
 
 def _unchecked_keys(facts: PatientFacts, card_id: str) -> tuple[str, ...]:
     """The keys the card's rule reads that could not be checked (RULES.md: only those are named)."""
+    if not facts.not_checked:
+        return ()  # most calls
     return tuple(key for key in KEYS_READ.get(card_id, ()) if key in facts.not_checked)
 
 
@@ -211,6 +213,9 @@ def _sign_concept(sign: str, record: ConditionRecord) -> str:
 
 # ---------------------------------------------------------------- B: venous duplex workup
 
+_VENOUS_CONCEPTS = frozenset({*VENOUS_CONDITION_ITEMS, "leg_ulcer_needing_venous_record"})
+
+
 def _venous_condition_items(facts: PatientFacts, points: dict[str, float]) -> dict[str, list[Provenance]]:
     """Each active record scores only its highest venous item (RULES.md)."""
     has_venous_record = bool(
@@ -218,8 +223,8 @@ def _venous_condition_items(facts: PatientFacts, points: dict[str, float]) -> di
     )
     found: dict[str, list[Provenance]] = {}
     for record in facts.conditions:
-        if not (record.active and record.valid):
-            continue
+        if not (record.active and record.valid) or record.concepts.isdisjoint(_VENOUS_CONCEPTS):
+            continue  # most records show no venous concept
         matched = [item for item in VENOUS_CONDITION_ITEMS if item in record.concepts]
         concept_of = {item: item for item in matched}
         if has_venous_record and "leg_ulcer_needing_venous_record" in record.concepts and "venous_skin_changes" not in matched:
