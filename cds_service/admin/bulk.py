@@ -135,9 +135,12 @@ def scan_chunk(path: str, start: int, end: int) -> ChunkScan:
     """Pass 1 over ``path[start:end]`` (whole lines). A run is a stretch of consecutive lines each holding
     a resource of one patient (a read type other than Patient and Medication): a file of one type grouped
     by patient, as exports write them, gives one run per patient."""
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        data = handle.read(end - start)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read(end - start)
+    except OSError as exc:  # removed or unreadable since the ranges were planned
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
     scan = ChunkScan()
     run_owner: str | None = None  # the owner of scan.runs[-1] while it may still grow
     with cyclic_gc_paused():

@@ -205,6 +205,11 @@ def test_a_bad_line_is_numbered_in_its_file_across_chunks(tmp_path, monkeypatch)
             bulk.locate_patients([path], jobs)
 
 
+def test_a_file_gone_before_its_scan_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match=r"Patient.ndjson: cannot be read \(No such file or directory\)"):
+        bulk.scan_chunk(str(tmp_path / "Patient.ndjson"), 0, 10)
+
+
 def test_a_file_changed_after_locating_is_refused_not_misread(tmp_path):
     path = tmp_path / "Patient.ndjson"
     path.write_text('{"resourceType":"Patient","id":"p1"}\n{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/p1"}}\n')
