@@ -194,8 +194,11 @@ class LocatedPatient:
     medications: tuple[Span, ...]
 
 
-def _stamp(path: str | Path) -> Stamp:
-    status = os.stat(path)
+def _stamp(path: Path) -> Stamp:
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
     return status.st_size, status.st_mtime_ns
 
 
@@ -242,7 +245,7 @@ def locate_patients(paths: list[Path], jobs: int | None = None) -> list[LocatedP
     """Pass 1: every patient in ``paths`` (read together: a Patient file and its Condition, Observation ...
     files), in the order their Patient resources appear, on ``jobs`` processes (default: CPU count).
     Raises ``BundleError`` naming the file and line of the first bad line."""
-    stamps = tuple(_stamp(path) for path in paths) if paths else ()
+    stamps = tuple(_stamp(path) for path in paths)  # before the scan: a change during it is caught too
     chunks = _chunks(paths, CHUNK_BYTES)
     scans = _scan_all(chunks, jobs or os.cpu_count() or 1)
     _raise_first_error(paths, chunks, scans)
