@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 from weakref import WeakKeyDictionary
 
 from cds_service.engine import gc_pause
@@ -491,7 +491,7 @@ def _observation_values(chart: Chart, ruleset: RuleSet, today: date) -> tuple[di
         candidates.setdefault(kind, []).append((when, order, resource))
     latest: dict[str, ObservationValue] = {}
     for kind, entries in candidates.items():
-        for when, _, resource in sorted(entries, key=lambda e: (e[0], e[1]), reverse=True):
+        for when, _, resource in sorted(entries, reverse=True):  # latest first; (date, order) never ties
             value = _read_observation(kind, resource, ruleset, when)
             if value is not None:
                 latest[kind] = value
@@ -563,27 +563,29 @@ def _coded_answer(kind: str, resource: Any, ruleset: RuleSet, provenance: Proven
 
 # ---------------------------------------------------------------- concept facts
 
+# A fact from the active records of one concept: fact name -> concept.
+_SIMPLE_FACTS = {
+    "documented_leg_cramps": "leg_cramp",
+    "heart_failure": "heart_failure",
+    "diabetes": "diabetes",
+    "liver_disease": "liver_disease",
+    "hypothyroidism": "hypothyroidism",
+    "peripheral_artery_disease": "peripheral_artery_disease",
+    "high_cholesterol": "high_cholesterol",
+    "active_cancer": "active_cancer",
+    "paralysis": "paralysis",
+    "ckd_unspecified": "ckd_unspecified",
+}
+
+
 def _concept_facts(f: PatientRecords, ruleset: RuleSet) -> dict[str, Fact]:
     facts: dict[str, Fact] = {}
 
-    def add(name: str, records: Iterable[ConditionRecord], concept: str, note: str | None = None) -> None:
-        sources = tuple(r.source_for(concept) for r in records)
-        if sources:
-            facts[name] = Fact(name, sources, note)
+    def add(name: str, records: list[ConditionRecord], concept: str, note: str | None = None) -> None:
+        if records:
+            facts[name] = Fact(name, tuple(r.source_for(concept) for r in records), note)
 
-    simple = {
-        "documented_leg_cramps": "leg_cramp",
-        "heart_failure": "heart_failure",
-        "diabetes": "diabetes",
-        "liver_disease": "liver_disease",
-        "hypothyroidism": "hypothyroidism",
-        "peripheral_artery_disease": "peripheral_artery_disease",
-        "high_cholesterol": "high_cholesterol",
-        "active_cancer": "active_cancer",
-        "paralysis": "paralysis",
-        "ckd_unspecified": "ckd_unspecified",
-    }
-    for name, concept in simple.items():
+    for name, concept in _SIMPLE_FACTS.items():
         add(name, f.active_conditions(concept), concept)
     add("dialysis_or_eskd", f.active_conditions("dialysis_or_eskd"), "dialysis_or_eskd")
     if "dialysis_or_eskd" not in facts:
