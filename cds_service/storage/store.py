@@ -91,10 +91,10 @@ REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are delete
 # to the WAL without waiting for the disk: a process crash loses nothing (the OS holds the write), a power
 # loss or OS crash may lose the last commits, never the database's integrity. What such a loss costs: a token
 # accepted in the last moments before the machine went down could be accepted once more after it restarts,
-# within its lifetime (5 minutes by default, an hour at most), by someone who captured it. In exchange the
-# insert no longer waits for an fsync, under the writers' lock, on every request. Feedback and the cards
-# shown keep FULL: nothing acknowledged is ever lost. Outside WAL mode (a file system without it) the insert
-# keeps FULL too: there NORMAL could corrupt the file on power loss.
+# within its lifetime (CDS Hooks: 5 minutes at most; accepted up to an hour), by someone who captured it.
+# In exchange the insert no longer waits for an fsync, under the writers' lock, on every request. Feedback
+# and the cards shown keep FULL: nothing acknowledged is ever lost. Outside WAL mode (a file system without
+# it) the insert keeps FULL too: there NORMAL could corrupt the file on power loss.
 REPLAY_SYNCHRONOUS = "NORMAL"
 DURABLE_SYNCHRONOUS = "FULL"
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")

@@ -48,7 +48,8 @@ def _clocked_store(url: str, now: list[datetime]) -> CardStore:
 
 
 def _shown(patient_key: str, rule: str = "conservative-care") -> ShownCard:
-    return ShownCard(str(uuid.uuid4()), (SUGGESTION,), SERVICE_ID, rule, "2026.12.1", "info", str(uuid.uuid4()), patient_key, NOW)
+    return ShownCard(str(uuid.uuid4()), (SUGGESTION,), SERVICE_ID, rule, "2026.12.1", "info", str(uuid.uuid4()),
+                     patient_key, NOW)
 
 
 def _overridden_at(store: CardStore, card: ShownCard, at: datetime) -> None:
