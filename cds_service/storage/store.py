@@ -398,14 +398,13 @@ class CardStore:
         ]
 
     @contextlib.contextmanager
-    def _writing(self, synchronous: str = DURABLE_SYNCHRONOUS) -> Iterator[Connection]:
-        """A write transaction, committed on leaving the block; on SQLite with ``PRAGMA synchronous`` at
-        ``synchronous`` (FULL unless the caller is the replay insert: REPLAY_SYNCHRONOUS).
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction, committed on leaving the block (on SQLite at ``synchronous=FULL``).
 
         On SQLite this process's threads take turns on a lock first: handing over a Python lock is
         immediate, where SQLite's busy handler polls in steps of up to 100 ms and could time out a queue of
-        threads whose transactions take a few ms each. SQLite's busy timeout then bounds only the wait for
-        other processes.
+        threads whose transactions take a few ms each (an fsync each). SQLite's busy timeout then bounds only
+        the wait for other processes. (The replay insert does not queue here: ``_one_statement``.)
         """
         if self._write_turn is None:
             with self._answering(), self.engine.begin() as connection:
@@ -414,10 +413,8 @@ class CardStore:
         if not self._write_turn.acquire(timeout=WRITE_QUEUE_SECONDS):
             raise WriterQueueTimeout(f"no turn to write within {WRITE_QUEUE_SECONDS} s")
         try:
-            with self._answering(), self.engine.connect() as connection:
-                connection.execution_options(cramp_synchronous=synchronous)  # read by _begin_sqlite
-                with connection.begin():
-                    yield connection
+            with self._sqlite_transaction(DURABLE_SYNCHRONOUS) as connection:
+                yield connection
         finally:
             self._write_turn.release()
 
@@ -432,14 +429,26 @@ class CardStore:
         """For a statement that is a transaction by itself (the replay insert, the suppression query).
 
         On PostgreSQL in autocommit: one round trip, where a transaction adds a BEGIN and a COMMIT (or
-        ROLLBACK) round trip. On SQLite (in-process, no round trips) a transaction like any other.
+        ROLLBACK) round trip. On SQLite a transaction (a write at ``synchronous``) that waits for the file's
+        lock in SQLite's busy handler, as writers of other processes do, and not for this process's write
+        turn: the replay insert holds the lock for a fraction of a millisecond (no fsync), so the handler's
+        polling costs it little, while a turn handed from thread to thread on every request wakes the next
+        writer with the GIL held (measured: docs/perf-database.md).
         """
         if self._write_turn is None:
             with self._answering(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 yield connection
             return
-        with (self._writing(synchronous) if write else self._reading()) as connection:
+        with (self._sqlite_transaction(synchronous) if write else self._reading()) as connection:
             yield connection
+
+    @contextlib.contextmanager
+    def _sqlite_transaction(self, synchronous: str) -> Iterator[Connection]:
+        """SQLite: BEGIN IMMEDIATE (the write lock first) at ``PRAGMA synchronous = synchronous``, then COMMIT."""
+        with self._answering(), self.engine.connect() as connection:
+            connection.execution_options(cramp_synchronous=synchronous)  # read by _begin_sqlite
+            with connection.begin():
+                yield connection
 
     @contextlib.contextmanager
     def _answering(self) -> Iterator[None]:

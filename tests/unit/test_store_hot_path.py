@@ -110,6 +110,29 @@ def test_expired_token_taken_over_by_two_stores_at_once_on_postgres_is_accepted_
     assert rounds == [[False, True]] * 20
 
 
+def test_replay_inserts_of_many_threads_and_two_stores_beside_durable_writes_each_accept_a_token_once(
+        sqlite_url) -> None:
+    """The replay insert waits for SQLite's lock, not for this process's write turn: under threads of two
+    stores (two workers) and FULL writes holding the lock meanwhile, no call times out, no token is accepted
+    twice, every fresh one once."""
+    stores = [CardStore(sqlite_url, SECRET, clock=lambda: NOW) for _ in range(2)]
+    expires = (NOW + timedelta(minutes=5)).timestamp()
+    key = stores[0].patient_key("patient-1")
+
+    def use(n: int) -> bool:
+        store = stores[n % 2]
+        if n % 10 == 0:  # a FULL transaction (an fsync) among the replay inserts
+            store.record_shown([_shown(key)])
+        return store.seen_before(f"jti-{n // 2}", ISSUER, expires)  # every token twice, once at each store
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(use, range(400)))
+    assert sorted(answers[0::2] + answers[1::2]).count(False) == 200  # one acceptance per token
+    assert all(answers[n] != answers[n + 1] for n in range(0, 400, 2))
+    with stores[0].engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM cards_shown").scalar() == 40
+
+
 # --- durability: NORMAL for the replay insert only, on the same pooled connection ------------------------
 def _levels_at_each_insert(store: CardStore) -> list[tuple[str, int, int]]:
     """(table, PRAGMA synchronous, DBAPI connection id) at each INSERT, read on the connection running it."""
