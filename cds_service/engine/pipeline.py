@@ -92,6 +92,7 @@ class Engine:
         self.observer = observer  # metrics (web/metrics.py), or nowhere
         self.registry = ServiceRegistry.for_ruleset(ruleset)
         observations = ruleset.spec.observations
+        self._observation_codes = frozenset(ruleset.observation_codes)  # once: the chart asks every call
         self._quantity_windows = {
             pair: getattr(observations, kind).window_days
             for pair, kind in ruleset.observation_codes.items() if kind in QUANTITY_OBSERVATIONS
@@ -135,7 +136,7 @@ class Engine:
         return build_chart(
             request.patient_id,
             resolved.resources,
-            observation_codes=frozenset(self.ruleset.observation_codes),
+            observation_codes=self._observation_codes,
             not_checked=resolved.not_checked,
             incomplete=resolved.incomplete,
             stale_before=self._stale_before(now),
