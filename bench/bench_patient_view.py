@@ -79,7 +79,9 @@ def measure(path: str, bodies: list[bytes], rounds: int, as_of: str) -> tuple[li
     tokens: list[str] = []
     if path == "dev":
         logging.disable(logging.WARNING)  # development mode warns on every request
-        app = create_app(Settings(development_mode=True), clock=clock)
+        workdir = Path(tempfile.mkdtemp(prefix="cramp-bench-pv-"))  # its card store: not ./leg-cramp-cds.sqlite3
+        app = create_app(Settings(development_mode=True, database_url=f"sqlite:///{workdir / 'cards.sqlite3'}"),
+                         clock=clock)
     else:
         logging.disable(logging.NOTSET)
         configure_logging("INFO")

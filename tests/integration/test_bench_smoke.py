@@ -51,6 +51,11 @@ def test_bench_simulate_quick(shared_dir):
     assert "baseline json.loads" in out and "jobs=1" in out and "jobs=2" in out and "patients/s" in out
 
 
+def test_bench_gc_served_quick(shared_dir):
+    out = _run("bench_gc_served.py", "--quick", timeout=120)
+    assert "gen 0:" in out and "gen 2:" in out and "frozen per worker" in out
+
+
 def test_bench_load_quick(shared_dir):
     if shutil.which("wrk") is None:
         if os.environ.get("CRAMP_REQUIRE_WRK") == "1":
