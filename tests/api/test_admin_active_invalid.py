@@ -16,7 +16,7 @@ BROKEN = "2099.1.1"
 
 
 def sign_in(client, role: str) -> None:
-    with client.session_transaction() as session:
+    with client.session_transaction("/admin/") as session:  # the console cookie's path
         session["admin"] = {"u": f"{role}-1", "r": role, "d": None, "via": "oidc", "pw": None}
         session["admin_seen"] = int(time.time())
 

@@ -16,7 +16,7 @@ ACTIVE = "2026.12.1"
 
 def sign_in(client, role: str, username: str | None = None) -> None:
     """A console session as the sign-in work leaves it (an SSO admin: no local account to look up)."""
-    with client.session_transaction() as session:
+    with client.session_transaction("/admin/") as session:  # the console cookie's path
         session["admin"] = {"u": username or f"{role}-1", "r": role, "d": None, "via": "oidc", "pw": None}
         session["admin_seen"] = int(time.time())
 
