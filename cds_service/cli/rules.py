@@ -151,7 +151,8 @@ def validate(file: Path) -> None:
 @click.option("--against", type=RULES_FILE, default=None,
               help="A second rule-set file (after): report the patients whose card changes and why.")
 @click.option("--as-of", type=DATE, default=None, help="Evaluation date for every patient [default: today, UTC].")
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes, for reading bulk NDJSON and for evaluating [default: CPU count].")
 @click.option("--cluster", default=None, metavar="tcp://HOST:PORT",
               help="Run on this Dask distributed scheduler instead of local processes (extra 'distributed').")
 @click.option("--format", "fmt", type=click.Choice(["table", "html", "json"]), default="table", show_default=True)
@@ -171,7 +172,7 @@ def simulate(rules_file: Path, against: Path | None, as_of: date | None, jobs: i
     rule_sets = [_load_rules(p) for p in paths]
     loinc = sorted({code for _, code in rule_sets[0].observation_codes})
     try:
-        tasks = collect_tasks(sources, loinc)
+        tasks = collect_tasks(sources, loinc, jobs)  # --jobs bounds the NDJSON scan too
     except (SourceError, ServerSourceError) as exc:
         raise InputError(str(exc)) from None
     if not tasks:

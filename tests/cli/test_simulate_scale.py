@@ -342,3 +342,22 @@ def test_spawned_workers_build_their_engines_and_answer_as_forked_ones(monkeypat
     monkeypatch.setattr(simulation, "POOL_START_METHOD", "spawn")
     spawned = simulate([None], [ruleset], tasks, AS_OF, 2)
     assert outcomes(spawned.results) == outcomes(forked.results) and len(forked.results) == 6
+
+
+def test_jobs_bounds_the_ndjson_scan_too(monkeypatch, tmp_path):
+    """``--jobs 1`` is one process for reading bulk NDJSON as for evaluating it (pass 1 ran on every core)."""
+    from cds_service.admin import simulation
+
+    scans: list[int | None] = []
+    real_locate = simulation.locate_patients
+
+    def locate(paths, jobs=None):
+        scans.append(jobs)
+        return real_locate(paths, jobs)
+
+    monkeypatch.setattr(simulation, "locate_patients", locate)
+    (tmp_path / "Patient.ndjson").write_text('{"resourceType":"Patient","id":"p1","birthDate":"1950-01-01"}\n')
+    result = CliRunner().invoke(main, ["rules", "simulate", "--rules", str(ROOT / "cds_service" / "data" / "ruleset.yaml"),
+                                       "--jobs", "1", "--as-of", "2021-03-11", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert scans == [1]
