@@ -5,10 +5,10 @@ Two handlers write the same JSON lines:
 * ``configure_logging`` (tests, the CLI, ``flask run``): a plain StreamHandler, written by the thread that
   logs;
 * under gunicorn (serve/gunicorn_conf.json_logconfig): ``BackgroundHandler``. A request thread only freezes
-  what belongs to the request (its id, the message text) and puts the record on a queue; one thread per
-  process formats and writes it. Eight request threads writing their own lines waited on the handler's lock
-  and on the stderr pipe (py-spy, issue 15: the handler's lock ~14 % of a worker's wall samples in
-  development mode). Records are written in the order they were logged; nothing is dropped: the queue is
+  what belongs to the request (its id, the message text) and appends the record to a deque; one thread per
+  process formats and writes it, in batches (woken when it was idle, else looking again every few ms).
+  Eight request threads writing their own lines waited on the handler's lock and on the stderr pipe
+  (py-spy, issue 15: the handler's lock ~14 % of a worker's wall samples in development mode). Records are written in the order they were logged; nothing is dropped: the deque is
   unbounded, and ``flush`` / ``close`` (gunicorn's worker_exit, ``logging.shutdown`` at exit) return once
   every record queued before them is written.
 """
@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import sys
 import threading
+import time
 import weakref
+from collections import deque
 from datetime import datetime, timezone
 from typing import TextIO
 
@@ -66,7 +67,47 @@ def error_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 _STOP = object()
 FLUSH_SECONDS = 10.0  # the longest flush / close wait for the writer (a stuck stderr reader)
 _BATCH = 256  # records written with one write() at most
+# After writing, the writer sleeps this long before it looks again, so that a busy process's records are
+# written in batches with one wake-up, not one wake-up (a lock, a notify, a thread switch) per record.
+# A line is written at most this much later; flush and close wait no longer than this for it either.
+_LINGER_SECONDS = 0.005
 _handlers: "weakref.WeakSet[BackgroundHandler]" = weakref.WeakSet()
+
+
+class _Writer:
+    """One process's writer: the records not yet written, and how to wake the thread that writes them.
+
+    A request thread appends to the deque (atomic, no lock) and sets ``wake`` only when the writer said it
+    was idle: under load the writer never goes idle (it sleeps _LINGER_SECONDS and finds more), so logging a
+    record costs an append. No record is lost between the writer's last look and its sleep: it says it is
+    idle *before* it looks at the deque a last time, and a record appended after that look sees it idle."""
+
+    __slots__ = ("records", "wake", "idle", "thread")
+
+    def __init__(self) -> None:
+        self.records: deque = deque()
+        self.wake = threading.Event()
+        self.idle = False
+        self.thread: threading.Thread | None = None
+
+    def put(self, item: object) -> None:
+        self.records.append(item)
+        if self.idle:
+            self.wake.set()
+
+    def take(self) -> list:
+        """Up to _BATCH items, waiting while there are none."""
+        records = self.records
+        while not records:
+            self.idle = True
+            if not records:  # looked at again after saying idle: an append from now on wakes us
+                self.wake.wait()
+            self.wake.clear()
+            self.idle = False
+        batch = []
+        while records and len(batch) < _BATCH:
+            batch.append(records.popleft())
+        return batch
 
 
 class BackgroundHandler(logging.Handler):
@@ -80,8 +121,7 @@ class BackgroundHandler(logging.Handler):
         super().__init__()
         self.setFormatter(JsonFormatter())  # dictConfig sets the same one by name
         self._stream = stream
-        self._queue: queue.SimpleQueue | None = None
-        self._thread: threading.Thread | None = None
+        self._writer: _Writer | None = None
         self._closed = False
         self._starting = threading.Lock()
         self._writing = threading.Lock()  # held while writing, and across a fork (no half-held stream lock)
@@ -92,7 +132,7 @@ class BackgroundHandler(logging.Handler):
         return self._stream if self._stream is not None else sys.stderr
 
     def handle(self, record: logging.LogRecord) -> bool:
-        """As Handler.handle, without its lock: the queue is thread-safe, and the writer is one thread."""
+        """As Handler.handle, without its lock: the deque is thread-safe, and the writer is one thread."""
         if not self.filter(record):
             return False
         self.emit(record)
@@ -104,55 +144,53 @@ class BackgroundHandler(logging.Handler):
             if self._closed:
                 self._write([record])
             else:
-                self._running_queue().put(record)
+                self._running_writer().put(record)
         except Exception:  # noqa: BLE001 - logging's contract: report, never raise into the caller
             self.handleError(record)
 
     def flush(self) -> None:
         """Returns once every record queued so far is written (or after FLUSH_SECONDS)."""
-        thread, records = self._thread, self._queue
-        if thread is None or records is None or not thread.is_alive() or thread is threading.current_thread():
+        writer = self._writer
+        if writer is None or writer.thread is None or not writer.thread.is_alive() \
+                or writer.thread is threading.current_thread():
             return
         written = threading.Event()
-        records.put(written)
+        writer.put(written)
         written.wait(FLUSH_SECONDS)
 
     def close(self) -> None:
         with self._starting:
             self._closed = True
-            thread, records = self._thread, self._queue
-            self._thread = self._queue = None
-        if thread is not None and records is not None and thread.is_alive():
-            records.put(_STOP)
-            thread.join(FLUSH_SECONDS)
+            writer, self._writer = self._writer, None
+        if writer is not None and writer.thread is not None and writer.thread.is_alive():
+            writer.put(_STOP)
+            writer.thread.join(FLUSH_SECONDS)
         super().close()
 
-    def _running_queue(self) -> queue.SimpleQueue:
-        records = self._queue
-        if records is None:
+    def _running_writer(self) -> _Writer:
+        writer = self._writer
+        if writer is None:
             with self._starting:
-                if self._queue is None:
-                    self._queue = queue.SimpleQueue()
-                    self._thread = threading.Thread(target=self._run, args=(self._queue,), daemon=True,
-                                                    name="cramp-log-writer")
-                    self._thread.start()
-                records = self._queue
-        return records
+                if self._writer is None:
+                    writer = _Writer()
+                    writer.thread = threading.Thread(target=self._run, args=(writer,), daemon=True,
+                                                     name="cramp-log-writer")
+                    writer.thread.start()
+                    self._writer = writer
+                writer = self._writer
+        return writer
 
-    def _run(self, records: queue.SimpleQueue) -> None:
+    def _run(self, writer: _Writer) -> None:
         while True:
-            batch = [records.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(records.get_nowait())
-                except queue.Empty:
-                    break
+            batch = writer.take()
             self._write([item for item in batch if isinstance(item, logging.LogRecord)])
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()  # every record queued before it is written
             if _STOP in batch:
                 return
+            if not writer.records:
+                time.sleep(_LINGER_SECONDS)  # let the next records gather: one wake-up for many
 
     def _write(self, records: list[logging.LogRecord]) -> None:
         lines = []
@@ -172,8 +210,8 @@ class BackgroundHandler(logging.Handler):
                 self.handleError(records[0])
 
     def _after_fork_in_child(self) -> None:
-        # The writer thread is the parent's: so are the records on its queue (the parent writes them).
-        self._queue, self._thread = None, None
+        # The writer thread is the parent's: so are the records on its deque (the parent writes them).
+        self._writer = None
         self._starting, self._writing = threading.Lock(), threading.Lock()
 
 

@@ -136,3 +136,59 @@ def test_the_formatter_writes_json_with_default_str_and_the_standard_spacing():
     assert entry["huge"] == 2**70
     assert entry["path"] == "/x"
     assert entry["time"] == "1970-01-01T00:00:00.000+00:00"
+
+
+def _written(stream: io.StringIO, count: int, seconds: float = 10.0) -> bool:
+    """Whether ``count`` lines are on the stream within ``seconds`` (nobody flushing: the writer's own doing)."""
+    deadline = threading.Event()
+    for _ in range(int(seconds / 0.001)):
+        if stream.getvalue().count("\n") >= count:
+            return True
+        deadline.wait(0.001)
+    return False
+
+
+def test_a_record_logged_while_the_writer_is_idle_wakes_it_without_a_flush():
+    # The writer sleeps when it has nothing to write; a record appended at any moment of its going to sleep
+    # must wake it (a lost wake-up would leave the line unwritten until the next record or the exit).
+    stream = io.StringIO()
+    handler = BackgroundHandler(stream)
+    log = _logger("idle", handler)
+    try:
+        for n in range(300):
+            log.info("line %d", n)
+            assert _written(stream, n + 1), f"line {n} not written by the writer on its own"
+            if n % 3 == 0:
+                threading.Event().wait(0.006)  # past the writer's linger: it goes idle before the next one
+    finally:
+        handler.close()
+    assert [line["message"] for line in _lines(stream.getvalue())] == [f"line {n}" for n in range(300)]
+
+
+def test_records_logged_while_the_writer_is_busy_are_written_in_batches():
+    # Threads that log between I/O waits: the writer is woken only when idle, so it writes many lines a write().
+    class CountingStream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            CountingStream.writes += 1
+            return super().write(text)
+
+    stream = CountingStream()
+    handler = BackgroundHandler(stream)
+    log = _logger("batches", handler)
+
+    def requests(thread: int) -> None:
+        for n in range(200):
+            threading.Event().wait(0.0002)  # the request's I/O: the GIL released, the writer free to run
+            log.info("line %d", n, extra={"thread_no": thread})
+
+    threads = [threading.Thread(target=requests, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.close()
+    lines = _lines(stream.getvalue())
+    assert len(lines) == 4 * 200
+    assert CountingStream.writes < len(lines) / 4, CountingStream.writes
