@@ -45,7 +45,9 @@ class CallResult:
     suppressed: tuple[str, ...] = ()  # card ids held back after an override (the web layer's header)
 
 
-@dataclass(frozen=True)
+# Judged and Shown are per-call values, made once and only read: plain slotted dataclasses, not frozen (a frozen
+# __init__ sets each field through object.__setattr__, several times slower for a value nobody mutates).
+@dataclass(slots=True)
 class Judged:
     """A hook's evaluation, with the call's data problems: the chart's skipped records and the evaluation's
     own (invalid draft orders), and how the medications it judged were mapped (the log's counts)."""
@@ -55,7 +57,7 @@ class Judged:
     medication_mapping: Counter
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Shown:
     """The cards a call answers with, each with the outcome it renders; and the outcomes suppressed."""
 
@@ -91,6 +93,7 @@ class Engine:
         self.ledger = ledger
         self.observer = observer  # metrics (web/metrics.py), or nowhere
         self.registry = ServiceRegistry.for_ruleset(ruleset)
+        self._stale_dates: tuple[date, dict[tuple[str, str], date]] | None = None  # _stale_before's, per UTC day
         observations = ruleset.spec.observations
         self._observation_codes = frozenset(ruleset.observation_codes)  # once: the chart asks every call
         self._quantity_windows = {
@@ -127,8 +130,7 @@ class Engine:
             self._refuse_all_clear_over_incomplete(service, request, resolved)
         self._record(shown, service, request, patient_key, now)
         self._report(service, request, resolved, judged, shown, facts, time.perf_counter() - started)
-        return CallResult(wire_json(CdsResponse(cards=[card for card, _ in shown.cards])), facts, judged.evaluation,
-                          shown.suppressed)
+        return CallResult(_answer(shown), facts, judged.evaluation, shown.suppressed)
 
     # ------------------------------------------------------------ the stages
 
@@ -231,7 +233,12 @@ class Engine:
         """Per quantity-observation code, the date before which facts.py cannot use a value (its window),
         a day early so that time zones never drop a usable one: chart.py skips validating older ones."""
         today = now.astimezone(timezone.utc).date()
-        return {pair: today - timedelta(days=window + 1) for pair, window in self._quantity_windows.items()}
+        cached = self._stale_dates  # one (day, dates) pair read at once: threads may replace it meanwhile
+        if cached is None or cached[0] != today:
+            windows = self._quantity_windows.items()
+            cached = (today, {pair: today - timedelta(days=window + 1) for pair, window in windows})
+            self._stale_dates = cached
+        return cached[1]  # only read (chart.py): the same dict for every call of the day
 
     def _suppression_windows(self, candidates: Sequence[Outcome | OrderOutcome], now: datetime) -> dict[str, datetime]:
         """Card id -> the time from which an override suppresses it, for each candidate that can be suppressed."""
@@ -242,3 +249,11 @@ class Engine:
                 continue  # critical cards are never suppressed (RULES.md)
             windows[outcome.card_id] = now - timedelta(days=settings.suppress_days)
         return windows
+
+
+def _answer(shown: Shown) -> dict[str, Any]:
+    """The wire JSON of the call's answer. Most calls answer no card: that answer is a fresh ``{"cards": []}``,
+    what ``wire_json`` of an empty CdsResponse gives, without building and dumping the model."""
+    if not shown.cards:
+        return {"cards": []}
+    return wire_json(CdsResponse(cards=[card for card, _ in shown.cards]))
