@@ -35,6 +35,11 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 QUIET_LIBRARIES = ("urllib3", "requests", "charset_normalizer", "sqlalchemy", "psycopg", "redis", "flask_cors")
 
 
+# json.dumps(entry, default=str) built this encoder for every line (default= is not the module's cached one);
+# encode() keeps no state between calls, so one serves every thread. Same output.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -54,7 +59,7 @@ class JsonFormatter(logging.Formatter):
         if error is not None:
             entry["error"] = error
         # The standard library's spacing (", ", ": "): operators' searches match '"level": "ERROR"'
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def error_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
