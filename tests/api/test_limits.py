@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import time
 
 import pytest
 
@@ -376,6 +377,19 @@ def _log_lines(log_path) -> list[dict]:
     return lines
 
 
+def _log_lines_once(log_path, request_id: str, message: str = "hook answered", seconds: float = 20) -> list[dict]:
+    """The server's log lines once the request's ``message`` line is there: a thread of each worker writes
+    the lines (web/logs.BackgroundHandler), so the answer can arrive before them. Lines keep their order, so
+    the request's earlier lines are written by then. A hang guard, not a speed test."""
+    deadline = time.monotonic() + seconds
+    while True:
+        lines = _log_lines(log_path)
+        if any(line.get("request_id") == request_id and line.get("message") == message for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"no {message!r} line for request {request_id} in {seconds} s"
+        time.sleep(0.05)
+
+
 def test_gunicorn_over_the_cap_is_413_naming_it(served):
     base, _ = served
     status, _, body = _post_raw(base, json.dumps(_body_with(minimal_observations(1000))).encode())
@@ -389,7 +403,7 @@ def test_gunicorn_skipped_records_are_one_log_line(served):
     status, headers, _ = _post_raw(base, json.dumps(_body_with(minimal_observations(600))).encode(),
                                    {"X-Request-ID": "skip-count-1"})
     assert status == 200 and headers["X-Request-ID"] == "skip-count-1"
-    mine = [line for line in _log_lines(log_path) if line.get("request_id") == "skip-count-1"]
+    mine = [line for line in _log_lines_once(log_path, "skip-count-1") if line.get("request_id") == "skip-count-1"]
     warnings = [line for line in mine if line["level"] == "WARNING" and "skipped" in line["message"]]
     assert len(warnings) == 1, warnings
     assert warnings[0]["skipped_by_type_and_reason"] == {"Observation": {"invalid FHIR R4 (code: missing)": 600}}
@@ -403,8 +417,7 @@ def test_gunicorn_bad_request_id_is_replaced(served, sent):
     assert status == 200
     generated = headers["X-Request-ID"]
     assert GENERATED.match(generated)
-    assert any(line.get("request_id") == generated and line["message"] == "hook answered"
-               for line in _log_lines(log_path))
+    _log_lines_once(log_path, generated)  # its "hook answered" line names the generated id
     assert sent not in log_path.read_text()
 
 
@@ -413,4 +426,5 @@ def test_gunicorn_a_15_mb_hook_instance_is_400(served):
     body = json.dumps(minimal_request(hookInstance="h" * (15 * 2**20))).encode()
     status, _, answer = _post_raw(base, body, {"X-Request-ID": "huge-instance"})
     assert status == 400 and json.loads(answer)["issue"][0]["expression"] == ["hookInstance"]
+    _log_lines_once(log_path, "huge-instance", "request refused")
     assert "h" * 1000 not in log_path.read_text()
