@@ -71,7 +71,9 @@ def _start_and_stop(tmp_path: Path) -> list[dict]:
     log_path = tmp_path / f"server-{port}.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "cds_service.cli.main", "serve", "--dev", "--port", str(port),
-                                   "--workers", "1"], env=_env(tmp_path, CRAMP_PATIENT_KEY_SECRET="startup-test-secret-0123456789"),
+                                   # no dry-run job worker: a third process that logs its own schema line
+                                   # whenever it gets that far before the SIGTERM (a race under load)
+                                   "--workers", "1", "--no-worker"], env=_env(tmp_path, CRAMP_PATIENT_KEY_SECRET="startup-test-secret-0123456789"),
                                   cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60  # a hang guard on a loaded machine, not a speed target
