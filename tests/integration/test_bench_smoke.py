@@ -51,6 +51,14 @@ def test_bench_simulate_quick(shared_dir):
     assert "baseline json.loads" in out and "jobs=1" in out and "jobs=2" in out and "patients/s" in out
 
 
+def test_bench_store_ops_quick():
+    out = _run("bench_store_ops.py", "--quick")
+    names = [line.split(" cpu ")[0].strip() for line in out.splitlines()[1:]]
+    assert names == ["bare sqlite3 replay insert (baseline)", "CardStore.seen_before",
+                     "CardStore.record_shown (1 card)", "CardStore.overridden_rules (2 rules)"]
+    assert all("x" in line.split("cpu / baseline")[1] for line in out.splitlines()[1:])
+
+
 def test_bench_gc_served_quick(shared_dir):
     out = _run("bench_gc_served.py", "--quick", timeout=120)
     assert "gen 0:" in out and "gen 2:" in out and "frozen per worker" in out
