@@ -1,6 +1,8 @@
 """The card store: cards shown, the feedback on them, suppression and the feedback report.
 
-The only module that imports SQLAlchemy. ``CardStore`` implements the engine's ``CardLedger`` (engine/ledger.py):
+With the other stores of this package, the only code that imports SQLAlchemy (on SQLite the hook path's three
+statements run on the driver's connection: sqlite_hot_path.py). ``CardStore`` implements the engine's
+``CardLedger`` (engine/ledger.py):
 
     record_shown(cards)                         one row per card issued (never the patient id: a keyed hash)
     overridden_rules(patient_key, windows)      suppression, shared by every replica on the same database:
@@ -25,7 +27,9 @@ insert (while authenticating), the suppression query (only when a card that can 
 candidate) and ``record_shown`` (only when cards go out). They are not one checkout: holding a connection
 from authentication to the answer would hold it through the FHIR fetches too, and a hanging FHIR server would
 then empty the pool for everyone. On PostgreSQL the replay insert and the suppression query run in
-autocommit, one round trip each besides the pool's ping.
+autocommit, one round trip each besides the pool's ping. On SQLite the three run on the pooled driver
+connection (sqlite_hot_path.py: SQLAlchemy's execution layer cost 6-15x the statements themselves there); the
+suppression query without a BEGIN (a SELECT is a read transaction by itself).
 
 When the database does not answer (down, locked, timed out; no call waits more than the short timeouts
 below): ``record_shown`` and ``overridden_rules`` log it, count it and let the cards go out;
@@ -63,7 +67,9 @@ from cds_service.engine.ledger import ShownCard
 from cds_service.errors import BadRequest, ServiceUnavailable, UnknownCard
 from cds_service.hooks.feedback import FeedbackItem
 from cds_service.settings import SettingsError
+from cds_service.storage import sqlite_hot_path
 from cds_service.storage.replay import ReplayStoreUnavailable, token_key
+from cds_service.storage.sqlite_hot_path import DURABLE_SYNCHRONOUS, set_synchronous
 from cds_service.engine.observer import NULL_OBSERVER, StorageObserver
 
 log = logging.getLogger(__name__)
@@ -96,7 +102,6 @@ REPLAY_PURGE_EVERY = 256  # every so many recorded JWTs, expired ones are delete
 # and the cards shown keep FULL: nothing acknowledged is ever lost. Outside WAL mode (a file system without
 # it) the insert keeps FULL too: there NORMAL could corrupt the file on power loss.
 REPLAY_SYNCHRONOUS = "NORMAL"
-DURABLE_SYNCHRONOUS = "FULL"
 _MIGRATION_LOCK = 0x63726D70  # pg_advisory_xact_lock key ("crmp")
 
 
@@ -171,8 +176,10 @@ class StoreUnavailable(SettingsError):
     """The database at CRAMP_DATABASE_URL cannot be opened or migrated; the message says why (no URL)."""
 
 
-# What a database that cannot answer raises (connection refused or lost, lock or pool timeout, busy).
-UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, WriterQueueTimeout, DatabaseSkipped)
+# What a database that cannot answer raises (connection refused or lost, lock or pool timeout, busy); the
+# driver's own sqlite3.OperationalError from the statements run on the driver's connection (sqlite_hot_path).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, WriterQueueTimeout, DatabaseSkipped,
+               sqlite3.OperationalError)
 
 
 @dataclass(frozen=True)
@@ -233,7 +240,9 @@ class CardStore:
         self.observer = observer  # counts the calls the database did not answer (web/metrics.py)
         self._replay_inserts = 0
         self.engine = _create_engine(database_url, must_exist=must_exist)
-        self._write_turn = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        on_sqlite = self.engine.dialect.name == "sqlite"
+        self._write_turn = threading.Lock() if on_sqlite else None
+        self._sqlite_values = sqlite_hot_path.Values(self.engine, UtcDateTime()) if on_sqlite else None
         self._skip_until, self._skip_reason = 0.0, ""
         if migrate:
             try:
@@ -294,8 +303,13 @@ class CardStore:
         if not rows:
             return
         try:
-            with self._writing() as connection:  # one transaction, one statement for all the call's cards
-                connection.execute(_statements(connection.dialect.name).record_shown, rows)
+            if self._sqlite_values is not None:
+                with self._sqlite_write_turn(), self._answering(), \
+                        sqlite_hot_path.transaction(self.engine, DURABLE_SYNCHRONOUS) as connection:
+                    sqlite_hot_path.record_shown(connection, self._sqlite_values, rows)
+            else:
+                with self._writing() as connection:  # one transaction, one statement for all the call's cards
+                    connection.execute(_statements(connection.dialect.name).record_shown, rows)
         except UNAVAILABLE as exc:
             # The cards still go out (a hook call must not fail on the store); feedback on them will 404.
             _unavailable(self.observer, "record_shown", "cards shown not recorded: database unavailable", exc,
@@ -308,8 +322,13 @@ class CardStore:
             return set()
         asked = {"patient_key": patient_key, "rules": sorted(windows), "since": min(windows.values())}
         try:
-            with self._one_statement() as connection:
-                latest = connection.execute(_statements(connection.dialect.name).last_overrides, asked).all()
+            if self._sqlite_values is not None:
+                with self._answering(), sqlite_hot_path.reading(self.engine) as connection:
+                    latest = sqlite_hot_path.last_overrides(connection, self._sqlite_values, patient_key,
+                                                            asked["rules"], asked["since"])
+            else:
+                with self._autocommit() as connection:
+                    latest = connection.execute(_statements(connection.dialect.name).last_overrides, asked).all()
         except UNAVAILABLE as exc:
             _unavailable(self.observer, "suppression_check",
                          "suppression not checked: database unavailable; the cards are shown", exc,
@@ -327,11 +346,16 @@ class CardStore:
         now = self.clock()
         row = {"token_key": token_key(jti, issuer), "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
                "now": now}
+        self._replay_inserts += 1
+        purge = self._replay_inserts % REPLAY_PURGE_EVERY == 0
         try:
-            with self._one_statement(write=True, synchronous=REPLAY_SYNCHRONOUS) as connection:
+            if self._sqlite_values is not None:
+                with self._answering(), sqlite_hot_path.transaction(self.engine, REPLAY_SYNCHRONOUS) as connection:
+                    return not sqlite_hot_path.record_token(connection, self._sqlite_values, row["token_key"],
+                                                            row["expires_at"], now, purge=purge)
+            with self._autocommit() as connection:
                 recorded = connection.execute(_statements(connection.dialect.name).record_token, row).first()
-                self._replay_inserts += 1
-                if self._replay_inserts % REPLAY_PURGE_EVERY == 0:
+                if purge:
                     connection.execute(jwt_seen.delete().where(jwt_seen.c.expires_at < now))
         except UNAVAILABLE as exc:
             raise ReplayStoreUnavailable(_error_type(exc)) from None
@@ -410,11 +434,17 @@ class CardStore:
             with self._answering(), self.engine.begin() as connection:
                 yield connection
             return
+        with self._sqlite_write_turn(), self._sqlite_transaction(DURABLE_SYNCHRONOUS) as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _sqlite_write_turn(self) -> Iterator[None]:
+        """SQLite: this process's turn to write (see ``_writing``); ``WriterQueueTimeout`` when none comes."""
+        assert self._write_turn is not None
         if not self._write_turn.acquire(timeout=WRITE_QUEUE_SECONDS):
             raise WriterQueueTimeout(f"no turn to write within {WRITE_QUEUE_SECONDS} s")
         try:
-            with self._sqlite_transaction(DURABLE_SYNCHRONOUS) as connection:
-                yield connection
+            yield
         finally:
             self._write_turn.release()
 
@@ -425,21 +455,17 @@ class CardStore:
             yield connection
 
     @contextlib.contextmanager
-    def _one_statement(self, *, write: bool = False, synchronous: str = DURABLE_SYNCHRONOUS) -> Iterator[Connection]:
-        """For a statement that is a transaction by itself (the replay insert, the suppression query).
+    def _autocommit(self) -> Iterator[Connection]:
+        """PostgreSQL, for a statement that is a transaction by itself (the replay insert, the suppression
+        query): one round trip, where a transaction adds a BEGIN and a COMMIT (or ROLLBACK) round trip.
 
-        On PostgreSQL in autocommit: one round trip, where a transaction adds a BEGIN and a COMMIT (or
-        ROLLBACK) round trip. On SQLite a transaction (a write at ``synchronous``) that waits for the file's
-        lock in SQLite's busy handler, as writers of other processes do, and not for this process's write
-        turn: the replay insert holds the lock for a fraction of a millisecond (no fsync), so the handler's
-        polling costs it little, while a turn handed from thread to thread on every request wakes the next
-        writer with the GIL held (measured: docs/perf-database.md).
+        (On SQLite those statements run in sqlite_hot_path. The replay insert there waits for the file's lock
+        in SQLite's busy handler, as writers of other processes do, and not for this process's write turn: it
+        holds the lock for a fraction of a millisecond (no fsync), so the handler's polling costs it little,
+        while a turn handed from thread to thread on every request wakes the next writer with the GIL held;
+        measured: docs/perf-database.md.)
         """
-        if self._write_turn is None:
-            with self._answering(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                yield connection
-            return
-        with (self._sqlite_transaction(synchronous) if write else self._reading()) as connection:
+        with self._answering(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             yield connection
 
     @contextlib.contextmanager
@@ -466,9 +492,14 @@ class CardStore:
             raise
 
 
+def _driver_error(exc: Exception) -> BaseException | None:
+    """The driver's exception: wrapped by SQLAlchemy (``orig``), or raised by sqlite3 itself (sqlite_hot_path)."""
+    return exc if isinstance(exc, sqlite3.Error) else getattr(exc, "orig", None)
+
+
 def _reason(exc: Exception) -> str:
     """The driver's message, without the SQL statement or its parameters."""
-    orig = getattr(exc, "orig", None)
+    orig = _driver_error(exc)
     return f"{type(orig).__name__}: {str(orig).splitlines()[0][:200]}" if orig else type(exc).__name__
 
 
@@ -476,7 +507,7 @@ def _error_type(exc: Exception) -> str:
     """The driver's exception type (``OperationalError``, ``QueuePool``'s ``TimeoutError``...): safe to log."""
     if isinstance(exc, DatabaseSkipped):
         return exc.error_type
-    orig = getattr(exc, "orig", None)
+    orig = _driver_error(exc)
     return type(orig if orig is not None else exc).__name__
 
 
@@ -639,18 +670,8 @@ def _begin_sqlite(connection: Connection) -> None:
     if options.get("cramp_read_only", False):
         connection.exec_driver_sql("BEGIN")
         return
-    _set_synchronous(connection, options.get("cramp_synchronous", DURABLE_SYNCHRONOUS))
+    set_synchronous(connection.info, connection.exec_driver_sql,  # info: the pooled DBAPI connection's
+                    options.get("cramp_synchronous", DURABLE_SYNCHRONOUS))
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _set_synchronous(connection: Connection, wanted: str) -> None:
-    """Every write transaction sets the durability it needs before its BEGIN (SQLite refuses to change it
-    inside a transaction), so a transaction never inherits the replay insert's level from the connection's
-    last use. Only a change costs a statement: calls that follow one another at the same level pay nothing."""
-    info = connection.info  # the pooled DBAPI connection's, written by _configure_sqlite
-    if wanted != DURABLE_SYNCHRONOUS and not info.get("cramp_wal", False):
-        wanted = DURABLE_SYNCHRONOUS  # NORMAL is corruption-safe in WAL mode only
-    if info.get("cramp_synchronous") != wanted:
-        info.pop("cramp_synchronous", None)  # unknown until the PRAGMA has run
-        connection.exec_driver_sql(f"PRAGMA synchronous = {wanted}")
-        info["cramp_synchronous"] = wanted

@@ -6,12 +6,14 @@ through psycopg, the driver production uses.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sqlite3
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import event
@@ -22,7 +24,8 @@ from support.hook_requests import PATIENT_ID, minimal_request, patient_resource,
 from cds_service.engine.ledger import ShownCard
 from cds_service.hooks.feedback import parse_feedback
 from cds_service.storage.replay import ReplayStoreUnavailable
-from cds_service.storage.store import CardStore
+from cds_service.storage import store as store_module
+from cds_service.storage.store import CardStore, _statements
 
 ISSUER = "https://ehr.example"
 FULL, NORMAL = 2, 1  # PRAGMA synchronous
@@ -133,17 +136,84 @@ def test_replay_inserts_of_many_threads_and_two_stores_beside_durable_writes_eac
         assert connection.exec_driver_sql("SELECT count(*) FROM cards_shown").scalar() == 40
 
 
+def _expired_tokens_are_purged_every_so_many_inserts(url: str, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "REPLAY_PURGE_EVERY", 4)
+    now = [NOW]
+    store = _clocked_store(url, now)
+    for n in range(3):  # inserts 1-3: expiring a minute from NOW
+        assert store.seen_before(f"old-{n}", ISSUER, (NOW + timedelta(minutes=1)).timestamp()) is False
+    now[0] = NOW + timedelta(minutes=2)  # those three have expired
+    assert store.seen_before("live", ISSUER, (now[0] + timedelta(minutes=5)).timestamp()) is False  # insert 4
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM jwt_seen").scalar() == 1  # the live one only
+    assert store.seen_before("live", ISSUER, (now[0] + timedelta(minutes=5)).timestamp()) is True
+
+
+def test_expired_tokens_are_purged_every_so_many_inserts_on_sqlite(sqlite_url, monkeypatch) -> None:
+    _expired_tokens_are_purged_every_so_many_inserts(sqlite_url, monkeypatch)
+
+
+@pytest.mark.postgres
+def test_expired_tokens_are_purged_every_so_many_inserts_on_postgres(postgres_database, monkeypatch) -> None:
+    _expired_tokens_are_purged_every_so_many_inserts(postgres_database, monkeypatch)
+
+
+def _rows(path: Any, table: str) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+
+
+def test_sqlite_hot_path_writes_the_rows_sqlalchemy_would(tmp_path) -> None:
+    """The hook path's statements run on the driver's connection (sqlite_hot_path): the rows they write are
+    byte for byte those SQLAlchemy's statements write, which feedback, the report and suppression read."""
+    fast, reference = CardStore(f"sqlite:///{tmp_path / 'fast.sqlite3'}", SECRET, clock=lambda: NOW), \
+        CardStore(f"sqlite:///{tmp_path / 'reference.sqlite3'}", SECRET, clock=lambda: NOW)
+    issued = NOW.astimezone(timezone(timedelta(hours=-5)))  # an aware time in another zone: stored as UTC
+    card = ShownCard(str(uuid.uuid4()), (SUGGESTION, "second-suggestion"), SERVICE_ID, "conservative-care",
+                     "2026.12.1", "info", str(uuid.uuid4()), fast.patient_key("patient-1"), issued)
+    expires = NOW + timedelta(minutes=5, microseconds=250)
+    fast.record_shown([card])
+    assert fast.seen_before("jti-1", ISSUER, expires.timestamp()) is False
+    statements = _statements("sqlite")
+    with reference.engine.begin() as connection:
+        connection.execute(statements.record_shown, [{
+            "card_uuid": card.card_uuid, "service_id": card.service_id, "rule": card.rule,
+            "ruleset_version": card.ruleset_version, "indicator": card.indicator,
+            "hook_instance": card.hook_instance, "patient_key": card.patient_key, "issued_at": card.issued_at,
+            "suggestion_uuids": list(card.suggestion_uuids)}])
+        connection.execute(statements.record_token, {
+            "token_key": store_module.token_key("jti-1", ISSUER),
+            "expires_at": datetime.fromtimestamp(expires.timestamp(), timezone.utc), "now": NOW})
+    for table in ("cards_shown", "jwt_seen"):
+        assert _rows(tmp_path / "fast.sqlite3", table) == _rows(tmp_path / "reference.sqlite3", table), table
+    assert _rows(tmp_path / "fast.sqlite3", "cards_shown")[0][7] == NOW.strftime("%Y-%m-%d %H:%M:%S.%f")
+    fast.close(), reference.close()
+
+
 # --- durability: NORMAL for the replay insert only, on the same pooled connection ------------------------
+def _trace_driver(store: CardStore, traced: Callable[[sqlite3.Connection, str], None]) -> None:
+    """``traced(connection, sql)`` for every statement SQLite runs on the store's connections from now on,
+    whether sent through SQLAlchemy or on the driver's connection (sqlite_hot_path): each checkout is traced."""
+    event.listen(store.engine, "checkout",
+                 lambda raw, record, proxy: raw.set_trace_callback(functools.partial(traced, raw)))
+
+
+def _statements_run(store: CardStore) -> list[str]:
+    """The first word of every statement run on the store's connections from now on."""
+    run: list[str] = []
+    _trace_driver(store, lambda raw, sql: run.append(sql.split()[0].upper()))
+    return run
+
+
 def _levels_at_each_insert(store: CardStore) -> list[tuple[str, int, int]]:
     """(table, PRAGMA synchronous, DBAPI connection id) at each INSERT, read on the connection running it."""
     seen: list[tuple[str, int, int]] = []
 
-    @event.listens_for(store.engine, "before_cursor_execute")
-    def level(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("INSERT INTO"):
-            raw = cursor.connection
-            seen.append((statement.split()[2], raw.execute("PRAGMA synchronous").fetchone()[0], id(raw)))
+    def level(raw: sqlite3.Connection, sql: str) -> None:
+        if sql.startswith("INSERT INTO"):
+            seen.append((sql.split()[2], raw.execute("PRAGMA synchronous").fetchone()[0], id(raw)))
 
+    _trace_driver(store, level)
     return seen
 
 
@@ -204,8 +274,7 @@ def test_overridden_rules_answers_every_window_in_one_query(sqlite_url) -> None:
     _overridden_at(store, old, NOW - timedelta(days=20))  # the latest override of the rule is what counts
     _overridden_at(store, recent, NOW - timedelta(days=1))
     store.record_feedback(SERVICE_ID, parse_feedback({"feedback": [accepted(accepted_only.card_uuid, [SUGGESTION])]}))
-    statements: list[str] = []
-    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2].split()[0]))
+    statements = _statements_run(store)
 
     windows = {"conservative-care": NOW - timedelta(days=30), "venous-duplex-workup": NOW - timedelta(days=30),
                "elevated-cramp-risk": NOW - timedelta(days=90), "quinine-for-cramps": NOW - timedelta(days=90)}
@@ -243,15 +312,13 @@ def _order_sign(*drugs: str) -> dict[str, Any]:
 
 def test_a_hook_call_asks_the_ledger_once_whatever_its_candidates(sqlite_url) -> None:
     service = Service(sqlite_url)  # development mode: no replay insert here (counted below)
-    checkouts, selects = _checkouts(service.store), []
-    event.listen(service.store.engine, "before_cursor_execute",
-                 lambda *args: selects.append(args[2]) if args[2].startswith("SELECT") else None)
+    checkouts, statements = _checkouts(service.store), _statements_run(service.store)
     # three drug-class cards, each also asked under the id overrides were recorded under before the split
     answer = service.app.test_client().post("/cds-services/leg-cramp-order-sign",
                                             json=_order_sign("chlorthalidone 25 MG", "spironolactone 25 MG",
                                                              "salmeterol 50 MCG inhaler"))
     assert answer.status_code == 200 and len(answer.get_json()["cards"]) == 3
-    assert (len(selects), checkouts[0]) == (1, 2)  # one suppression query, one record_shown for the three cards
+    assert (statements.count("SELECT"), checkouts[0]) == (1, 2)  # one suppression query, one record_shown for the three cards
     checkouts[0] = 0
     assert len(service.cards(dvt_request())) == 1
     assert checkouts[0] == 1  # a critical card is never suppressed: no query; record_shown
