@@ -24,7 +24,8 @@ Per path:
 
 1. Maximum throughput: ``wrk`` (closed loop, --connections connections, one wrk thread): requests/s and
    p50 / p95 / p99; the ratio service / baseline, the baseline's wrk run made just before the path's (so
-   both see the same machine: other work on a shared machine swings absolute figures 2-5x).
+   both see the same machine: other work on a shared machine swings absolute figures 2-5x); and the
+   workers' CPU a request answered (``/proc``), the service's against the baseline's.
 2. Half that path's maximum, paced (open loop, fixed inter-arrival times, latency counted from each
    request's due time), against the service and then the baseline at the same rate: p50 / p95 / p99, the
    p99 ratio (targets: service p99 <= 2x the baseline's and < 50 ms).
@@ -68,7 +69,7 @@ def ms(seconds: float) -> str:
 def _line(name: str, figures: dict) -> str:
     return (f"   {name:14s} {figures['rps']:8.1f} req/s   p50 {figures['p50_us'] / 1000:6.2f} ms"
             f"   p95 {figures['p95_us'] / 1000:6.2f} ms   p99 {figures['p99_us'] / 1000:6.2f} ms"
-            f"   errors {figures['errors']}")
+            f"   errors {figures['errors']}   worker CPU {figures['cpu_ms']:.2f} ms/request")
 
 
 def measure_path(path: str, production: ProductionPath | None, args, bodies, body_paths, baseline,
@@ -91,6 +92,8 @@ def measure_path(path: str, production: ProductionPath | None, args, bodies, bod
         target = TARGET_RATIOS[args.body]
         print(f"   ratio service / baseline throughput: {ratio:.2f}  (target >= {target})"
               f"  {'OK' if ratio >= target else 'MISSED'}")
+        cpu_ratio = figures["cpu_ms"] / baseline_peak["cpu_ms"] if baseline_peak["cpu_ms"] else float("nan")
+        print(f"   worker CPU a request, service / baseline: {cpu_ratio:.1f}x")
 
         rate = figures["rps"] / 2
         print(f"2. paced at half its maximum: {rate:.1f} req/s, {args.paced_duration:.0f} s each "
@@ -114,7 +117,8 @@ def measure_path(path: str, production: ProductionPath | None, args, bodies, bod
         print(f"3. service worker RSS: {', '.join(f'{r:.0f}' for r in rss)} MiB; max {max(rss):.0f} MiB"
               f"  (target <= {TARGET_RSS_MB:.0f} MB)  {'OK' if max(rss) * 1.048576 <= TARGET_RSS_MB else 'MISSED'}")
         row = {"path": path, "rps": figures["rps"], "ratio": ratio, "rate": rate, "p99": p99,
-               "baseline_p99": paced["baseline"].p(0.99) * 1000, "p99_ratio": p99_ratio}
+               "baseline_p99": paced["baseline"].p(0.99) * 1000, "p99_ratio": p99_ratio,
+               "cpu_ms": figures["cpu_ms"], "cpu_ratio": cpu_ratio}
     finally:
         code = service.stop()
         if code != 0:
@@ -200,10 +204,11 @@ def _print_summary(runs: list[list[dict]], body: str) -> None:
     print(f"\nsummary ({len(runs)} run(s); load average {min(loads):.2f}-{max(loads):.2f}; targets: throughput "
           f"ratio >= {TARGET_RATIOS[body]}, p99 < {TARGET_P99_MS:.0f} ms and p99 ratio <= {TARGET_P99_RATIO:.0f})")
     if len(runs) == 1:
-        print(f"   {'path':10s} {'req/s':>8s} {'ratio':>6s} {'paced at':>9s} {'p99':>9s} {'baseline p99':>13s} {'p99 ratio':>9s}")
+        print(f"   {'path':10s} {'req/s':>8s} {'ratio':>6s} {'paced at':>9s} {'p99':>9s} {'baseline p99':>13s} {'p99 ratio':>9s}"
+              f" {'CPU/req':>10s} {'CPU ratio':>9s}")
         for row in runs[0]:
             print(f"   {row['path']:10s} {row['rps']:8.1f} {row['ratio']:6.2f} {row['rate']:7.1f}/s {row['p99']:6.2f} ms"
-                  f" {row['baseline_p99']:10.2f} ms {row['p99_ratio']:9.2f}")
+                  f" {row['baseline_p99']:10.2f} ms {row['p99_ratio']:9.2f} {row['cpu_ms']:7.2f} ms {row['cpu_ratio']:8.1f}x")
         return
     print("   path: min / median / max over the runs")
     for index, first in enumerate(runs[0]):
@@ -215,7 +220,8 @@ def _print_summary(runs: list[list[dict]], body: str) -> None:
 
         print(f"   {first['path']:10s} req/s {spread('rps', '.0f')}; ratio {spread('ratio', '.2f')}; "
               f"p99 {spread('p99', '.1f')} ms vs baseline {spread('baseline_p99', '.1f')} ms; "
-              f"p99 ratio {spread('p99_ratio', '.2f')}")
+              f"p99 ratio {spread('p99_ratio', '.2f')}; worker CPU {spread('cpu_ms', '.2f')} ms a request, "
+              f"{spread('cpu_ratio', '.1f')}x the baseline's")
 
 
 @contextmanager

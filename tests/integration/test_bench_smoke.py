@@ -76,6 +76,9 @@ def test_bench_load_quick(shared_dir):
     assert "service p99" in out and "worker RSS" in out and "p99 ratio service / baseline" in out
     summary = out[out.index("summary"):].splitlines()[2:]
     assert [row.split()[0] for row in summary] == ["dev", "sqlite", "redis", "postgres"]  # errors 0: exit 0
+    # every path's workers' CPU a request, against the baseline's, as numbers (a server that did no work: 0)
+    cpu_ratios = [float(row.split()[-1].rstrip("x")) for row in summary]
+    assert all(ratio > 0 for ratio in cpu_ratios), summary
 
 
 def test_soak_quick(shared_dir):
