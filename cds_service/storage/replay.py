@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from cds_service.engine.observer import NULL_OBSERVER, StorageObserver
@@ -36,6 +37,9 @@ Clock = Callable[[], float]
 #: After the shared cache failed, calls use memory only for this long before it is asked again, so an
 #: unreachable database costs one connection attempt per interval, not one per call.
 RETRY_SECONDS = 2.0
+# The issuer of /readyz's probe tokens (FallbackReplayCache.degradation): never a client's (those are URLs
+# in the trusted-clients file), so a probe never consumes a client's jti.
+PROBE_ISSUER = "urn:leg-cramp-cds:readiness-probe"
 
 
 class ReplayStoreUnavailable(Exception):
@@ -156,6 +160,7 @@ class FallbackReplayCache:
         self._observer = observer  # counts the checks answered from memory (web/metrics.py)
         self._shared = shared
         self._local = MemoryReplayCache(clock)
+        self._clock = clock
         self._monotonic = monotonic
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
@@ -177,13 +182,27 @@ class FallbackReplayCache:
         self._recovered()
         return replayed
 
-    @property
     def degradation(self) -> str | None:
-        """For ``/readyz``: what is degraded, or None."""
+        """For ``/readyz``: what is degraded, or None.
+
+        During an outage, once its retry time has come, the shared cache is asked first (a throwaway token of
+        ``PROBE_ISSUER`` that expires within a second), so a store that answers again shows as recovered
+        without waiting for the next hook call, and one still down pushes the next retry on as a call would.
+        """
+        if self._failure is not None and self._may_ask_shared():
+            self._probe_shared()
         failure = self._failure
         if failure is None:
             return None
         return f"replay store ({self.name}): not reachable ({failure}); this replica's memory is used"
+
+    def _probe_shared(self) -> None:
+        try:
+            self._shared.seen_before(f"probe-{uuid.uuid4().hex}", PROBE_ISSUER, self._clock() + 1)
+        except ReplayStoreUnavailable as exc:
+            self._outage(exc.error_type)
+        else:
+            self._recovered()
 
     def _may_ask_shared(self) -> bool:
         with self._lock:

@@ -110,7 +110,8 @@ def _degradations() -> list[str]:
             if not reachable:
                 degraded.append("database: not reachable")
     authenticator = current_app.extensions.get("leg_cramp_authenticator")
-    replay = getattr(getattr(authenticator, "replay_cache", None), "degradation", None)
+    replay_degradation = getattr(getattr(authenticator, "replay_cache", None), "degradation", None)
+    replay = replay_degradation() if callable(replay_degradation) else None
     if replay:
         degraded.append(replay)
     return degraded

@@ -283,6 +283,8 @@ def test_sqlite_locked_by_another_connection_serves_cards_and_refuses_feedback(t
     finally:
         locker.execute("ROLLBACK")
         locker.close()
+    # /readyz alone sees the recovery (its probe, once the retry interval has passed): no hook call needed
+    _eventually(lambda: replica.readyz() == {"status": "ready"})
     _assert_outage_logged_without_tokens(logged, issuer, "cards shown not recorded")
     assert replica.feedback(card, minutes=2).status_code == 200
     assert len(feedback_rows(replica.app.extensions["leg_cramp_store"])) == 1

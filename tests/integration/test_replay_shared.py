@@ -13,7 +13,7 @@ import pytest
 from support.hook_requests import minimal_request
 from support.feedback import ServerProcess, fresh_postgres_database, postgres_url
 from support.security import PUBLIC_BASE_URL, TestIssuer, secure_app, write_trusted_clients
-from cds_service.storage.replay import FallbackReplayCache, MemoryReplayCache, ReplayStoreUnavailable
+from cds_service.storage.replay import PROBE_ISSUER, FallbackReplayCache, MemoryReplayCache, ReplayStoreUnavailable
 from cds_service.storage.store import CardStore
 
 SERVICE = "/cds-services/leg-cramp-patient-view"
@@ -157,10 +157,11 @@ class _SwitchableShared:
     """A shared cache (MemoryReplayCache) that raises ReplayStoreUnavailable while ``down``."""
 
     def __init__(self) -> None:
-        self.cache, self.down, self.calls = MemoryReplayCache(), False, 0
+        self.cache, self.down, self.calls, self.issuers = MemoryReplayCache(), False, 0, []
 
     def seen_before(self, jti, issuer, expires_at):
         self.calls += 1
+        self.issuers.append(issuer)
         if self.down:
             raise ReplayStoreUnavailable("OperationalError")
         return self.cache.seen_before(jti, issuer, expires_at)
@@ -177,7 +178,7 @@ def test_fallback_uses_memory_while_the_shared_cache_is_down_and_asks_it_again_l
     shared.down = True
     assert cache.seen_before("before", "iss", exp) is True  # accepted here before the outage: still refused
     assert cache.seen_before("during", "iss", exp) is False
-    assert cache.degradation.startswith("replay store (database): not reachable (OperationalError)")
+    assert cache.degradation().startswith("replay store (database): not reachable (OperationalError)")
     calls = shared.calls
     assert cache.seen_before("during", "iss", exp) is True  # a replay to this replica
     assert cache.seen_before("during-2", "iss", exp) is False
@@ -186,5 +187,29 @@ def test_fallback_uses_memory_while_the_shared_cache_is_down_and_asks_it_again_l
     shared.down = False
     now[0] += 2.5
     assert cache.seen_before("after", "iss", exp) is False
-    assert cache.degradation is None
+    assert cache.degradation() is None
     assert other_replica.seen_before("after", "iss", exp) is True  # shared again
+
+
+def test_readiness_asks_a_shared_cache_that_was_down_once_its_retry_time_has_come():
+    """/readyz's degradation recovers without a hook call: after the retry interval it asks the shared
+    cache itself (a throwaway probe token); before it, and while the store stays down, it does not hammer it."""
+    shared, now = _SwitchableShared(), [100.0]
+    cache = FallbackReplayCache(shared, "redis", monotonic=lambda: now[0], retry_seconds=2.0)
+    exp = datetime.now(timezone.utc).timestamp() + 300
+    shared.down = True
+    assert cache.seen_before("during", "iss", exp) is False  # the outage begins
+    calls = shared.calls
+    assert cache.degradation().startswith("replay store (redis): not reachable")
+    assert shared.calls == calls  # within the retry interval: not asked
+    now[0] += 2.5
+    assert cache.degradation().startswith("replay store (redis): not reachable")  # asked, still down
+    assert shared.calls == calls + 1
+    assert cache.degradation() is not None and shared.calls == calls + 1  # the retry time moved on
+    shared.down = False
+    now[0] += 2.5
+    assert cache.degradation() is None  # recovered by the probe alone
+    assert shared.calls == calls + 2
+    assert shared.issuers[-2:] == [PROBE_ISSUER, PROBE_ISSUER]  # probes never spend a client's jti
+    assert cache.seen_before("during", "iss", exp) is True  # memory still refuses what it accepted meanwhile
+
