@@ -6,8 +6,10 @@ On a fresh SQLite file (WAL, as the service opens it), CPU (process time) and wa
 ``CardStore.seen_before`` (the replay insert), ``record_shown`` (one card, synchronous=FULL: an fsync),
 ``overridden_rules`` (the suppression query, two rules), and, as the baseline of the same run, the replay
 insert written directly on ``sqlite3`` (BEGIN IMMEDIATE, the same INSERT ... ON CONFLICT ... RETURNING,
-COMMIT; synchronous=NORMAL as the service's replay insert). The ratio store / bare driver is what
-SQLAlchemy's execution layer, the pool checkout and the store's own bookkeeping cost on each call.
+COMMIT; synchronous=NORMAL as the service's replay insert). The ratio store / bare driver is what the
+store adds on each call: since the statements run on the driver connection (storage/sqlite_hot_path.py),
+the pool checkout, the token's key (an HMAC), value conversion and the store's bookkeeping (6-15x through
+SQLAlchemy's execution layer before; 1-3x now, record_shown more for its fsync at FULL).
 Benchmarks only; nothing here ships.
 """
 
