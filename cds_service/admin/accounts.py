@@ -6,20 +6,20 @@ validated the same way and leaves an audit entry. Users live in the AdminStore (
 
 Sign-in never tells which part was wrong: an unknown user name, a disabled account and a wrong password
 get the same answer and cost the same argon2 verification, so the response time does not reveal which user
-names exist. Repeated failures for one user name from one address are throttled in this process's memory.
+names exist. Repeated failures for one user name from one address are throttled (admin/sign_in_throttle.py:
+counted in the database, so across every worker and replica, from the moment each attempt begins).
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from cds_service.admin.sign_in_throttle import SignInThrottle, StoredAttempts
 
 if TYPE_CHECKING:
     from cds_service.storage.admin_store import UserRecord
@@ -54,6 +54,7 @@ class UserStore(Protocol):
     def set_disabled(self, username: str, disabled: bool) -> None: ...
     def touch_login(self, username: str) -> None: ...
     def record_audit(self, actor: str, action: str, summary: str, **kwargs: Any) -> Any: ...
+    # and the sign-in attempts (sign_in_throttle.AttemptStore)
 
 
 def normalize_username(raw: str) -> str:
@@ -87,43 +88,6 @@ def role_at_least(role: str, needed: str) -> bool:
     return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 
 
-class SignInThrottle:
-    """Failed sign-ins per (user name, address) in this process: after ``max_failures`` within ``window``
-    seconds, that pair is refused until the oldest failure leaves the window. Bounded in size."""
-
-    def __init__(self, max_failures: int = 5, window: float = 15 * 60, *,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
-        self.max_failures, self.window, self._clock, self._max_keys = max_failures, window, clock, max_keys
-        self._failures: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def retry_after(self, username: str, address: str) -> float:
-        """Seconds until this pair may try again (0: now)."""
-        with self._lock:
-            recent = self._recent((username, address))
-            if len(recent) < self.max_failures:
-                return 0.0
-            return max(0.0, recent[0] + self.window - self._clock())
-
-    def failed(self, username: str, address: str) -> None:
-        key = (username, address)
-        with self._lock:
-            recent = self._recent(key)
-            recent.append(self._clock())
-            self._failures[key] = recent[-self.max_failures:]
-            self._failures.move_to_end(key)
-            while len(self._failures) > self._max_keys:
-                self._failures.popitem(last=False)
-
-    def succeeded(self, username: str, address: str) -> None:
-        with self._lock:
-            self._failures.pop((username, address), None)
-
-    def _recent(self, key: tuple[str, str]) -> list[float]:
-        horizon = self._clock() - self.window
-        return [at for at in self._failures.get(key, []) if at > horizon]
-
-
 @dataclass(frozen=True)
 class SignIn:
     """The outcome of a sign-in: ``user`` when it succeeded, else ``message`` (safe to show)."""
@@ -144,7 +108,7 @@ class Accounts:
                  throttle: SignInThrottle | None = None) -> None:
         self.store = store
         self.hasher = hasher or PasswordHasher()
-        self.throttle = throttle or SignInThrottle()
+        self.throttle = throttle or SignInThrottle(attempts=StoredAttempts(store))
         self._decoy_hash: str | None = None
 
     # --- changes -------------------------------------------------------------------------------
@@ -190,7 +154,7 @@ class Accounts:
     def authenticate(self, username: str, password: str, address: str) -> SignIn:
         """Check a sign-in from ``address`` (the client IP). The same message for every kind of failure."""
         username = normalize_username(username)
-        wait = self.throttle.retry_after(username, address)
+        wait = self.throttle.begin(username, address)
         if wait > 0:
             minutes = max(1, round(wait / 60))
             return SignIn(message=f"Too many failed sign-ins for this user name from your address. "
@@ -198,18 +162,15 @@ class Accounts:
         user = self.store.get_user(username) if USERNAME_PATTERN.fullmatch(username) else None
         if user is None or user.disabled or not user.password_hash or len(password) > MAX_PASSWORD_LENGTH:
             self._verify(self._decoy(), password[:MAX_PASSWORD_LENGTH])  # same cost as a real account
-            return self._failed(username, address)
+            return SignIn(message=WRONG_CREDENTIALS)  # the attempt stays counted
         if not self._verify(user.password_hash, password):
-            return self._failed(username, address)
+            return SignIn(message=WRONG_CREDENTIALS)  # the attempt stays counted
         if self.hasher.check_needs_rehash(user.password_hash):  # the hasher's parameters were raised
             self.store.set_password_hash(username, self.hasher.hash(password))
         self.store.touch_login(username)
         self.throttle.succeeded(username, address)
         return SignIn(user=user)
 
-    def _failed(self, username: str, address: str) -> SignIn:
-        self.throttle.failed(username, address)
-        return SignIn(message=WRONG_CREDENTIALS)
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

@@ -6,6 +6,8 @@ guard: after a call that waited its whole timeout, neither store asks the databa
 schema is migration 0003, run when the CardStore opens.
 
     users      create_user, get_user, list_users, set_password_hash, set_role, set_disabled, touch_login
+    sign-ins   record_sign_in_attempt, discard_sign_in_attempt, clear_sign_in_attempts (the throttle's
+               counts, shared by every worker and replica: admin/accounts.SignInThrottle)
     audit      record_audit, audit_log (newest first)
     versions   list_versions, get_version, save_draft, offer_version, seed, active_version,
                deploy, rollback, rollback_target, deployment_state, deployments
@@ -33,7 +35,7 @@ from datetime import datetime
 from typing import Any, Callable, ContextManager, Iterator, NamedTuple
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, Column, ForeignKey, Integer, MetaData, String, Table, Text, select, update,
+    JSON, BigInteger, Boolean, Column, ForeignKey, Integer, MetaData, String, Table, Text, delete, select, update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -90,6 +92,12 @@ ruleset_deployments = Table(
     Column("actor", String(200), nullable=False),
     Column("at", UtcDateTime(), nullable=False),
     Column("prior_sequence", _id),
+)
+admin_sign_in_attempts = Table(
+    "admin_sign_in_attempts", metadata,
+    Column("id", _id, primary_key=True, autoincrement=True),
+    Column("throttle_key", String(64), nullable=False),  # a hash of (user name, address): migration 0005
+    Column("attempted_at", UtcDateTime(), nullable=False),
 )
 ruleset_active = Table(
     "ruleset_active", metadata,
@@ -253,6 +261,33 @@ class AdminStore:
         with self._writing() as connection:
             if connection.execute(statement).first() is None:
                 raise UnknownUser(f"no user {username!r}")
+
+    # --- sign-in attempts (the throttle) ----------------------------------------------------------
+    def record_sign_in_attempt(self, throttle_key: str, at: datetime,
+                               window_start: datetime) -> tuple[int, list[datetime]]:
+        """Record an attempt; its id and the times of the key's attempts at or after ``window_start``, oldest
+        first, this one included. In the same transaction, attempts of every key older than the window are
+        deleted (the table holds one window's attempts). Counted after the insert, so two attempts racing
+        each other both see both: neither slips past a limit."""
+        table = admin_sign_in_attempts
+        with self._writing() as connection:
+            connection.execute(delete(table).where(table.c.attempted_at < window_start))
+            attempt_id = connection.execute(
+                table.insert().values(throttle_key=throttle_key, attempted_at=at).returning(table.c.id)).scalar_one()
+            times = connection.execute(
+                select(table.c.attempted_at)
+                .where(table.c.throttle_key == throttle_key, table.c.attempted_at >= window_start)
+                .order_by(table.c.attempted_at, table.c.id)).scalars().all()
+        return attempt_id, list(times)
+
+    def discard_sign_in_attempt(self, attempt_id: int) -> None:
+        with self._writing() as connection:
+            connection.execute(delete(admin_sign_in_attempts).where(admin_sign_in_attempts.c.id == attempt_id))
+
+    def clear_sign_in_attempts(self, throttle_key: str) -> None:
+        with self._writing() as connection:
+            connection.execute(
+                delete(admin_sign_in_attempts).where(admin_sign_in_attempts.c.throttle_key == throttle_key))
 
     # --- audit -----------------------------------------------------------------------------------
     def record_audit(self, actor: str, action: str, summary: str, *, from_version: str | None = None,

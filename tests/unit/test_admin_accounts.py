@@ -3,12 +3,18 @@ for an unknown user as for a wrong password, and the sign-in throttle on an inje
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Callable
+
 import pytest
 from argon2 import PasswordHasher
+from support.feedback import fresh_postgres_database, postgres_url
 
-from cds_service.admin.accounts import (
-    MIN_PASSWORD_LENGTH, WRONG_CREDENTIALS, AccountError, Accounts, SignInThrottle, check_username,
-)
+from cds_service.admin.accounts import MIN_PASSWORD_LENGTH, WRONG_CREDENTIALS, AccountError, Accounts, check_username
+from cds_service.admin.sign_in_throttle import MemoryAttempts, SignInThrottle, StoredAttempts
 from cds_service.storage.admin_store import AdminStore
 from cds_service.storage.store import CardStore
 
@@ -101,13 +107,13 @@ def test_throttle_per_user_name_and_address_and_its_window() -> None:
     clock = Clock()
     throttle = SignInThrottle(max_failures=3, window=600, clock=clock)
     for _ in range(3):
-        throttle.failed("alice", "10.0.0.1")
-    assert throttle.retry_after("alice", "10.0.0.1") == pytest.approx(600)
-    assert throttle.retry_after("alice", "10.0.0.2") == 0 and throttle.retry_after("bob", "10.0.0.1") == 0
+        assert throttle.begin("alice", "10.0.0.1") == 0  # each attempt counts from its start
+    assert throttle.begin("alice", "10.0.0.1") == pytest.approx(600)  # the fourth: refused, not counted
+    assert throttle.begin("alice", "10.0.0.2") == 0 and throttle.begin("bob", "10.0.0.1") == 0
     clock.now += 599
-    assert throttle.retry_after("alice", "10.0.0.1") == pytest.approx(1)
+    assert throttle.begin("alice", "10.0.0.1") == pytest.approx(1)  # refusals did not extend the wait
     clock.now += 2
-    assert throttle.retry_after("alice", "10.0.0.1") == 0  # the oldest failure left the window
+    assert throttle.begin("alice", "10.0.0.1") == 0  # the oldest attempt left the window
 
 
 def test_a_throttled_sign_in_does_not_even_check_the_password(store) -> None:
@@ -127,18 +133,73 @@ def test_a_throttled_sign_in_does_not_even_check_the_password(store) -> None:
 
 def test_a_success_clears_the_failures() -> None:
     throttle = SignInThrottle(max_failures=2, window=600, clock=Clock())
-    throttle.failed("alice", "a")
+    assert throttle.begin("alice", "a") == 0
     throttle.succeeded("alice", "a")
-    throttle.failed("alice", "a")
-    assert throttle.retry_after("alice", "a") == 0
+    assert throttle.begin("alice", "a") == 0 and throttle.begin("alice", "a") == 0  # two allowed again
+    assert throttle.begin("alice", "a") > 0
 
 
-def test_the_throttle_holds_a_bounded_number_of_keys() -> None:
-    throttle = SignInThrottle(max_failures=1, window=600, clock=Clock(), max_keys=10)
+def test_the_memory_counts_hold_a_bounded_number_of_keys() -> None:
+    attempts = MemoryAttempts(max_keys=10)
+    throttle = SignInThrottle(max_failures=1, window=600, clock=Clock(), attempts=attempts)
     for number in range(50):
-        throttle.failed(f"user{number}", "a")
-    assert len(throttle._failures) == 10
-    assert throttle.retry_after("user49", "a") > 0
+        throttle.begin(f"user{number}", "a")
+    assert len(attempts) == 10
+    assert throttle.begin("user49", "a") > 0
+
+
+# --- the counts in the database: every worker and replica, and attempts racing each other -------------------
+def _two_workers(url: str, clock: Callable[[], float], hasher: PasswordHasher) -> list[Accounts]:
+    """Two processes' Accounts on one database (each its own CardStore, engine and throttle object)."""
+    stores = [AdminStore(CardStore(url, None).engine) for _ in range(2)]
+    return [Accounts(store, hasher=hasher, throttle=SignInThrottle(max_failures=3, window=900, clock=clock,
+                                                                   attempts=StoredAttempts(store)))
+            for store in stores]
+
+
+def _shared_counts(url: str) -> None:
+    clock, hasher = Clock(), CountingHasher(time_cost=1, memory_cost=8, parallelism=1)
+    clock.now = datetime.now(timezone.utc).timestamp()  # stored counts are on wall-clock seconds
+    first, second = _two_workers(url, clock, hasher)
+    first.create_user("alice", PASSWORD, "viewer", actor="test")
+    assert [worker.authenticate("alice", "wrong", "10.0.0.1").throttled for worker in (first, second, first)] == \
+        [False, False, False]
+    refused = second.authenticate("alice", PASSWORD, "10.0.0.1")  # the other worker counted them too
+    assert refused.throttled and "Try again in 15 minutes" in refused.message
+    assert first.authenticate("alice", PASSWORD, "10.0.0.2").ok  # per address
+    clock.now += 901
+    assert second.authenticate("alice", PASSWORD, "10.0.0.1").ok
+    assert not first.authenticate("alice", "wrong", "10.0.0.1").throttled  # the success cleared the pair
+    with first.store.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT throttle_key FROM admin_sign_in_attempts").scalars().all()
+    assert rows and all(len(key) == 64 and "alice" not in key and "10.0.0" not in key for key in rows)
+
+
+def test_the_throttle_counts_every_worker_on_a_shared_sqlite_file(tmp_path) -> None:
+    _shared_counts(f"sqlite:///{tmp_path / 'accounts.sqlite3'}")
+
+
+@pytest.mark.postgres
+def test_the_throttle_counts_every_replica_on_postgres(monkeypatch) -> None:
+    with fresh_postgres_database(monkeypatch) as (host, port, name):
+        _shared_counts(postgres_url(host, port, name))
+
+
+def test_parallel_wrong_passwords_get_no_more_checks_than_the_limit(tmp_path) -> None:
+    """Attempts in flight count: 12 threads of 2 workers at once get at most max_failures password checks."""
+    hasher = CountingHasher()  # the default cost: each check takes long enough for the others to pile up
+    workers = _two_workers(f"sqlite:///{tmp_path / 'accounts.sqlite3'}", time.time, hasher)
+    workers[0].create_user("alice", PASSWORD, "viewer", actor="test")
+    hasher.verified = 0
+    start = threading.Barrier(12)
+
+    def attempt(n: int) -> bool:
+        start.wait()
+        return workers[n % 2].authenticate("alice", f"wrong {n}", "10.0.0.1").throttled
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        throttled = list(pool.map(attempt, range(12)))
+    assert throttled.count(False) == 3 and hasher.verified == 3
 
 
 def test_changes_are_audited_with_their_actor(store) -> None:

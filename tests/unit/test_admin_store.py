@@ -52,6 +52,34 @@ def store(request, card_store) -> AdminStore:
     return AdminStore.for_card_store(card_store, clock=Clock())
 
 
+def test_every_migration_downgrades_and_upgrades_again(tmp_path) -> None:
+    """alembic downgrade to the first revision and upgrade to head again, on a database with rows: each
+    downgrade() drops what its upgrade() made, and the cards-shown rows of revision 0001 survive."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from cds_service.storage.store import MIGRATIONS_DIR
+
+    card_store = CardStore(f"sqlite:///{tmp_path / 'migrations.sqlite3'}", "secret")
+    head_tables = set(inspect(card_store.engine).get_table_names())
+    assert {"admin_sign_in_attempts", "jobs", "admin_users", "jwt_seen", "cards_shown"} <= head_tables
+    card_store.engine.dispose()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{tmp_path / 'migrations.sqlite3'}")
+    with card_store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO cards_shown VALUES ('c1', 's', 'r', 'v', 'info', 'h', 'p', '2026-12-02 00:00:00.000000', '[]')")
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+        assert set(inspect(connection).get_table_names()) == {"alembic_version", "cards_shown", "feedback"}
+        command.upgrade(config, "head")
+        assert set(inspect(connection).get_table_names()) == head_tables
+        assert connection.exec_driver_sql("SELECT card_uuid FROM cards_shown").scalars().all() == ["c1"]
+    card_store.close()
+
+
 def test_migration_0003_runs_when_the_card_store_opens(card_store) -> None:
     with card_store.engine.connect() as connection:
         revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()

@@ -49,7 +49,7 @@ def settings() -> Settings:
 
 
 def accounts() -> Accounts:
-    """The application's local accounts (one per app: its sign-in throttle lives in this process)."""
+    """The application's local accounts (one per app; the sign-in throttle counts in the database)."""
     extensions = current_app.extensions
     if "leg_cramp_admin_accounts" not in extensions:
         with _accounts_lock:
