@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -121,6 +122,24 @@ def test_empty_fields_are_named_at_their_field(app) -> None:
     assert response.status_code == 400
     assert 'id="username-error"' in html and "Enter your user name." in html
     assert 'aria-describedby="username-error"' in html and "Enter your password." in html
+
+
+def test_signing_in_while_the_database_is_locked_is_a_503_page_not_a_500(app, tmp_path) -> None:
+    """The throttle counts the attempt in the database first: a file another writer holds fails it within the
+    busy timeout, answered 503 with a page that says so; once free, the same sign-in works."""
+    client = app.test_client()
+    token = login_page_token(client)
+    locker = sqlite3.connect(tmp_path / "console.sqlite3", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = client.post("/admin/login", data={"username": "vera", "password": PASSWORD, "csrf_token": token,
+                                                    "next": "/admin/"})
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert refused.status_code == 503
+    assert "The database did not answer" in refused.get_data(as_text=True)
+    assert sign_in(client, "vera").status_code == 302
 
 
 def test_repeated_failures_are_throttled_with_a_clear_message(app) -> None:

@@ -16,6 +16,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from cds_service.settings import Settings
+from cds_service.storage.admin_store import AdminStoreUnavailable
 from cds_service.web.admin import access
 from cds_service.web.admin.blueprint import admin_bp
 
@@ -40,7 +41,8 @@ DEV_AUTOLOGIN_WARNING = (
     "Anyone who can reach this port can change and deploy the rules. Turn it off with CRAMP_ADMIN_DEV_AUTOLOGIN=0."
 )
 ERROR_TITLES = {400: "Bad request", 401: "Sign-in needed", 403: "Not allowed", 404: "Not found",
-                405: "Method not allowed", 413: "Too large", 500: "Something went wrong"}
+                405: "Method not allowed", 413: "Too large", 500: "Something went wrong",
+                503: "Database unavailable"}
 
 _csrf = CSRFProtect()
 
@@ -127,6 +129,13 @@ def _csrf_error(error: CSRFError) -> Response:
     message = ("The form could not be accepted: it was not sent from this console's page, or the page is too "
                "old. Go back, reload the page and try again.")
     return error_page(400, message)
+
+
+@admin_bp.errorhandler(AdminStoreUnavailable)
+def _store_unavailable(error: AdminStoreUnavailable) -> Response:
+    """Any console page or form while the database does not answer (signing in included): 503, not 500."""
+    log.error("admin console: database unavailable", extra={"path": request.path, "error": str(error)})
+    return error_page(503, "The database did not answer; nothing was changed. Try again in a moment.")
 
 
 @admin_bp.errorhandler(HTTPException)
