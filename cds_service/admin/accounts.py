@@ -171,7 +171,6 @@ class Accounts:
         self.throttle.succeeded(username, address)
         return SignIn(user=user)
 
-
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return self.hasher.verify(password_hash, password)

@@ -7,7 +7,7 @@ schema is migration 0003, run when the CardStore opens.
 
     users      create_user, get_user, list_users, set_password_hash, set_role, set_disabled, touch_login
     sign-ins   record_sign_in_attempt, discard_sign_in_attempt, clear_sign_in_attempts (the throttle's
-               counts, shared by every worker and replica: admin/accounts.SignInThrottle)
+               counts, shared by every worker and replica: admin/sign_in_throttle.py)
     audit      record_audit, audit_log (newest first)
     versions   list_versions, get_version, save_draft, offer_version, seed, active_version,
                deploy, rollback, rollback_target, deployment_state, deployments

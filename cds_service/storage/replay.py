@@ -37,8 +37,8 @@ Clock = Callable[[], float]
 #: After the shared cache failed, calls use memory only for this long before it is asked again, so an
 #: unreachable database costs one connection attempt per interval, not one per call.
 RETRY_SECONDS = 2.0
-# The issuer of /readyz's probe tokens (FallbackReplayCache.degradation): never a client's (those are URLs
-# in the trusted-clients file), so a probe never consumes a client's jti.
+# The issuer of /readyz's probe tokens (FallbackReplayCache.degradation), each with a random jti: a probe
+# can never collide with a client's token.
 PROBE_ISSUER = "urn:leg-cramp-cds:readiness-probe"
 
 

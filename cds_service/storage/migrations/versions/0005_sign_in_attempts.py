@@ -20,7 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "admin_sign_in_attempts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-        # SHA-256 of (user name, address): neither is stored in clear (admin/accounts.throttle_key)
+        # SHA-256 of (user name, address): neither is stored in clear (admin/sign_in_throttle.throttle_key)
         sa.Column("throttle_key", sa.String(64), nullable=False),
         sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False),
     )
