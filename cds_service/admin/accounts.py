@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from cds_service.admin.sign_in_throttle import SignInThrottle, StoredAttempts
+from cds_service.admin.sign_in_throttle import AttemptStore, SignInThrottle, StoredAttempts
 
 if TYPE_CHECKING:
     from cds_service.storage.admin_store import UserRecord
@@ -43,8 +43,8 @@ class AccountError(ValueError):
         self.field = field
 
 
-class UserStore(Protocol):
-    """The part of storage.admin_store.AdminStore that accounts use."""
+class UserStore(AttemptStore, Protocol):
+    """The part of storage.admin_store.AdminStore that accounts use (with the sign-in throttle's counts)."""
 
     def create_user(self, username: str, password_hash: str, role: str, display_name: str | None = None) -> Any: ...
     def get_user(self, username: str) -> "UserRecord | None": ...
@@ -54,7 +54,6 @@ class UserStore(Protocol):
     def set_disabled(self, username: str, disabled: bool) -> None: ...
     def touch_login(self, username: str) -> None: ...
     def record_audit(self, actor: str, action: str, summary: str, **kwargs: Any) -> Any: ...
-    # and the sign-in attempts (sign_in_throttle.AttemptStore)
 
 
 def normalize_username(raw: str) -> str:

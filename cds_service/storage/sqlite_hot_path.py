@@ -41,14 +41,27 @@ _RECORD_SHOWN = (
 
 class Values:
     """The bind and result processors of the columns the hot path writes and reads, for one engine's dialect
-    (built once: ``for_engine``)."""
+    (built once per CardStore)."""
 
     def __init__(self, engine: Engine, utc_datetime: TypeDecorator) -> None:
         dialect = engine.dialect
         timestamp = utc_datetime.dialect_impl(dialect)
-        self.write_time: Callable[[datetime], str] = timestamp.bind_processor(dialect)
-        self.read_time: Callable[[str | None], datetime | None] = timestamp.result_processor(dialect, DateTime())
-        self.write_json: Callable[[Any], str] = JSON().dialect_impl(dialect).bind_processor(dialect)
+        self.write_time: Callable[[datetime], str] = _required(timestamp.bind_processor(dialect))
+        self.read_time: Callable[[str], datetime] = _required(timestamp.result_processor(dialect, DateTime()))
+        self.write_json: Callable[[Any], str] = _required(JSON().dialect_impl(dialect).bind_processor(dialect))
+
+
+def _required(processor: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    if processor is None:  # SQLite's DATETIME and JSON always convert (text); a processor-less type cannot be here
+        raise TypeError("sqlite_hot_path: the dialect gave no value processor")
+    return processor
+
+
+def _driver(pooled: Any) -> sqlite3.Connection:
+    """The pool's connection wrapper's sqlite3 connection (this module runs on SQLite engines only)."""
+    connection = pooled.driver_connection
+    assert isinstance(connection, sqlite3.Connection)
+    return connection
 
 
 def set_synchronous(info: dict, run: Callable[[str], Any], wanted: str) -> None:
@@ -70,7 +83,7 @@ def transaction(engine: Engine, synchronous: str) -> Iterator[sqlite3.Connection
     busy handler) at ``PRAGMA synchronous = synchronous``; COMMIT on leaving the block, ROLLBACK on an error."""
     pooled = engine.raw_connection()
     try:
-        connection: sqlite3.Connection = pooled.driver_connection
+        connection = _driver(pooled)
         set_synchronous(pooled.info, connection.execute, synchronous)
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -88,7 +101,7 @@ def reading(engine: Engine) -> Iterator[sqlite3.Connection]:
     """A pooled connection for one SELECT, which is a read transaction by itself (no BEGIN: no write lock)."""
     pooled = engine.raw_connection()
     try:
-        yield pooled.driver_connection
+        yield _driver(pooled)
     finally:
         pooled.close()
 

@@ -320,15 +320,17 @@ class CardStore:
         query, served by ix_feedback_suppression (patient_key, rule, outcome, outcome_timestamp)."""
         if not windows:
             return set()
-        asked = {"patient_key": patient_key, "rules": sorted(windows), "since": min(windows.values())}
+        rules, since = sorted(windows), min(windows.values())
+        latest: Sequence[tuple[str, datetime]]
         try:
             if self._sqlite_values is not None:
                 with self._answering(), sqlite_hot_path.reading(self.engine) as connection:
-                    latest = sqlite_hot_path.last_overrides(connection, self._sqlite_values, patient_key,
-                                                            asked["rules"], asked["since"])
+                    latest = sqlite_hot_path.last_overrides(connection, self._sqlite_values, patient_key, rules, since)
             else:
+                asked = {"patient_key": patient_key, "rules": rules, "since": since}
                 with self._autocommit() as connection:
-                    latest = connection.execute(_statements(connection.dialect.name).last_overrides, asked).all()
+                    latest = [(rule, last) for rule, last in
+                              connection.execute(_statements(connection.dialect.name).last_overrides, asked)]
         except UNAVAILABLE as exc:
             _unavailable(self.observer, "suppression_check",
                          "suppression not checked: database unavailable; the cards are shown", exc,
@@ -343,16 +345,16 @@ class CardStore:
         One statement: the token's row is inserted, or an expired row of the same key taken over; a row
         still live is a replay (nothing returned). ``ReplayStoreUnavailable`` when the database does not answer.
         """
-        now = self.clock()
-        row = {"token_key": token_key(jti, issuer), "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
-               "now": now}
+        now, key = self.clock(), token_key(jti, issuer)
+        expires = datetime.fromtimestamp(expires_at, timezone.utc)
         self._replay_inserts += 1
         purge = self._replay_inserts % REPLAY_PURGE_EVERY == 0
         try:
             if self._sqlite_values is not None:
                 with self._answering(), sqlite_hot_path.transaction(self.engine, REPLAY_SYNCHRONOUS) as connection:
-                    return not sqlite_hot_path.record_token(connection, self._sqlite_values, row["token_key"],
-                                                            row["expires_at"], now, purge=purge)
+                    return not sqlite_hot_path.record_token(connection, self._sqlite_values, key, expires, now,
+                                                            purge=purge)
+            row = {"token_key": key, "expires_at": expires, "now": now}
             with self._autocommit() as connection:
                 recorded = connection.execute(_statements(connection.dialect.name).record_token, row).first()
                 if purge:
@@ -594,10 +596,12 @@ def _statements(dialect_name: str) -> _Statements:
 def _dialect_insert(dialect_name: str) -> Any:
     """The dialect's ``insert`` (the one with ``on_conflict_do_*``): PostgreSQL's or SQLite's (>= 3.35)."""
     if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
 
 
 def _insert_ignore(connection: Connection, table: Table, key: list[str]) -> Any:
@@ -619,7 +623,7 @@ def _create_engine(database_url: str, *, must_exist: bool = False) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         in_memory = url.database in (None, "", ":memory:")
-        if must_exist and not in_memory and not Path(url.database).is_file():
+        if must_exist and url.database and not in_memory and not Path(url.database).is_file():
             raise StoreUnavailable(f"CRAMP_DATABASE_URL: no SQLite database at {url.database}")
         if sqlite3.sqlite_version_info < (3, 35):
             raise SettingsError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or later is needed (RETURNING)")

@@ -11,6 +11,8 @@ import re
 from datetime import date, datetime, time, timezone
 from typing import Mapping
 
+from werkzeug.datastructures import Headers
+
 from cds_service.errors import BadRequest
 
 AS_OF_HEADER = "X-Cramp-As-Of"
@@ -19,7 +21,7 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
-def requested_evaluation_time(headers: Mapping[str, str], *, development_mode: bool) -> datetime | None:
+def requested_evaluation_time(headers: Mapping[str, str] | Headers, *, development_mode: bool) -> datetime | None:
     """The time this request asks to be evaluated at (UTC), or None for the engine's clock; BadRequest when
     the header is sent outside development mode or is not an RFC 3339 date or date-time."""
     value = headers.get(AS_OF_HEADER)

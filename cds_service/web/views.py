@@ -99,9 +99,10 @@ def _degradations() -> list[str]:
     degraded = []
     engine = current_app.extensions.get("leg_cramp_engine")
     store = getattr(engine, "ledger", None) or current_app.extensions.get("leg_cramp_store")
-    if callable(getattr(store, "ping", None)):
+    ping = getattr(store, "ping", None)
+    if callable(ping):
         try:
-            reachable = store.ping() is not False
+            reachable = ping() is not False
         except Exception as exc:  # a driver's message may hold the database URL: report only its type
             error_type = getattr(exc, "error_type", None) or type(exc).__name__
             degraded.append(f"database: not reachable ({error_type}); cards are not recorded, "

@@ -10,8 +10,10 @@ and its own content-security policy allowing its own assets and nothing else.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flask import Flask, Response, current_app, g, render_template, request
+from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -166,13 +168,14 @@ def error_page(status: int, message: str) -> Response:
 
 
 # --- on the app (paths that match no console route; headers of every /admin response) -------------------
-def _unmatched_path(error: HTTPException) -> object:
+def _unmatched_path(error: HTTPException) -> ResponseReturnValue:
     """/admin/<no such page>: the console's own HTML page. Elsewhere the API's handler (web/app.py, found at
     call time because it is registered after this one) answers as before, with an OperationOutcome."""
     if is_console_path(request.path):
         return error_page(error.code or 404, error.description or "")
     api_handler = current_app.error_handler_spec.get(None, {}).get(None, {}).get(HTTPException)
-    return api_handler(error) if api_handler else error
+    # the API's handler is synchronous (web/app.py): its value is a response, never an awaitable
+    return cast(ResponseReturnValue, api_handler(error)) if api_handler else error
 
 
 def _admin_headers(response: Response) -> Response:
