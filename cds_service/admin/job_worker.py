@@ -174,12 +174,15 @@ class JobWorker:
             if running.stop.is_set():
                 raise DryRunStopped()
 
+        def sleep(seconds: float) -> None:  # a stop request cuts a wait short
+            running.stop.wait(seconds)
+
         result = run_dry_run(
             RuleText(inputs["active"], f"active {params.get('active')}"),
             RuleText(inputs["draft"], f"draft {params.get('draft')}"),
             source, as_of, progress=progress, should_stop=running.stop.is_set, token=token,
             processes=self.processes, allowed_output_prefixes=self.allowed_output_prefixes,
-            work_root=self.work_root, sleep=running.stop.wait, allowed=allowed_dirs(self.settings))
+            work_root=self.work_root, sleep=sleep, allowed=allowed_dirs(self.settings))
         return result.to_json()
 
     def _heartbeat(self, running: _Running) -> None:

@@ -113,7 +113,7 @@ def record_from_bundle(bundle: dict[str, Any], source: str = "<bundle>") -> Pati
 
 def record_from_resources(resources: list[dict[str, Any]], source: str) -> PatientRecord:
     """One patient's resources (exactly one Patient; other types than ``READ_TYPES`` ignored) as a record."""
-    by_type: dict[str, list[dict[str, Any]]] = {}
+    by_type: dict[str | None, list[dict[str, Any]]] = {}  # None: a record without a resourceType
     for resource in resources:
         by_type.setdefault(resource.get("resourceType"), []).append(resource)
     patients = by_type.get("Patient", [])

@@ -71,7 +71,8 @@ class RuleSetDiff:
     def cards_changed(self) -> tuple[str, ...]:
         """Every card named by a change, in first-mention order."""
         seen: dict[str, None] = {}
-        for change in (*self.parameters, *self.codes):
+        changes: tuple[ParameterChange | CodeChange, ...] = (*self.parameters, *self.codes)
+        for change in changes:
             seen.update(dict.fromkeys(change.cards))
         return tuple(seen)
 

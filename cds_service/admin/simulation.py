@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable
 
 from cds_service.admin.bulk import LocatedPatient, is_ndjson, locate_patients, read_located
 from cds_service.admin.population import BundleError, PatientRecord, read_bundle_file, record_from_bundle
@@ -321,7 +321,7 @@ def run_shard(tasks: list[Task], rule_sets: list[RuleSet], as_of: date, run_key:
 
 def run_tasks(tasks: list[Task], rule_paths: list[RuleSource], rule_sets: list[RuleSet], as_of: date,
               jobs: int | None = None, cluster: str | None = None
-              ) -> Iterator[PatientResult]:
+              ) -> Generator[PatientResult, None, None]:
     """Evaluate every task under every rule set: on the Dask cluster at ``cluster`` when given, else on
     ``jobs`` processes (default: CPU count; 1 = in process). Closing the iterator early (a cancelled dry
     run) drops the patients not yet started."""

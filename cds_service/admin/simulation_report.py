@@ -32,7 +32,7 @@ def _heading(sim: Simulation) -> list[str]:
 def render_table(sim: Simulation) -> str:
     total = len(sim.evaluated)
     lines = _heading(sim) + [""]
-    rows = [("card", "patients", "rate")]
+    rows: list[tuple[str, ...]] = [("card", "patients", "rate")]
     if len(sim.rule_sets) > 1:
         rows = [("card", "before", "rate", "after", "rate", "change")]
     for row in sim.card_rates():
@@ -42,8 +42,8 @@ def render_table(sim: Simulation) -> str:
             cells += [f"{counts[1]}/{total}", _pct(rates[1]), f"{counts[1] - counts[0]:+d} ({(rates[1] - rates[0]) * 100:+.1f} pts)"]
         rows.append(tuple(cells))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for index, table_row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(table_row, widths)).rstrip())
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     if len(sim.rule_sets) > 1:

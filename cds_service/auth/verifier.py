@@ -53,7 +53,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeGuard
 
 from cds_service.auth.jwks import JWKSCache
 from cds_service.auth.rejection import AuthenticationError, loggable
@@ -97,7 +97,7 @@ def endpoint_urls(public_base_urls: Iterable[str], path: str) -> tuple[str, ...]
     return tuple(base.rstrip("/") + "/" + path.lstrip("/") for base in public_base_urls)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -39,7 +39,7 @@ def format_cards(response: Mapping[str, Any], suppressed: Sequence[str] = ()) ->
             for action in suggestion.get("actions") or []:
                 resource = action.get("resource") or {}
                 code = resource.get("code") or {}
-                coding = next(iter(code.get("coding") or []), {})
+                coding: dict[str, Any] = next(iter(code.get("coding") or []), {})
                 what = code.get("text") or coding.get("display") or ""
                 codes = f" [{coding.get('system', '')}|{coding.get('code', '')}]" if coding else ""
                 out.append(f"      - {action.get('type', '?')} {resource.get('resourceType', '')}: "

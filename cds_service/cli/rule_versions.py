@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -100,7 +100,7 @@ class _Refusals:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> Literal[False]:  # never swallows: raises or re-raises
         if error is None:
             return False
         if isinstance(error, RuleSetInvalid):

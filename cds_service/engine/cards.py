@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from cds_service.engine.card_phrases import Phrasing, escape, join_words, lower_first, number, points
 from cds_service.engine.card_text import (CardContent, ConservativeText, OrderText, PossibleDvtText, RiskText,
@@ -25,7 +25,7 @@ from cds_service.engine.facts import PatientFacts, Provenance
 from cds_service.engine.order_cards import OrderBody, order_body, order_explanation
 from cds_service.engine.order_rules import OrderOutcome
 from cds_service.engine.rules import Outcome, ScoredItem
-from cds_service.hooks.cards import Action, Card, Coding, Link, Source, Suggestion
+from cds_service.hooks.cards import Action, Card, Coding, Indicator, Link, Source, Suggestion
 from cds_service.ruleset.loader import RuleSet
 
 __all__ = ["CardContent", "CardRenderer", "EXPLANATION_EXTENSION", "load_card_content"]
@@ -84,11 +84,13 @@ class CardRenderer:
             self._footer(),
         ]))
         suggestions = body.suggestions
-        return Card(
+        # extension is an extra field (extra="allow"): pydantic's typed __init__ lists declared fields only
+        return Card(  # type: ignore[call-arg]
             uuid=self.new_uuid(),
             summary=summary,
             detail=detail,
-            indicator=self.ruleset.spec.cards[outcome.card_id].indicator,
+            # the rule-set schema admits only the three indicators
+            indicator=cast(Indicator, self.ruleset.spec.cards[outcome.card_id].indicator),
             source=Source(
                 label=f"{self.content.common.source_label} (rules {self.ruleset.version})",
                 url=text.source_url,

@@ -296,7 +296,9 @@ def _unusable(raw: dict[str, Any], resource_type: str, observation_codes: frozen
             return False
         if observation_codes.isdisjoint(pairs):
             return True
-        return bool(stale_before) and _is_stale_quantity(raw, pairs, stale_before)
+        if not stale_before:
+            return False
+        return _is_stale_quantity(raw, pairs, stale_before)
     if resource_type in ("Procedure", "ServiceRequest"):
         return procedure_codes is not None and not _has_procedure_code(raw, procedure_codes)
     return False

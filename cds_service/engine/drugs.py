@@ -17,6 +17,7 @@ both classes; ``DrugMatch.ingredients_in(drug_class)`` names the ingredients tha
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -104,7 +105,8 @@ class DrugTable:
         folder = resources.files(_DATA_PACKAGE).joinpath(*_DATA_DIR)
 
         def read(name: str) -> list[dict[str, str]]:
-            with folder.joinpath(name).open("r", encoding="utf-8", newline="") as f:
+            # Traversable.open promises only mode and encoding; csv wants newline="", so wrap the bytes
+            with io.TextIOWrapper(folder.joinpath(name).open("rb"), encoding="utf-8", newline="") as f:
                 return list(csv.DictReader(f))
 
         return cls.from_rows(read("ingredients.csv"), read("clinical_drugs.csv"), read("brand_names.csv"))

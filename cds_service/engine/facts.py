@@ -398,12 +398,12 @@ def _code_side(codings: list[Coding], ruleset: RuleSet) -> tuple[bool, str | Non
     """(True, side) when the codes alone settle the side (a lateral code, or one whose last character
     says it, None when that character names no side); (False, None) when the body sites must."""
     laterality = ruleset.laterality
-    codings = [(system, normalize_code(system, code), display) for system, code, display in codings if code]
+    coded = [(system, normalize_code(system, code), display) for system, code, display in codings if code]
     for side, pairs in laterality.code_sides:
-        if any((system, code) in pairs for system, code, _ in codings):
+        if any((system, code) in pairs for system, code, _ in coded):
             return True, side
     for system, prefix, sides in laterality.last_character_sides:
-        for c_system, code, _ in codings:
+        for c_system, code, _ in coded:
             if c_system == system and code.startswith(prefix) and len(code) > len(prefix):
                 return True, sides.get(code[-1])
     return False, None
@@ -489,6 +489,7 @@ def _observation_values(chart: Chart, ruleset: RuleSet, today: date) -> tuple[di
         days = age_in_days(when, today)
         if days is None or days > window:
             continue
+        assert when is not None  # age_in_days gives a number only for a date
         candidates.setdefault(kind, []).append((when, order, resource))
     latest: dict[str, ObservationValue] = {}
     for kind, entries in candidates.items():

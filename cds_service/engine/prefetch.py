@@ -69,7 +69,7 @@ def _is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
-def _entries(value: dict[str, Any]) -> list[dict[str, Any]]:
+def _entries(value: dict[str, Any]) -> list[Any]:
     if value.get("resourceType") != "Bundle":
         return [value]
     entries = value.get("entry") or []

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import orjson
 from fhir_core.types import Date as _FhirDate, DateTime as _FhirDateTime, Decimal as _FhirDecimal, \
@@ -53,7 +53,8 @@ class CodeableConcept:
 
     def __hash__(self) -> int:
         try:
-            return self._hash
+            # a slot outside the dataclass fields (so not in __init__ or ==), hence unknown to mypy
+            return cast(int, getattr(self, "_hash"))
         except AttributeError:
             value = hash((self.coding, self.text))
             object.__setattr__(self, "_hash", value)
@@ -595,14 +596,17 @@ def _coding_of(model: Any) -> Coding:
     return Coding(model.system, model.code, model.display)
 
 
-def _concept_of(model: Any) -> CodeableConcept | None:
-    if model is None:
-        return None
+def _model_concept(model: Any) -> CodeableConcept:
     return CodeableConcept(tuple(_coding_of(c) for c in model.coding) if model.coding else None, model.text)
 
 
+def _concept_of(model: Any) -> CodeableConcept | None:
+    return None if model is None else _model_concept(model)
+
+
 def _concepts_of(models: Any) -> tuple[CodeableConcept, ...] | None:
-    return tuple(_concept_of(m) for m in models) if models else None
+    # fhir.resources allows no None inside a list of CodeableConcepts
+    return tuple(_model_concept(m) for m in models) if models else None
 
 
 def _period_of(model: Any) -> Period | None:

@@ -13,6 +13,7 @@ raised its score or changed which card fires).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 from cds_service.engine.facts import (ConditionRecord, Fact, MedicationRecord, PatientFacts, Provenance,
                                       is_recent_acute_dvt)
@@ -419,6 +420,13 @@ def evaluate(facts: PatientFacts, ruleset: RuleSet) -> Evaluation:
     return Evaluation(red_flag, venous, contributors, shown=choose_cards((red_flag, venous, contributors), ruleset))
 
 
+class _Additions(TypedDict, total=False):
+    """The Outcome fields ``_with_what_could_change_the_card`` may add to."""
+
+    missing: tuple[MissingData, ...]
+    duplex_on_record: tuple[Provenance, ...]
+
+
 def _with_what_could_change_the_card(facts: PatientFacts, ruleset: RuleSet, venous: Outcome,
                                      contributors: Outcome) -> tuple[Outcome, Outcome]:
     """B and C also name the missing data that could have brought a card above them: an unchecked recent
@@ -429,7 +437,7 @@ def _with_what_could_change_the_card(facts: PatientFacts, ruleset: RuleSet, veno
     if above_b:
         venous = replace(venous, missing=(*venous.missing, *above_b))
     from_b = venous.missing if any(m.reason == "venous_would_fire" for m in venous.missing) else ()
-    extra: dict[str, tuple] = {}
+    extra: _Additions = {}
     if above_b or from_b:
         extra["missing"] = (*contributors.missing, *above_b, *(m for m in from_b if m not in above_b))
     if venous.duplex_on_record and contributors.card_id == CONSERVATIVE_CARE:

@@ -19,7 +19,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TypedDict
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
@@ -162,9 +162,17 @@ def build_session(pool_size: int = POOL_SIZE, *, token: str | None = None,
 # ---------------------------------------------------------------- statuses and exceptions to types
 
 
+class _Where(TypedDict, total=False):
+    """Where an error happened: ``FhirError``'s keyword arguments, one type per key."""
+
+    url: str | None
+    status: int | None
+    resource_type: str | None
+
+
 def error_for_status(status: int, url: str | None = None, *, resource_type: str | None = None) -> FhirError | None:
     """The error an HTTP status means, or None for 2xx. 3xx: redirects are never followed."""
-    where = {"url": url, "status": status, "resource_type": resource_type}
+    where: _Where = {"url": url, "status": status, "resource_type": resource_type}
     if 200 <= status < 300:
         return None
     if 300 <= status < 400:
@@ -207,7 +215,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def error_from_exception(exc: requests.RequestException, url: str | None = None, *,
                          resource_type: str | None = None) -> FhirError:
     """The typed error for an exception requests raised, from the exception types it wraps."""
-    where = {"url": url, "resource_type": resource_type}
+    where: _Where = {"url": url, "resource_type": resource_type}
     causes = list(_causes(exc))
     if isinstance(exc, requests.Timeout) or any(isinstance(c, (socket.timeout, TimeoutError)) for c in causes):
         return Unavailable("timed out", cause="timeout", **where)

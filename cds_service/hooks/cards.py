@@ -14,10 +14,13 @@ value sets, absolute URLs. ``CdsResponse.model_validate(json)`` checks any respo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Indicator = Literal["info", "warning", "critical"]
 
 
 class _Wire(BaseModel):
@@ -100,7 +103,7 @@ class Card(_Wire):
     uuid: str | None = None
     summary: str = Field(min_length=1, max_length=139)
     detail: str | None = None
-    indicator: Literal["info", "warning", "critical"]
+    indicator: Indicator
     source: Source
     suggestions: list[Suggestion] | None = None
     selectionBehavior: Literal["at-most-one", "any"] | None = None
@@ -136,6 +139,7 @@ def _first_null(node: Any, path: str) -> str | None:
     """The path of the first JSON null in raw data (models built in code are not walked)."""
     if node is None:
         return path
+    items: Iterable[tuple[Any, Any]]
     if isinstance(node, dict):
         items = node.items()
     elif isinstance(node, list):

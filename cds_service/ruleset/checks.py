@@ -73,6 +73,7 @@ def semantic_problems(spec: RuleSetSpec) -> list[tuple[DocumentPath, str]]:
     for index, rule in enumerate(spec.laterality.last_character_sides):
         if problem := check_code(rule.prefix, systems, PREFIX):
             problems.append((("laterality", "last_character_sides", index, "prefix"), problem))
+    known: tuple[str, ...]  # reused below for item lists of other lengths
     for section, known in (("venous_index", VENOUS_INDEX_ITEMS), ("contributors", CONTRIBUTOR_ITEMS)):
         for item, points in getattr(spec, section).points.items():
             if item not in known:
@@ -150,6 +151,7 @@ def _condition_text_problems(spec: RuleSetSpec) -> list[tuple[DocumentPath, str]
 
 def _order_rule_problems(rules: OrderRules) -> list[tuple[DocumentPath, str]]:
     problems: list[tuple[DocumentPath, str]] = []
+    where: DocumentPath  # the paths below differ in length
     for order_class, drug_classes in rules.order_classes.items():
         where = ("order_rules", "order_classes", order_class)
         if order_class not in ORDER_CLASSES:
@@ -206,7 +208,7 @@ def card_text_problems(spec: RuleSetSpec, folder: Any = None,
             continue
         absent = [key for key in CARD_TEXT_KEYS if not text.get(key)]
         if is_drug_order_card(card_id):
-            classes = text.get("order_classes") if isinstance(text.get("order_classes"), dict) else {}
+            classes = text["order_classes"] if isinstance(text.get("order_classes"), dict) else {}
             absent += [f"order_classes.{c}" for c in spec.order_rules.cards.get(card_id, []) if c not in classes]
         if absent:
             problems.append((where, f"card text cards/{name}.yaml lacks {', '.join(absent)}"))

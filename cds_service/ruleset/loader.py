@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from cds_service.ruleset.checks import card_text_problems, semantic_problems
 from cds_service.ruleset.index import CompiledLaterality, ConceptIndex, ValueSet, compile_value_set, normalize_code, resolve_code_ref
@@ -223,7 +224,7 @@ def parse_ruleset(text: str, source: str, base_dir: Path | None = None) -> RuleS
     return RuleSet(spec, source, file_codes)
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
     if error["type"] == "missing":

@@ -68,6 +68,6 @@ def text_problems(terms: Mapping[str, list[str]], cues: list[str]) -> list[tuple
         for index, phrase in enumerate(phrases):
             if not re.search(r"\w", phrase):
                 problems.append((("terms", name, index), f"term {phrase!r} holds no word"))
-            elif (cue := cue_matcher.cue_in(phrase)) is not None:
-                problems.append((("terms", name, index), f"term {phrase!r} holds the cue {cue!r}: it could never match"))
+            elif (held := cue_matcher.cue_in(phrase)) is not None:
+                problems.append((("terms", name, index), f"term {phrase!r} holds the cue {held!r}: it could never match"))
     return problems

@@ -117,12 +117,12 @@ class WatchQueries:
         shown_q = select(*group, func.count()).where(cards_shown.c.issued_at >= since).group_by(*group)
         # From the (smaller) feedback side: each card's outcomes once, then the card by its key. Joined the
         # other way round, SQLite probed the feedback of every card shown (8x slower at 200k cards).
-        outcomes = select(feedback.c.card_uuid, feedback.c.outcome).distinct().subquery()
+        distinct_outcomes = select(feedback.c.card_uuid, feedback.c.outcome).distinct().subquery()
         outcomes_q = (
-            select(*group, outcomes.c.outcome, func.count())
-            .select_from(outcomes.join(cards_shown, cards_shown.c.card_uuid == outcomes.c.card_uuid))
+            select(*group, distinct_outcomes.c.outcome, func.count())
+            .select_from(distinct_outcomes.join(cards_shown, cards_shown.c.card_uuid == distinct_outcomes.c.card_uuid))
             .where(cards_shown.c.issued_at >= since)
-            .group_by(*group, outcomes.c.outcome)
+            .group_by(*group, distinct_outcomes.c.outcome)
         )
         with self._reading() as connection:
             shown = {(r[0], r[1], _as_date(r[2])): int(r[3]) for r in connection.execute(shown_q)}

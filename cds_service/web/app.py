@@ -8,17 +8,18 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypedDict, cast
 
 from flask import Flask, Request, Response, g, jsonify, request
-from flask.sessions import SecureCookieSessionInterface, SessionMixin
+from flask.json.provider import DefaultJSONProvider
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from cds_service.auth.rejection import AuthenticationError, www_authenticate
 from cds_service.auth.verifier import ClientAuthenticator, endpoint_urls
 from cds_service.engine.drugs import DrugTable
-from cds_service.engine.observer import Observer, StorageObserver
+from cds_service.engine.observer import StorageObserver
 from cds_service.engine.pipeline import Engine
 from cds_service.admin.rule_versions import (
     BUNDLED_SOURCE, DatabaseRuleSource, OpenedRules, RuleSetInvalid, RuleVersions, bundled_ruleset_text,
@@ -68,7 +69,7 @@ def create_app(
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # keep CDS Hooks field order readable
+    cast(DefaultJSONProvider, app.json).sort_keys = False  # keep CDS Hooks field order readable
     app.extensions["leg_cramp_settings"] = settings
     store = _build_store(settings, clock, metrics.metrics_of(app))  # cards shown, feedback, suppression (docs/feedback.md)
     app.extensions["leg_cramp_store"] = store
@@ -107,7 +108,7 @@ class ConsoleOnlySessions(SecureCookieSessionInterface):
     them (SESSION_COOKIE_PATH), so a CDS call never carries one, and nothing outside the console reads or
     writes a session; opening it anyway built a signer for every call (~30 us)."""
 
-    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         if not admin_console.is_console_path(request.path):
             return self.make_null_session(app)
         return super().open_session(app, request)
@@ -159,19 +160,29 @@ def _register_authentication(app: Flask, settings: Settings) -> None:
         return None
 
 
+class _ClockArgument(TypedDict, total=False):
+    """``clock=`` for CardStore and Engine, passed only when given (else their own default)."""
+
+    clock: Callable[[], datetime]
+
+
+def _clock_argument(clock: Callable[[], datetime] | None) -> _ClockArgument:
+    return {"clock": clock} if clock else {}
+
+
 def _build_store(settings: Settings, clock: Callable[[], datetime] | None, observer: StorageObserver) -> CardStore:
     secret, is_random = settings.patient_key_secret_or_default()  # SettingsError outside development mode
     if is_random:
         log.warning("CRAMP_PATIENT_KEY_SECRET is not set: development mode uses a random key for this process; "
                     "suppression is lost at restart and not shared with other processes")
-    return CardStore(settings.database_url, secret, observer=observer, **({"clock": clock} if clock else {}))
+    return CardStore(settings.database_url, secret, observer=observer, **_clock_argument(clock))
 
 
 def _build_engine(settings: Settings, clock: Callable[[], datetime] | None, store: CardStore,
-                  observer: Observer, ruleset: RuleSet) -> Engine:
-    kwargs = {"clock": clock} if clock else {}
+                  observer: metrics.PrometheusMetrics, ruleset: RuleSet) -> Engine:
+    # observer: the engine's, and the FHIR reads' too (Observer does not cover FetchObserver)
     return Engine(ruleset, DrugTable.load_default(), fetcher=FhirFetcher(settings, observer=observer), ledger=store,
-                  max_resources=settings.max_resources, observer=observer, **kwargs)
+                  max_resources=settings.max_resources, observer=observer, **_clock_argument(clock))
 
 
 def _set_up_rules(app: Flask, settings: Settings, store: CardStore, admin_store: AdminStore,

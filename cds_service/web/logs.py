@@ -64,6 +64,7 @@ class JsonFormatter(logging.Formatter):
 
 def error_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     """The last line of the record's traceback (the exception and its message): never the frames' values."""
+    assert record.exc_info is not None  # callers look at record.exc_info first
     return formatter.formatException(record.exc_info).splitlines()[-1]
 
 
@@ -109,7 +110,7 @@ class _Writer:
                 self.wake.wait()
             self.wake.clear()
             self.idle = False
-        batch = []
+        batch: list[object] = []
         while records and len(batch) < _BATCH:
             batch.append(records.popleft())
         return batch
@@ -220,12 +221,13 @@ class BackgroundHandler(logging.Handler):
         self._starting, self._writing = threading.Lock(), threading.Lock()
 
 
-def _freeze(record: logging.LogRecord, formatter: logging.Formatter) -> None:
+def _freeze(record: logging.LogRecord, formatter: logging.Formatter | None) -> None:
     """What the writer thread cannot know later: the request being served, the message with its arguments
     as they are now, the error line while the exception is current."""
     record._request_id = current_request_id()
     record.msg, record.args = record.getMessage(), None
     if record.exc_info:
+        assert formatter is not None  # BackgroundHandler sets its formatter in __init__
         record._error = error_line(formatter, record)
 
 

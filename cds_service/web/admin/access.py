@@ -122,7 +122,8 @@ def enforce_idle_expiry() -> Response | None:
             return json_error(401, f"Your session ended after {minutes} minutes without activity. Sign in again.",
                               code="login")
         flash(f"Your session ended after {minutes} minutes without activity. Sign in again.", "info")
-        return redirect(url_for("admin.login", next=_this_path() if request.method == "GET" else None))
+        # typed as werkzeug's Response; in a request, redirect builds the app's (flask's) response class
+        return cast(Response, redirect(url_for("admin.login", next=_this_path() if request.method == "GET" else None)))
     if request.endpoint != "admin.static" and current - seen >= 1:
         session[SESSION_SEEN] = int(current)
     return None

@@ -5,7 +5,7 @@ page, the audit log and the list of users (docs/admin-console.md). Thin views: t
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
@@ -72,7 +72,8 @@ def logout() -> Response:
               "set CRAMP_ADMIN_DEV_AUTOLOGIN=0 to use accounts.", "warning")
     else:
         flash("You are signed out.", "info")
-    return redirect(url_for("admin.login"))
+    # typed as werkzeug's Response; in a request, redirect builds the app's (flask's) response class
+    return cast(Response, redirect(url_for("admin.login")))
 
 
 @admin_bp.get("/oidc/login")

@@ -10,7 +10,7 @@ Roles: viewer reads; editor saves drafts and validates; deployer deploys and rol
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 
@@ -231,7 +231,8 @@ def _save_draft() -> Response:
         return _render_draft(content, base_version, errors={"version": str(error)}, message=f"Not saved: {error}",
                              status=409)
     flash(f"Draft {saved.version} saved. Review its diff against the active rules, then deploy it.", "success")
-    return redirect(url_for("admin.rule_version", version=saved.version))
+    # typed as werkzeug's Response; in a request, redirect builds the app's (flask's) response class
+    return cast(Response, redirect(url_for("admin.rule_version", version=saved.version)))
 
 
 @admin_bp.post("/rules/validate")
