@@ -64,7 +64,8 @@ class JsonFormatter(logging.Formatter):
 
 def error_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     """The last line of the record's traceback (the exception and its message): never the frames' values."""
-    assert record.exc_info is not None  # callers look at record.exc_info first
+    if not record.exc_info:  # callers look first; a record without an exception has no error line
+        return ""
     return formatter.formatException(record.exc_info).splitlines()[-1]
 
 
@@ -226,9 +227,8 @@ def _freeze(record: logging.LogRecord, formatter: logging.Formatter | None) -> N
     as they are now, the error line while the exception is current."""
     record._request_id = current_request_id()
     record.msg, record.args = record.getMessage(), None
-    if record.exc_info:
-        assert formatter is not None  # BackgroundHandler sets its formatter in __init__
-        record._error = error_line(formatter, record)
+    if record.exc_info:  # (a handler whose formatter was taken away formats with the default one)
+        record._error = error_line(formatter or logging.Formatter(), record)
 
 
 def _before_fork() -> None:
